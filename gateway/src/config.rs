@@ -1,0 +1,469 @@
+//! The configuration file: serde structs that mirror the TOML, defaults, and validation that
+//! reports every problem as `FILE:LINE:COLUMN: key: what is wrong`.
+//!
+//! Every table rejects unknown keys (`deny_unknown_fields`): a typo in a production config must
+//! fail at load, not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The config used by `sluice run` with no `--config`: a gateway in front of the built-in demo
+/// upstream, so a newcomer can try it with curl at once.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// The name shown in errors for the embedded default config.
+pub const EMBEDDED_NAME: &str = "<embedded default>";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listeners, workers and HTTP edge limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[log]`: log format and the access log.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[plugins]`: where plugin files are loaded from.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// `[services.NAME]`: upstream services and their instances.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// `[[routes]]`: how requests are matched to services, in any order (longest prefix wins).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// `[plugin.NAME]`: configuration handed to the plugin named NAME.
+    #[serde(default)]
+    pub plugin: BTreeMap<String, toml::Table>,
+    /// `[demo_upstream]`: an optional built-in upstream that echoes what it receives.
+    #[serde(default)]
+    pub demo_upstream: Option<DemoUpstreamConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `listen = "127.0.0.1:8080"`: the data-plane address.
+    pub listen: SocketAddr,
+    /// `admin = "127.0.0.1:9901"`: the admin listener (health, metrics, admin API).
+    pub admin: SocketAddr,
+    /// `workers = 1`: data-plane threads, each with its own event loop and listener
+    /// (SO_REUSEPORT); 0 = one per core.
+    pub workers: usize,
+    /// `max_header_count = 100`: more request headers than this answer 431.
+    pub max_header_count: usize,
+    /// `max_header_bytes = 16384`: a request head (request line + headers) larger than this
+    /// answers 431.
+    pub max_header_bytes: usize,
+    /// `max_body_bytes = 10485760`: a request body larger than this answers 413.
+    pub max_body_bytes: u64,
+    /// `header_read_timeout = "10s"`: a client that started a request must finish sending its
+    /// head within this time, or the connection is dropped (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// `idle_timeout = "60s"`: a keep-alive connection with no request is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `shutdown_timeout = "30s"`: on SIGTERM/SIGINT, how long in-flight requests may take to
+    /// finish before their connections are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            workers: 1,
+            max_header_count: 100,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `format = "text"` or `"json"`.
+    pub format: LogFormat,
+    /// `access = true`: one log line per request (target `sluice::access`).
+    pub access: bool,
+    /// `level = "info"`: a tracing filter (`RUST_LOG` overrides it).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            access: true,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// `dir = "plugins"`: every `*.wasm` here is a plugin named after its file.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[services.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `instances = ["127.0.0.1:9001"]`: `host:port` of each instance.
+    #[serde(default)]
+    pub instances: Vec<Spanned<String>>,
+    /// `connect_timeout = "2s"`: a TCP connect slower than this fails the attempt (504).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `request_timeout = "30s"`: time from sending the request to the upstream's response
+    /// head; past it the client gets 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `name = "users"`: shown in logs and metrics; defaults to the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `path = "/users"`: a path prefix matched on segment boundaries (`/users` matches
+    /// `/users` and `/users/1`, not `/usersx`). The longest matching prefix wins.
+    pub path: Spanned<String>,
+    /// `host = "api.example.com"` or `"*.example.com"`: match only this Host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `methods = ["GET", "POST"]`: match only these methods.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// `service = "users"`: where matched requests go; must be defined under `[services]`.
+    pub service: Spanned<String>,
+    /// `strip_prefix = false`: remove the matched prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// `plugins = ["auth"]`: plugins run on this route, in this order (responses in reverse).
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
+}
+
+/// `[demo_upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUpstreamConfig {
+    /// `listen = "127.0.0.1:9000"`: where the built-in echo upstream listens.
+    pub listen: SocketAddr,
+}
+
+/// A config problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong, starting with the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All the problems found in one file, one per line when displayed.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: name.clone(),
+                position: None,
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Self::parse(&text, &name)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME).expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigErrors> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                position: e.span().map(|s| line_col(text, s.start)),
+                message: describe_toml_error(text, &e),
+            }])
+        })?;
+        config.validate(text, file)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references between tables and value ranges.
+    fn validate(&self, text: &str, file: &str) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |span: Option<std::ops::Range<usize>>, message: String| {
+            errors.push(ConfigError {
+                file: file.to_string(),
+                position: span.map(|s| line_col(text, s.start)),
+                message,
+            })
+        };
+        if self.server.max_header_bytes < 1024 {
+            err(
+                None,
+                "server.max_header_bytes: must be at least 1024".into(),
+            );
+        }
+        if self.server.max_header_count == 0 {
+            err(None, "server.max_header_count: must be at least 1".into());
+        }
+        for (name, service) in &self.services {
+            for (i, instance) in service.instances.iter().enumerate() {
+                if let Err(why) = check_authority(instance.get_ref()) {
+                    err(
+                        Some(instance.span()),
+                        format!("services.{name}.instances[{i}]: {why}"),
+                    );
+                }
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let path = route.path.get_ref();
+            if !path.starts_with('/') {
+                err(
+                    Some(route.path.span()),
+                    format!("routes[{i}].path: `{path}` must start with `/`"),
+                );
+            }
+            let service = route.service.get_ref();
+            if !self.services.contains_key(service) {
+                let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+                let known = if known.is_empty() {
+                    "no services are defined".to_string()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
+                err(
+                    Some(route.service.span()),
+                    format!("routes[{i}].service: no service named `{service}` ({known})"),
+                );
+            }
+            for method in &route.methods {
+                if http::Method::from_bytes(method.get_ref().as_bytes()).is_err() {
+                    err(
+                        Some(method.span()),
+                        format!(
+                            "routes[{i}].methods: `{}` is not an HTTP method",
+                            method.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// `host:port`, where host is an IP or a DNS name.
+fn check_authority(value: &str) -> Result<(), String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            match value.parse::<http::uri::Authority>() {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!("`{value}` is not a valid host:port")),
+            }
+        }
+        _ => Err(format!(
+            "`{value}` must be host:port (for example 127.0.0.1:9001)"
+        )),
+    }
+}
+
+/// toml's own message names the key for unknown and missing fields; for a bad value it
+/// points at the value, so we add the key from that line, and the table it sits in.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else { return message };
+    let table = enclosing_table(text, span.start);
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let before_span = &text[line_start..span.start.min(text.len())];
+    let key = match before_span.split_once('=') {
+        // The span is a value: the key is what stands before `=` on its line.
+        Some((key, _)) => Some(key.trim()),
+        // The span is a key (unknown field).
+        None if message.starts_with("unknown field") => text.get(span.clone()).map(str::trim),
+        None => None,
+    };
+    match (table, key) {
+        (Some(table), Some(key)) => format!("[{table}] {key}: {message}"),
+        (None, Some(key)) => format!("{key}: {message}"),
+        (Some(table), None) => format!("in [{table}]: {message}"),
+        (None, None) => message,
+    }
+}
+
+/// The `[table]` or `[[array]]` header governing a byte offset (its own line included).
+fn enclosing_table(text: &str, offset: usize) -> Option<String> {
+    let end = text[offset.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| offset + i);
+    text[..end].lines().rev().find_map(|line| {
+        let line = line.trim();
+        if line.starts_with('[') {
+            Some(
+                line.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_string(),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_routes_to_the_demo() {
+        let config = Config::embedded_default();
+        assert!(config.demo_upstream.is_some());
+        assert!(!config.routes.is_empty());
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("a\nbc\nd", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("a\nbc\nd", 5), (3, 1));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_table_and_key() {
+        let e = errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n");
+        assert!(
+            e.starts_with("t.toml:3:1: [server] lisen: unknown field `lisen`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_service_is_an_error_at_load() {
+        let e = errors(
+            "[services.a]\ninstances = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\nservice = \"b\"\n",
+        );
+        assert_eq!(
+            e,
+            "t.toml:5:11: routes[0].service: no service named `b` (defined: a)"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = errors(
+            "[services.a]\ninstances = [\"nope\"]\n[[routes]]\npath = \"x\"\nservice = \"a\"\nmethods = [\"G T\"]\n",
+        );
+        assert_eq!(e.lines().count(), 3, "{e}");
+        assert!(e.contains("t.toml:2:14: services.a.instances[0]: `nope` must be host:port"));
+        assert!(e.contains("t.toml:4:8: routes[0].path: `x` must start with `/`"));
+        assert!(e.contains("routes[0].methods: `G T` is not an HTTP method"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_line() {
+        let e = errors("[server]\nidle_timeout = \"soon\"\n");
+        assert!(e.starts_with("t.toml:2:16: [server] idle_timeout: "), "{e}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Errors the gateway answers itself, and the one place that maps each to a status and body.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+
+/// Why the gateway answered a request itself instead of relaying an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request.
+    #[error("no route matches {method} {path}")]
+    NoRoute {
+        /// Request method.
+        method: http::Method,
+        /// Request path.
+        path: String,
+    },
+    /// The request is malformed or ambiguous (for example both Content-Length and
+    /// Transfer-Encoding, the request-smuggling vector of RFC 9112 §6.1).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body is larger than `server.max_body_bytes`.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The service has no instance to send the request to.
+    #[error("service {service} has no available instance")]
+    NoInstance {
+        /// The service name.
+        service: Arc<str>,
+    },
+    /// The TCP connection to the upstream could not be made.
+    #[error("cannot connect to upstream {instance} of service {service}")]
+    UpstreamConnect {
+        /// The service name.
+        service: Arc<str>,
+        /// The instance address.
+        instance: Arc<str>,
+    },
+    /// The upstream did not answer in time (connect or response head).
+    #[error("upstream {instance} of service {service} timed out ({phase})")]
+    UpstreamTimeout {
+        /// The service name.
+        service: Arc<str>,
+        /// The instance address.
+        instance: Arc<str>,
+        /// `connect` or `response`.
+        phase: &'static str,
+    },
+    /// The connection broke or the upstream sent something that is not HTTP.
+    #[error("upstream {instance} of service {service} failed: {reason}")]
+    UpstreamFailed {
+        /// The service name.
+        service: Arc<str>,
+        /// The instance address.
+        instance: Arc<str>,
+        /// What went wrong, for the log.
+        reason: String,
+    },
+    /// The gateway is shutting down and accepts no new requests on this connection.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoInstance { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short label used in metrics (`upstream_errors{kind}`) and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::NoInstance { .. } => "no_instance",
+            Self::UpstreamConnect { .. } => "connect",
+            Self::UpstreamTimeout { .. } => "timeout",
+            Self::UpstreamFailed { .. } => "reset",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The client-facing body: one line saying what happened. Upstream failures name the
+    /// service but not the instance address (internal topology stays internal).
+    fn body(&self) -> String {
+        match self {
+            Self::UpstreamConnect { service, .. } => {
+                format!("bad gateway: cannot connect to service {service}\n")
+            }
+            Self::UpstreamTimeout { service, .. } => {
+                format!("gateway timeout: service {service} did not answer in time\n")
+            }
+            Self::UpstreamFailed { service, .. } => {
+                format!("bad gateway: service {service} failed to answer\n")
+            }
+            other => format!("{other}\n"),
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::full(Bytes::from(self.body())));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, Self::BadRequest(_) | Self::PayloadTooLarge { .. }) {
+            // The rest of the request may still be on the wire; do not try to read past it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,143 @@
+//! Sluice: an API gateway whose request plugins are sandboxed WebAssembly components.
+//!
+//! The binary (`main.rs`) parses the command line and calls [`Gateway::start`]; tests start the
+//! gateway the same way, in-process, on `127.0.0.1:0`.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::snapshot::Snapshot;
+
+/// A running gateway: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The data-plane address actually bound (the port is real even when 0 was asked).
+    pub listen_addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    /// The demo upstream's address, when `[demo_upstream]` is set.
+    pub demo_addr: Option<SocketAddr>,
+    /// Shared request-handling state (routes, services, metrics).
+    pub proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    control_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving. Must be called inside a Tokio runtime (the
+    /// control runtime, which runs the admin listener); data-plane workers get their own
+    /// threads.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let mut control_tasks = Vec::new();
+
+        let demo_addr = match &config.demo_upstream {
+            Some(demo) => {
+                let listener = tokio::net::TcpListener::bind(demo.listen)
+                    .await
+                    .with_context(|| {
+                        format!("demo_upstream.listen: cannot bind {}", demo.listen)
+                    })?;
+                let addr = listener.local_addr()?;
+                control_tasks.push(serve_axum(listener, demo::router(), shutdown.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        let proxy = Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config)),
+            metrics: Arc::new(Metrics::new()),
+            max_body_bytes: config.server.max_body_bytes,
+            access_log: config.log.access,
+        });
+
+        let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
+            .await
+            .with_context(|| format!("server.admin: cannot bind {}", config.server.admin))?;
+        let admin_addr = admin_listener.local_addr()?;
+        control_tasks.push(serve_axum(
+            admin_listener,
+            admin::router(proxy.clone()),
+            shutdown.clone(),
+        ));
+
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let listeners = server::bind_reuseport(config.server.listen, workers)
+            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let listen_addr = listeners[0].local_addr()?;
+        let workers = server::spawn_workers(
+            listeners,
+            proxy.clone(),
+            server::EdgeLimits::from(&config.server),
+            shutdown.clone(),
+        )?;
+        tracing::info!(%listen_addr, %admin_addr, workers = workers.len(), "sluice is serving");
+        Ok(Self {
+            listen_addr,
+            admin_addr,
+            demo_addr,
+            proxy,
+            shutdown,
+            workers,
+            control_tasks,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_timeout`),
+    /// then returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        for task in self.control_tasks {
+            let _ = task.await;
+        }
+        tracing::info!("sluice stopped");
+    }
+}
+
+fn serve_axum(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("admin listener failed: {e}");
+        }
+    })
+}

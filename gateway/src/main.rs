@@ -1,0 +1,117 @@
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::Gateway;
+use sluice::config::{Config, LogFormat};
+
+/// Sluice: an API gateway whose request plugins are sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway. Without --config, serves the embedded default: a demo upstream on
+    /// 127.0.0.1:9000 behind the gateway on 127.0.0.1:8080 (try `curl localhost:8080/demo/`).
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Validate the config and exit without serving.
+        #[arg(long)]
+        check: bool,
+        /// Log format; overrides `log.format` in the config.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a config file and exit: 0 when valid, 1 with one line per problem otherwise.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check(Some(file)),
+        Command::Run {
+            config,
+            check: true,
+            ..
+        } => check(config),
+        Command::Run {
+            config,
+            check: false,
+            log_format,
+        } => run(config, log_format),
+    }
+}
+
+fn load(file: Option<PathBuf>) -> Result<Config, ExitCode> {
+    match file {
+        None => Ok(Config::embedded_default()),
+        Some(path) => Config::load(&path).map_err(|errors| {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }),
+    }
+}
+
+fn check(file: Option<PathBuf>) -> ExitCode {
+    let name = file
+        .as_ref()
+        .map_or("<embedded default>".into(), |f| f.display().to_string());
+    match load(file) {
+        Ok(config) => {
+            println!(
+                "{name}: ok ({} routes, {} services)",
+                config.routes.len(),
+                config.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(file: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
+    let config = match load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    sluice::logging::init(log_format.unwrap_or(config.log.format), &config.log.level);
+    // The control runtime runs the admin listener and background work; the data plane runs
+    // on its own worker threads (see `server`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("sluice: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        sluice::server::shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing requests in flight");
+        gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,221 @@
+//! The route table: matches a request's host, method and path to a route.
+//!
+//! Routes are kept sorted by prefix length (longest first), so the first match is the most
+//! specific one; among equal prefixes, routes with a host or method condition come first.
+
+use std::sync::Arc;
+
+use http::Method;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::metrics::RouteName;
+
+/// One route, compiled from `[[routes]]`.
+#[derive(Debug, Serialize)]
+pub struct Route {
+    /// Name used in logs and metrics.
+    #[serde(serialize_with = "serialize_route_name")]
+    pub name: RouteName,
+    /// Path prefix, without a trailing `/` (except the root route `/`).
+    pub path: String,
+    /// Host condition: exact (`api.example.com`) or suffix (`*.example.com`), lower case.
+    pub host: Option<String>,
+    /// Method condition; empty = any method.
+    #[serde(serialize_with = "serialize_methods")]
+    pub methods: Vec<Method>,
+    /// The service requests are sent to.
+    pub service: Arc<str>,
+    /// Whether the matched prefix is removed before forwarding.
+    pub strip_prefix: bool,
+    /// Plugins run on this route, in order.
+    pub plugins: Vec<String>,
+}
+
+fn serialize_route_name<S: serde::Serializer>(n: &RouteName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+fn serialize_methods<S: serde::Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.iter().map(Method::as_str))
+}
+
+/// All routes, in match order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table from a validated config.
+    pub fn from_config(config: &Config) -> Self {
+        let mut routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let raw = r.path.get_ref();
+                let path = if raw.len() > 1 {
+                    raw.trim_end_matches('/')
+                } else {
+                    raw.as_str()
+                };
+                let path = if path.is_empty() { "/" } else { path };
+                Arc::new(Route {
+                    name: RouteName::new(r.name.as_deref().unwrap_or(path)),
+                    path: path.to_string(),
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    methods: r
+                        .methods
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.get_ref().as_bytes()).ok())
+                        .collect(),
+                    service: Arc::from(r.service.get_ref().as_str()),
+                    strip_prefix: r.strip_prefix,
+                    plugins: r.plugins.iter().map(|p| p.get_ref().clone()).collect(),
+                })
+            })
+            .collect();
+        // Stable sort: among equally specific routes, the config order decides.
+        routes.sort_by_key(|r| {
+            let conditions = usize::from(r.host.is_some()) + usize::from(!r.methods.is_empty());
+            (
+                std::cmp::Reverse(r.path.len()),
+                std::cmp::Reverse(conditions),
+            )
+        });
+        Self { routes }
+    }
+
+    /// The routes in match order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The most specific route for a request, if any.
+    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(host, method, path))
+    }
+}
+
+impl Route {
+    fn matches(&self, host: Option<&str>, method: &Method, path: &str) -> bool {
+        prefix_matches(&self.path, path)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|want| host.is_some_and(|h| host_matches(want, h)))
+    }
+
+    /// The path sent upstream: with the prefix removed when `strip_prefix` is set.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+        if !self.strip_prefix || self.path == "/" {
+            return path;
+        }
+        match &path[self.path.len()..] {
+            "" => "/",
+            rest => rest,
+        }
+    }
+}
+
+/// `/users` matches `/users`, `/users/` and `/users/1`, but not `/usersx`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Host header match, ignoring case and any `:port`.
+fn host_matches(want: &str, host: &str) -> bool {
+    let host = strip_port(host);
+    match want.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        }
+        None => host.eq_ignore_ascii_case(want),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: [::1]:8080
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!("[services.s]\ninstances = [\"127.0.0.1:1\"]\n{routes}");
+        RouteTable::from_config(&Config::parse(&text, "t").unwrap())
+    }
+
+    fn find<'a>(t: &'a RouteTable, host: Option<&str>, m: Method, p: &str) -> Option<&'a str> {
+        t.find(host, &m, p).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        assert!(prefix_matches("/users", "/users"));
+        assert!(prefix_matches("/users", "/users/1"));
+        assert!(!prefix_matches("/users", "/usersx"));
+        assert!(!prefix_matches("/users", "/user"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_order() {
+        let t = table(
+            "[[routes]]\nname=\"a\"\npath=\"/api\"\nservice=\"s\"\n[[routes]]\nname=\"b\"\npath=\"/api/v2\"\nservice=\"s\"\n[[routes]]\nname=\"root\"\npath=\"/\"\nservice=\"s\"\n",
+        );
+        assert_eq!(find(&t, None, Method::GET, "/api/v2/x"), Some("b"));
+        assert_eq!(find(&t, None, Method::GET, "/api/v3"), Some("a"));
+        assert_eq!(find(&t, None, Method::GET, "/other"), Some("root"));
+    }
+
+    #[test]
+    fn host_and_method_conditions() {
+        let t = table(
+            "[[routes]]\nname=\"any\"\npath=\"/x\"\nservice=\"s\"\n[[routes]]\nname=\"post\"\npath=\"/x\"\nmethods=[\"POST\"]\nservice=\"s\"\n[[routes]]\nname=\"wild\"\npath=\"/x\"\nhost=\"*.example.com\"\nservice=\"s\"\n",
+        );
+        assert_eq!(find(&t, None, Method::POST, "/x"), Some("post"));
+        assert_eq!(
+            find(&t, Some("a.EXAMPLE.com:8080"), Method::GET, "/x"),
+            Some("wild")
+        );
+        assert_eq!(
+            find(&t, Some("example.com"), Method::GET, "/x"),
+            Some("any")
+        );
+        assert_eq!(
+            find(&t, Some("badexample.com"), Method::GET, "/x"),
+            Some("any")
+        );
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let t = table("[[routes]]\npath=\"/api/\"\nservice=\"s\"\nstrip_prefix=true\n");
+        let r = &t.routes()[0];
+        assert_eq!(r.upstream_path("/api"), "/");
+        assert_eq!(r.upstream_path("/api/users"), "/users");
+    }
+
+    #[test]
+    fn ipv6_host_port_is_stripped() {
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a.b"), "a.b");
+    }
+}

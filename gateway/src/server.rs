@@ -1,0 +1,473 @@
+//! The data-plane listener: worker threads, each with its own single-threaded event loop and
+//! its own SO_REUSEPORT socket (the nginx worker model: no work stealing, no cross-thread
+//! wake-ups on the hot path), HTTP/1.1 connections with edge limits, and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::proxy::Proxy;
+
+/// HTTP edge limits applied to every client connection.
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    max_header_count: usize,
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl From<&ServerConfig> for EdgeLimits {
+    fn from(c: &ServerConfig) -> Self {
+        Self {
+            max_header_count: c.max_header_count,
+            max_header_bytes: c.max_header_bytes,
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+        }
+    }
+}
+
+/// Binds `workers` sockets to one address with SO_REUSEPORT so the kernel spreads
+/// connections across workers. With port 0, the first socket picks the port.
+pub fn bind_reuseport(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Starts one worker thread per listener. Each returns when `shutdown` is cancelled and its
+/// connections have drained (or the shutdown timeout cut them).
+pub fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Arc<Proxy>,
+    limits: EdgeLimits,
+    shutdown: CancellationToken,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let proxy = proxy.clone();
+            let limits = limits.clone();
+            let shutdown = shutdown.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(worker = i, "cannot register listener: {e}");
+                                return;
+                            }
+                        };
+                        accept_loop(listener, proxy, limits, shutdown).await;
+                    });
+                })
+        })
+        .collect()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: EdgeLimits,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Our own watchdog enforces the header-read and idle timeouts separately (hyper's one
+        // timer would also close idle keep-alive connections at the header timeout).
+        .header_read_timeout(None)
+        .max_headers(limits.max_header_count)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    proxy.clone(),
+                    builder.clone(),
+                    limits.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning on the error.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "shutdown timeout reached; closing connections with requests still in flight"
+        );
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: Arc<http1::Builder>,
+    limits: EdgeLimits,
+    shutdown: CancellationToken,
+) {
+    let gauge = proxy.metrics.connections().clone();
+    gauge.inc();
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        state: state.clone(),
+        scanner: HeadScanner::default(),
+    });
+    let service_state = state.clone();
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        let proxy = proxy.clone();
+        if service_state
+            .ambiguous_framing
+            .swap(false, Ordering::Relaxed)
+        {
+            request.extensions_mut().insert(AmbiguousFraming);
+        }
+        let active = ActiveRequest::begin(&service_state);
+        async move {
+            let mut response = proxy.handle(request, peer).await;
+            response.body_mut().set_active(active);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                break;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                // Finish the request in flight (if any), then close.
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            expired = state.watchdog(&limits) => {
+                tracing::debug!(%peer, "closing connection: {expired}");
+                break;
+            }
+        }
+    }
+    gauge.dec();
+}
+
+/// What a connection is doing, for the header-read and idle timeouts. Times are nanoseconds
+/// since the connection opened.
+#[derive(Debug)]
+struct ConnState {
+    opened: Instant,
+    in_flight: AtomicU32,
+    /// Requests completed; tells the head scanner a new request head may start.
+    completed: AtomicU64,
+    /// The head scanner saw both Content-Length and Transfer-Encoding in the current head.
+    ambiguous_framing: AtomicBool,
+    /// When the first byte of the current request head arrived; 0 = none pending.
+    head_started: AtomicU64,
+    last_activity: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            completed: AtomicU64::new(0),
+            ambiguous_framing: AtomicBool::new(false),
+            head_started: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Never 0, so 0 can mean "not set".
+        (self.opened.elapsed().as_nanos() as u64).max(1)
+    }
+
+    fn on_read(&self) {
+        let now = self.now();
+        self.last_activity.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the connection has been idle, or slow to send a request head, for too
+    /// long. Re-checks at each deadline, since activity moves it.
+    async fn watchdog(&self, limits: &EdgeLimits) -> &'static str {
+        loop {
+            let now = self.now();
+            let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // The upstream and request timeouts govern a request in flight.
+                (now + limits.idle_timeout.as_nanos() as u64, "")
+            } else {
+                match self.head_started.load(Ordering::Relaxed) {
+                    0 => (
+                        self.last_activity.load(Ordering::Relaxed)
+                            + limits.idle_timeout.as_nanos() as u64,
+                        "idle timeout",
+                    ),
+                    started => (
+                        started + limits.header_read_timeout.as_nanos() as u64,
+                        "header read timeout",
+                    ),
+                }
+            };
+            if deadline <= now && !why.is_empty() {
+                return why;
+            }
+            tokio::time::sleep_until(self.opened + Duration::from_nanos(deadline.max(now))).await;
+        }
+    }
+}
+
+/// Marks a request in flight on its connection from the moment hyper hands it to us until its
+/// response body has been written (the marker lives in the response body).
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnState>);
+
+impl ActiveRequest {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let now = self.0.now();
+        self.0.last_activity.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.completed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Request extension: the head carried both `Content-Length` and `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
+/// A TCP stream that reports reads to its [`ConnState`] and scans request heads.
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    scanner: HeadScanner,
+}
+
+/// Looks for `Content-Length` and `Transfer-Encoding` in the same request head.
+///
+/// Hand-written because hyper resolves that conflict itself (it drops Content-Length and
+/// decodes chunked, which RFC 9112 §6.1 allows) and leaves no trace of it in the parsed
+/// request, while our policy is to refuse such requests outright: they are the classic
+/// request-smuggling probe. It scans only the first head after each completed request, so
+/// body bytes are never mistaken for headers; a second pipelined head in the same burst is
+/// not scanned (hyper re-frames every forwarded request, so upstreams stay safe either way).
+#[derive(Debug, Default)]
+struct HeadScanner {
+    generation: u64,
+    done: bool,
+    saw_content_length: bool,
+    saw_transfer_encoding: bool,
+    lines: usize,
+    line: [u8; 20],
+    line_len: usize,
+}
+
+impl HeadScanner {
+    /// Feeds bytes read from the client; returns true when a head ended with both headers.
+    fn feed(&mut self, generation: u64, bytes: &[u8]) -> bool {
+        if generation != self.generation {
+            *self = Self {
+                generation,
+                ..Self::default()
+            };
+        }
+        for &b in bytes {
+            if self.done {
+                return false;
+            }
+            if b != b'\n' {
+                if self.line_len < self.line.len() {
+                    self.line[self.line_len] = b.to_ascii_lowercase();
+                }
+                self.line_len += 1;
+                continue;
+            }
+            let line = &self.line[..self.line_len.min(self.line.len())];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if self.line_len <= 1 && line.is_empty() {
+                // A blank line: the end of the head (leading blank lines are allowed noise).
+                if self.lines > 0 {
+                    self.done = true;
+                    return self.saw_content_length && self.saw_transfer_encoding;
+                }
+            } else {
+                self.lines += 1;
+                self.saw_content_length |= line.starts_with(b"content-length:");
+                self.saw_transfer_encoding |= line.starts_with(b"transfer-encoding:");
+            }
+            self.line_len = 0;
+        }
+        false
+    }
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let this = &mut *self;
+            this.state.on_read();
+            if this.state.in_flight.load(Ordering::Relaxed) == 0 {
+                let generation = this.state.completed.load(Ordering::Relaxed);
+                if this.scanner.feed(generation, &buf.filled()[before..]) {
+                    this.state.ambiguous_framing.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScanner;
+
+    #[test]
+    fn head_scanner_flags_both_framing_headers_in_one_head() {
+        let mut s = HeadScanner::default();
+        assert!(s.feed(
+            0,
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        let mut s = HeadScanner::default();
+        assert!(!s.feed(0, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn head_scanner_handles_split_reads_and_ignores_bodies() {
+        let mut s = HeadScanner::default();
+        assert!(!s.feed(0, b"POST / HTTP/1.1\r\ncontent-le"));
+        assert!(!s.feed(0, b"ngth: 40\r\n"));
+        assert!(
+            !s.feed(0, b"\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "body bytes"
+        );
+        // The next request (a new generation) is scanned afresh.
+        assert!(s.feed(
+            1,
+            b"\r\nPOST / HTTP/1.1\r\nTRANSFER-ENCODING: x\r\ncontent-length: 1\r\n\r\n"
+        ));
+    }
+}

@@ -1,0 +1,38 @@
+//! One consistent view of routes and services. Each request loads the current snapshot once,
+//! so a reload in the middle of a request never mixes two versions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::routing::RouteTable;
+use crate::upstream::Service;
+
+/// Routes and services as of one load of the config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Routes in match order.
+    pub routes: RouteTable,
+    /// Services by name.
+    pub services: HashMap<Arc<str>, Arc<Service>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a validated config.
+    pub fn from_config(config: &Config) -> Self {
+        let services = config
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                (
+                    Arc::from(name.as_str()),
+                    Arc::new(Service::from_config(name, svc)),
+                )
+            })
+            .collect();
+        Self {
+            routes: RouteTable::from_config(config),
+            services,
+        }
+    }
+}

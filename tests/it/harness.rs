@@ -1,0 +1,233 @@
+//! Test harness: real upstream servers and a real gateway on 127.0.0.1:0, and clients.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice::Gateway;
+use sluice::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A real HTTP/1.1 server on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub conns: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> BoxBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+impl Upstream {
+    /// Answers 200 with its name and records each request (body read in full).
+    pub async fn named(name: &'static str) -> Self {
+        Self::recording(move |_seen| Response::new(full(name))).await
+    }
+
+    /// Records each request (body read in full), then answers with `respond(&seen)`.
+    pub async fn recording(
+        respond: impl Fn(&Seen) -> Response<BoxBody> + Send + Sync + 'static,
+    ) -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let respond = Arc::new(respond);
+        let mut up = Self::with_handler(Arc::new(move |req: Request<Incoming>| {
+            let log = log.clone();
+            let respond = respond.clone();
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let seen = Seen {
+                    method: parts.method,
+                    uri: parts.uri,
+                    headers: parts.headers,
+                    body,
+                };
+                let resp = respond(&seen);
+                log.lock().unwrap().push(seen);
+                resp
+            })
+        }))
+        .await;
+        up.seen = seen;
+        up
+    }
+
+    /// Serves with a custom async handler.
+    pub async fn with_handler(handler: Handler) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (h, s, c) = (hits.clone(), stop.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = s.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let hits = h.clone();
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = s.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            conns,
+            seen: Arc::default(),
+            stop,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}
+
+/// A port with nothing listening (bound, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// Starts a gateway from config text; `[server]` listen/admin default to 127.0.0.1:0.
+pub async fn gateway(config: &str) -> Gateway {
+    let text = if config.contains("[server]") {
+        config.to_string()
+    } else {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{config}")
+    };
+    let mut config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    config.log.access = false;
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// Config text with one service `s` at `addr` and one route on `path`.
+pub fn one_route(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "[services.s]\ninstances = [\"{addr}\"]\n[[routes]]\nname = \"r\"\npath = \"{path}\"\nservice = \"s\"\n"
+    )
+}
+
+pub fn client() -> Client<HttpConnector, BoxBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// GET `http://{addr}{path}` and return status, headers and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, String) {
+    send(addr, Request::get(path).body(full("")).unwrap()).await
+}
+
+pub async fn send(addr: SocketAddr, mut req: Request<BoxBody>) -> (StatusCode, HeaderMap, String) {
+    let uri = format!(
+        "http://{addr}{}",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    *req.uri_mut() = uri.parse().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("response within 20 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it or the
+/// timeout passes; returns what was read.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw HTTP text.
+pub fn raw_status(text: &str) -> u16 {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

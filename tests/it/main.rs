@@ -1,0 +1,10 @@
+//! The integration tests: one binary, one module per area. Every test starts real servers on
+//! 127.0.0.1:0 and stops them.
+
+mod admin;
+mod cli;
+mod config;
+mod harness;
+mod limits;
+mod proxy;
+mod shutdown;
