@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Path;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::proxy::Proxy;
@@ -20,6 +23,13 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(routes))
         .route("/admin/services", get(services))
+        .route("/admin/plugins", get(plugins))
+        .route("/admin/plugins/reload", post(reload_plugins))
+        .route("/admin/kv", get(kv_list))
+        .route(
+            "/admin/kv/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .with_state(proxy)
 }
 
@@ -47,4 +57,70 @@ async fn services(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     let mut services: Vec<_> = snapshot.services.values().map(|s| s.view()).collect();
     services.sort_by(|a, b| a.name().cmp(b.name()));
     Json(json!({ "services": services }))
+}
+
+async fn plugins(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    Json(json!({ "plugins": proxy.plugins.views() }))
+}
+
+async fn reload_plugins(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    let report = proxy.plugins.reload().await;
+    let status = if report.failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, Json(report))
+}
+
+async fn kv_list(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    let keys: Vec<_> = proxy
+        .plugins
+        .kv()
+        .list()
+        .into_iter()
+        .map(|(key, version)| json!({ "key": key, "version": version }))
+        .collect();
+    Json(json!({ "keys": keys }))
+}
+
+async fn kv_get(State(proxy): State<Arc<Proxy>>, Path(key): Path<String>) -> impl IntoResponse {
+    match proxy.plugins.kv().get(&key) {
+        Some((value, version)) => (
+            StatusCode::OK,
+            [("x-kv-version", version.to_string())],
+            value,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no key {key}\n")).into_response(),
+    }
+}
+
+async fn kv_put(
+    State(proxy): State<Arc<Proxy>>,
+    Path(key): Path<String>,
+    value: Bytes,
+) -> impl IntoResponse {
+    let kv = proxy.plugins.kv().clone();
+    // The store writes its file synchronously; keep that off the event loop.
+    let result = tokio::task::spawn_blocking(move || kv.put(&key, value).map(|v| (key, v))).await;
+    match result {
+        Ok(Ok((key, version))) => (
+            StatusCode::OK,
+            Json(json!({ "key": key, "version": version })),
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn kv_delete(State(proxy): State<Arc<Proxy>>, Path(key): Path<String>) -> impl IntoResponse {
+    let kv = proxy.plugins.kv().clone();
+    match tokio::task::spawn_blocking(move || kv.delete(&key)).await {
+        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(false)) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }

@@ -30,7 +30,7 @@ pub struct Config {
     /// `[log]`: log format and the access log.
     #[serde(default)]
     pub log: LogConfig,
-    /// `[plugins]`: where plugin files are loaded from.
+    /// `[plugins]`: where plugin files are loaded from, and how plugins run.
     #[serde(default)]
     pub plugins: PluginsConfig,
     /// `[services.NAME]`: upstream services and their instances.
@@ -42,6 +42,9 @@ pub struct Config {
     /// `[plugin.NAME]`: configuration handed to the plugin named NAME.
     #[serde(default)]
     pub plugin: BTreeMap<String, toml::Table>,
+    /// `[kv]`: the watched key-value store plugins read (`kv` in the WIT).
+    #[serde(default)]
+    pub kv: KvConfig,
     /// `[demo_upstream]`: an optional built-in upstream that echoes what it receives.
     #[serde(default)]
     pub demo_upstream: Option<DemoUpstreamConfig>,
@@ -128,11 +131,162 @@ pub enum LogFormat {
 }
 
 /// `[plugins]`
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// `dir = "plugins"`: every `*.wasm` here is a plugin named after its file.
     pub dir: Option<PathBuf>,
+    /// `watch = true`: reload plugins when files in `dir` change.
+    pub watch: bool,
+    /// `cache_dir = "..."`: where compiled plugins are cached (default: the user's cache
+    /// directory, `~/.cache/sluice`); `""` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// `[plugins.defaults]`: how every plugin runs unless overridden.
+    pub defaults: PluginSettings,
+    /// `[plugins.override.NAME]`: settings for one plugin, on top of the defaults.
+    #[serde(rename = "override")]
+    pub overrides: BTreeMap<String, PluginSettingsPatch>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            cache_dir: None,
+            defaults: PluginSettings::default(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The settings of one plugin: the defaults with its override applied.
+    pub fn settings_for(&self, name: &str) -> PluginSettings {
+        let mut s = self.defaults.clone();
+        if let Some(p) = self.overrides.get(name) {
+            p.apply(&mut s);
+        }
+        s
+    }
+}
+
+/// How a plugin instance is managed.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceMode {
+    /// Instances are reused, one request at a time each (fast; plugin globals persist).
+    Pooled,
+    /// A fresh instance for every request (no state survives; ~10x the cost).
+    PerRequest,
+}
+
+/// What happens to a request when a plugin fails (trap, timeout, error, not loaded).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The request is answered 500 (503 when the plugin is not loaded), naming the plugin.
+    FailClosed,
+    /// The plugin is skipped and the skip is counted.
+    FailOpen,
+}
+
+/// `[plugins.defaults]` and the result of applying `[plugins.override.NAME]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginSettings {
+    /// `instance = "pooled"` or `"per-request"`.
+    pub instance: InstanceMode,
+    /// `max_idle_instances = 64`: pooled instances kept ready.
+    pub max_idle_instances: usize,
+    /// `max_uses = 10000`: a pooled instance is replaced after this many requests.
+    pub max_uses: u64,
+    /// `max_memory_bytes = 67108864`: linear memory cap per instance; past it a memory.grow
+    /// fails (and most guests then trap).
+    pub max_memory_bytes: usize,
+    /// `cpu_timeout = "100ms"`: CPU time a single call may use before it is interrupted.
+    #[serde(with = "humantime_serde")]
+    pub cpu_timeout: Duration,
+    /// `timeout = "1s"`: wall-clock limit for a call, host calls (outbound HTTP) included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `on_failure = "fail-closed"` or `"fail-open"`.
+    pub on_failure: FailurePolicy,
+    /// `quarantine_after = 5`: consecutive failures that quarantine the plugin.
+    pub quarantine_after: u32,
+    /// `quarantine_for = "10s"`: the first quarantine; each next one doubles, up to 5 min.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_for: Duration,
+    /// `request_body = false`: buffer the request body (up to `max_body_bytes`) for this
+    /// plugin to read and replace.
+    pub request_body: bool,
+    /// `max_body_bytes = 1048576`: the largest body handed to the plugin; larger → 413.
+    pub max_body_bytes: usize,
+    /// `allowed_hosts = ["auth.internal:8080"]`: hosts (`host` or `host:port`) the plugin may
+    /// reach with outbound HTTP. Empty = none.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            instance: InstanceMode::Pooled,
+            max_idle_instances: 64,
+            max_uses: 10_000,
+            max_memory_bytes: 64 * 1024 * 1024,
+            cpu_timeout: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            on_failure: FailurePolicy::FailClosed,
+            quarantine_after: 5,
+            quarantine_for: Duration::from_secs(10),
+            request_body: false,
+            max_body_bytes: 1024 * 1024,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `[plugins.override.NAME]`: any subset of the settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginSettingsPatch {
+    instance: Option<InstanceMode>,
+    max_idle_instances: Option<usize>,
+    max_uses: Option<u64>,
+    max_memory_bytes: Option<usize>,
+    #[serde(with = "humantime_serde")]
+    cpu_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    timeout: Option<Duration>,
+    on_failure: Option<FailurePolicy>,
+    quarantine_after: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    quarantine_for: Option<Duration>,
+    request_body: Option<bool>,
+    max_body_bytes: Option<usize>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+impl PluginSettingsPatch {
+    fn apply(&self, s: &mut PluginSettings) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { s.$f = v.clone(); } )* };
+        }
+        take!(
+            instance,
+            max_idle_instances,
+            max_uses,
+            max_memory_bytes,
+            cpu_timeout,
+            timeout,
+            on_failure,
+            quarantine_after,
+            quarantine_for,
+            request_body,
+            max_body_bytes,
+            allowed_hosts
+        );
+    }
 }
 
 /// `[services.NAME]`
@@ -183,6 +337,15 @@ pub struct RouteConfig {
     /// `plugins = ["auth"]`: plugins run on this route, in this order (responses in reverse).
     #[serde(default)]
     pub plugins: Vec<Spanned<String>>,
+}
+
+/// `[kv]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// `file = "sluice-kv.json"`: where values set with `PUT /admin/kv/{key}` are persisted,
+    /// so a restart keeps them. Without it they live in memory only.
+    pub file: Option<PathBuf>,
 }
 
 /// `[demo_upstream]`

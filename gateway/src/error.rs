@@ -62,6 +62,30 @@ pub enum ProxyError {
         /// What went wrong, for the log.
         reason: String,
     },
+    /// A plugin failed and its policy is fail-closed.
+    #[error("plugin {plugin} failed: {reason}")]
+    PluginFailed {
+        /// The plugin.
+        plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A plugin the route needs is not loaded or is quarantined (fail-closed).
+    #[error("plugin {plugin} {reason}")]
+    PluginUnavailable {
+        /// The plugin.
+        plugin: String,
+        /// Why it cannot run.
+        reason: String,
+    },
+    /// A plugin asked for the request body, and it is larger than the plugin accepts.
+    #[error("request body larger than {limit} bytes (needed whole by plugin {plugin})")]
+    BodyTooLargeForPlugin {
+        /// The plugin.
+        plugin: String,
+        /// Its `max_body_bytes`.
+        limit: usize,
+    },
     /// The gateway is shutting down and accepts no new requests on this connection.
     #[error("gateway is shutting down")]
     ShuttingDown,
@@ -74,7 +98,11 @@ impl ProxyError {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoInstance { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoInstance { .. } | Self::ShuttingDown | Self::PluginUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BodyTooLargeForPlugin { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -91,6 +119,9 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "timeout",
             Self::UpstreamFailed { .. } => "reset",
             Self::ShuttingDown => "shutting_down",
+            Self::PluginFailed { .. } => "plugin_failed",
+            Self::PluginUnavailable { .. } => "plugin_unavailable",
+            Self::BodyTooLargeForPlugin { .. } => "payload_too_large",
         }
     }
 
@@ -120,7 +151,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, Self::BadRequest(_) | Self::PayloadTooLarge { .. }) {
+        if matches!(
+            self,
+            Self::BadRequest(_) | Self::PayloadTooLarge { .. } | Self::BodyTooLargeForPlugin { .. }
+        ) {
             // The rest of the request may still be on the wire; do not try to read past it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

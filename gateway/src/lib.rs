@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod routing;
 pub mod server;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::plugin::PluginRuntime;
 use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
 
@@ -67,9 +69,24 @@ impl Gateway {
             None => None,
         };
 
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Arc::new(PluginRuntime::new(&config, metrics.plugins.clone())?);
+        if plugins.dir().is_some() {
+            let report = plugins.reload().await;
+            tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "plugins loaded");
+            if config.plugins.watch {
+                let watcher = plugin::watcher::spawn(plugins.clone(), shutdown.clone())
+                    .context("plugins.dir: cannot watch the plugin directory")?;
+                control_tasks.push(watcher);
+            }
+        }
+        warn_about_missing_plugins(&config, &plugins);
+        control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
+
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config)),
-            metrics: Arc::new(Metrics::new()),
+            plugins,
+            metrics,
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access,
         });
@@ -125,6 +142,39 @@ impl Gateway {
         }
         tracing::info!("sluice stopped");
     }
+}
+
+/// A route naming a plugin that is not loaded fails its requests as that plugin's failure
+/// policy says; say so at start-up rather than at the first request.
+fn warn_about_missing_plugins(config: &Config, plugins: &PluginRuntime) {
+    let set = plugins.current();
+    for route in &config.routes {
+        for name in &route.plugins {
+            if set.get(name.get_ref()).is_none() {
+                tracing::warn!(
+                    route = route.name.as_deref().unwrap_or(route.path.get_ref()),
+                    plugin = name.get_ref().as_str(),
+                    "route names a plugin that is not loaded"
+                );
+            }
+        }
+    }
+}
+
+/// Drops expired shared-state entries now and then.
+fn spawn_state_sweeper(
+    plugins: Arc<PluginRuntime>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => plugins.sweep_state(),
+            }
+        }
+    })
 }
 
 fn serve_axum(

@@ -75,6 +75,8 @@ pub struct Metrics {
     duration: Family<RouteLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     connections: Gauge,
+    /// Plugin calls and plugin-defined metrics.
+    pub plugins: Arc<crate::plugin::metrics::PluginMetrics>,
 }
 
 impl Default for Metrics {
@@ -114,12 +116,14 @@ impl Metrics {
             "Client connections currently open",
             connections.clone(),
         );
+        let plugins = crate::plugin::metrics::PluginMetrics::register(&mut registry);
         Self {
             registry,
             requests,
             duration,
             upstream_errors,
             connections,
+            plugins,
         }
     }
 

@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::LengthLimitError;
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -15,6 +19,8 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{Metrics, RouteName};
+use crate::plugin::host::RequestState;
+use crate::plugin::{PluginRuntime, PluginSet};
 use crate::routing::Route;
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
@@ -24,6 +30,8 @@ use crate::snapshot::Snapshot;
 pub struct Proxy {
     /// Routes and services; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
+    /// The plugin runtime.
+    pub plugins: Arc<PluginRuntime>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// `server.max_body_bytes`.
@@ -37,6 +45,16 @@ struct Outcome {
     route: RouteName,
     upstream: Option<Arc<str>>,
     error: Option<ProxyError>,
+    request_id: Option<HeaderValue>,
+}
+
+impl Outcome {
+    /// The gateway answers with this error.
+    fn fail(&mut self, error: ProxyError) -> Response<ResponseBody> {
+        let response = error.to_response();
+        self.error = Some(error);
+        response
+    }
 }
 
 impl Proxy {
@@ -53,17 +71,11 @@ impl Proxy {
             route: RouteName::unmatched(),
             upstream: None,
             error: None,
+            request_id: None,
         };
 
-        let (mut response, request_id) = match self.forward(request, client, &mut outcome).await {
-            Ok(pair) => pair,
-            Err((e, id)) => {
-                let response = e.to_response();
-                outcome.error = Some(e);
-                (response, id)
-            }
-        };
-        if let Some(id) = request_id {
+        let mut response = self.route_and_forward(request, client, &mut outcome).await;
+        if let Some(id) = outcome.request_id.take() {
             response
                 .headers_mut()
                 .insert(headers::X_REQUEST_ID.clone(), id);
@@ -92,66 +104,179 @@ impl Proxy {
         response
     }
 
-    /// Routes and forwards; returns the upstream's response or the error to answer with, plus
-    /// the request id to echo back.
-    async fn forward(
+    /// The request path: edge checks → route → plugins in → upstream → plugins out.
+    async fn route_and_forward(
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
         outcome: &mut Outcome,
-    ) -> Result<(Response<ResponseBody>, Option<HeaderValue>), (ProxyError, Option<HeaderValue>)>
-    {
+    ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
 
         // 1. Edge checks that must run before anything reaches an upstream.
         if parts.extensions.get::<AmbiguousFraming>().is_some() {
-            return Err((ProxyError::BadRequest(BOTH_FRAMING_HEADERS), None));
+            return outcome.fail(ProxyError::BadRequest(BOTH_FRAMING_HEADERS));
         }
-        check_framing(&parts.headers, self.max_body_bytes).map_err(|e| (e, None))?;
+        if let Err(e) = check_framing(&parts.headers, self.max_body_bytes) {
+            return outcome.fail(e);
+        }
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let fail = |e| (e, Some(request_id.clone()));
+        outcome.request_id = Some(request_id.clone());
 
-        // 2. Route. One snapshot for the whole request.
+        // 2. Route. One snapshot of routes (and below, of plugins) for the whole request.
         let snapshot = self.snapshot.load_full();
         let host = host_of(&parts);
         let Some(route) = snapshot.routes.find(host, &parts.method, parts.uri.path()) else {
-            return Err(fail(ProxyError::NoRoute {
+            let error = ProxyError::NoRoute {
                 method: parts.method.clone(),
                 path: parts.uri.path().to_owned(),
-            }));
+            };
+            return outcome.fail(error);
         };
         outcome.route = route.name.clone();
 
-        // 3. Upstream instance.
-        let service = snapshot.services.get(&route.service).ok_or_else(|| {
-            fail(ProxyError::NoInstance {
-                service: route.service.clone(),
-            })
-        })?;
-        let instance = service.pick().map_err(fail)?;
+        if route.plugins.is_empty() {
+            let body = RequestBody::limited(body, self.max_body_bytes);
+            return match self
+                .forward(&snapshot, route, parts, body, client, outcome)
+                .await
+            {
+                Ok(response) => response,
+                Err(e) => outcome.fail(e),
+            };
+        }
+
+        // 3. Plugins on the way in. A plugin that opted in to bodies gets it buffered.
+        let set = self.plugins.current();
+        let (buffered, streaming) = match self.buffer_for_plugins(&set, route, body).await {
+            Ok(pair) => pair,
+            Err(e) => return outcome.fail(e),
+        };
+        let state = RequestState {
+            parts,
+            client,
+            route: route.name.clone(),
+            request_id,
+            body: buffered,
+            body_visible: false,
+        };
+        let chain = self.plugins.on_request(&set, &route.plugins, state).await;
+        let mut request = chain.request;
+        let response = match chain.response {
+            Some(answer) => {
+                outcome.error = chain.error;
+                answer
+            }
+            None => {
+                // 4. Upstream, with the request as the plugins left it.
+                let forwarded = copy_head(&request);
+                let body = match (request.body.take(), streaming) {
+                    (Some(bytes), _) => RequestBody::full(bytes),
+                    (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes),
+                    (None, None) => RequestBody::full(Bytes::new()),
+                };
+                let parts = std::mem::replace(&mut request.parts, forwarded);
+                match self
+                    .forward(&snapshot, route, parts, body, client, outcome)
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(e) => outcome.fail(e),
+                }
+            }
+        };
+        if chain.ran.is_empty() {
+            return response;
+        }
+
+        // 5. Plugins on the way out, in reverse.
+        let (response, error) = self
+            .plugins
+            .on_response(&chain.ran, request, response)
+            .await;
+        if error.is_some() {
+            outcome.error = error;
+        }
+        response
+    }
+
+    /// Reads the whole body when a plugin on the route opted in to bodies (bounded by the
+    /// smallest `max_body_bytes` among them); otherwise leaves it streaming.
+    async fn buffer_for_plugins(
+        &self,
+        set: &PluginSet,
+        route: &Route,
+        body: Incoming,
+    ) -> Result<(Option<Bytes>, Option<Incoming>), ProxyError> {
+        let wanting = route
+            .plugins
+            .iter()
+            .filter_map(|name| set.get(name))
+            .filter(|p| p.shared.settings.request_body)
+            .min_by_key(|p| p.shared.settings.max_body_bytes);
+        let Some(plugin) = wanting else {
+            return Ok((None, Some(body)));
+        };
+        let limit = plugin
+            .shared
+            .settings
+            .max_body_bytes
+            .min(self.max_body_bytes as usize);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok((Some(collected.to_bytes()), None)),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(ProxyError::BodyTooLargeForPlugin {
+                    plugin: plugin.name().to_string(),
+                    limit,
+                })
+            }
+            Err(_) => Err(ProxyError::BadRequest("request body aborted")),
+        }
+    }
+
+    /// Picks an instance and sends the request; the upstream's response head, or why not.
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: RequestBody,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let service =
+            snapshot
+                .services
+                .get(&route.service)
+                .ok_or_else(|| ProxyError::NoInstance {
+                    service: route.service.clone(),
+                })?;
+        let instance = service.pick()?;
         outcome.upstream = Some(instance.address.clone());
 
-        // 4. The upstream request: absolute URI for the pool key, hop-by-hop headers off,
-        //    X-Forwarded-* on.
-        parts.uri = upstream_uri(route, &parts.uri, &instance.authority).map_err(fail)?;
+        // Absolute URI for the pool key; hop-by-hop headers off, X-Forwarded-* on.
+        parts.uri = upstream_uri(route, &parts.uri, &instance.authority)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client.ip());
-        let upstream_request =
-            Request::from_parts(parts, RequestBody::limited(body, self.max_body_bytes));
 
-        // 5. Forward and relay.
         let response = service
-            .send(instance, upstream_request)
-            .await
-            .map_err(fail)?;
+            .send(instance, Request::from_parts(parts, body))
+            .await?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok((
-            Response::from_parts(parts, ResponseBody::upstream(body)),
-            Some(request_id),
-        ))
+        Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
     }
+}
+
+/// A copy of the request head, for `on-response` after the original went upstream.
+fn copy_head(request: &RequestState) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = request.parts.method.clone();
+    parts.uri = request.parts.uri.clone();
+    parts.version = request.parts.version;
+    parts.headers = request.parts.headers.clone();
+    parts
 }
 
 const BOTH_FRAMING_HEADERS: &str = "both Content-Length and Transfer-Encoding are set";

@@ -1,0 +1,657 @@
+//! The host side of the WIT world: the store data of a plugin instance (`HostState`) and the
+//! implementation of every import (request/response views, log, metrics, clocks, spans,
+//! shared state, key-value config, outbound HTTP).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::time::Instant;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{host, kv, outbound, state, types};
+use super::kv::KvStore;
+use super::loaded::MemoryLimiter;
+use super::log_stream::PluginLogStream;
+use super::state::{SharedState, StateError};
+use crate::config::PluginSettings;
+use crate::metrics::RouteName;
+
+/// Largest outbound response body a plugin receives.
+const MAX_OUTBOUND_BODY: usize = 4 * 1024 * 1024;
+
+/// What all instances of one loaded plugin share.
+#[derive(Debug)]
+pub struct PluginShared {
+    /// The plugin's name.
+    pub name: Arc<str>,
+    /// How the gateway runs it.
+    pub settings: PluginSettings,
+    /// Its shared state (kept across reloads of the same plugin name).
+    pub state: Arc<SharedState>,
+    /// The watched key-value store.
+    pub kv: Arc<KvStore>,
+    /// Plugin-defined metrics.
+    pub metrics: Arc<super::metrics::PluginMetrics>,
+    /// Client for outbound HTTP.
+    pub outbound: OutboundClient,
+}
+
+/// The pooled client used for plugins' outbound HTTP.
+pub type OutboundClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// Builds the outbound client (one per runtime).
+pub fn outbound_client() -> OutboundClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+/// Span attributes and events a plugin recorded during one call.
+#[derive(Debug, Default)]
+pub struct SpanRecord {
+    /// `(key, value)` attributes.
+    pub attributes: Vec<(String, String)>,
+    /// `(name, attributes)` events.
+    pub events: Vec<(String, Vec<(String, String)>)>,
+}
+
+/// The data of one plugin instance's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Caps linear memory and tracks how much the instance holds.
+    pub limiter: MemoryLimiter,
+    /// What the plugin shares with its other instances.
+    pub plugin: Arc<PluginShared>,
+    /// Time spent in async host calls during the current call; the CPU deadline excludes it.
+    pub host_time: Duration,
+    /// When the current call started.
+    pub call_started: Instant,
+    /// What the plugin recorded on the current span.
+    pub span: SpanRecord,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// Store data for a new instance: WASI with no capabilities (no files, env, sockets,
+    /// args), stdout/stderr into the gateway log under the plugin's name.
+    pub fn new(plugin: Arc<PluginShared>) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(PluginLogStream::new(plugin.name.clone(), "stdout"))
+            .stderr(PluginLogStream::new(plugin.name.clone(), "stderr"))
+            .allow_blocking_current_thread(false)
+            .build();
+        let limiter = MemoryLimiter::new(plugin.settings.max_memory_bytes);
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            plugin,
+            host_time: Duration::ZERO,
+            call_started: Instant::now(),
+            span: SpanRecord::default(),
+        }
+    }
+
+    /// Puts the request into this store's table for the duration of a call.
+    pub fn push_request(&mut self, r: RequestState) -> wasmtime::Result<Resource<RequestState>> {
+        Ok(self.table.push(r)?)
+    }
+
+    /// Takes the request back after a call.
+    pub fn take_request(&mut self, r: Resource<RequestState>) -> wasmtime::Result<RequestState> {
+        Ok(self.table.delete(r)?)
+    }
+
+    /// Puts the response head into this store's table for the duration of a call.
+    pub fn push_response(&mut self, r: ResponseState) -> wasmtime::Result<Resource<ResponseState>> {
+        Ok(self.table.push(r)?)
+    }
+
+    /// Takes the response head back after a call.
+    pub fn take_response(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<ResponseState> {
+        Ok(self.table.delete(r)?)
+    }
+
+    fn request(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
+        Ok(self.table.get_mut(r)?)
+    }
+
+    fn response(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
+        Ok(self.table.get_mut(r)?)
+    }
+}
+
+/// The request as plugins see and change it.
+#[derive(Debug)]
+pub struct RequestState {
+    /// Method, URI (origin form: path and query), headers.
+    pub parts: http::request::Parts,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The matched route.
+    pub route: RouteName,
+    /// `x-request-id`.
+    pub request_id: HeaderValue,
+    /// The buffered body, when a plugin on the route opted in.
+    pub body: Option<Bytes>,
+    /// Whether the plugin being called may read and replace the body.
+    pub body_visible: bool,
+}
+
+/// The response head as plugins see and change it.
+#[derive(Debug)]
+pub struct ResponseState {
+    /// Status and headers.
+    pub parts: http::response::Parts,
+}
+
+fn header_list(headers: &HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| types::Header {
+            name: k.as_str().to_owned(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+fn parse_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name `{name}`"))?;
+    let value =
+        HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+    Ok((name, value))
+}
+
+fn set_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &[u8],
+    append: bool,
+) -> Result<(), String> {
+    let (name, value) = parse_header(name, value)?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+fn remove_header(headers: &mut HeaderMap, name: &str) -> bool {
+    HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| headers.remove(n).is_some())
+}
+
+fn first_header(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.parts.method.as_str().to_owned())
+    }
+
+    fn set_method(
+        &mut self,
+        r: Resource<RequestState>,
+        method: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.request(&r)?;
+        Ok(match Method::from_bytes(method.as_bytes()) {
+            Ok(m) => {
+                req.parts.method = m;
+                Ok(())
+            }
+            Err(_) => Err(format!("invalid method `{method}`")),
+        })
+    }
+
+    fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.parts.uri.path().to_owned())
+    }
+
+    fn set_path(
+        &mut self,
+        r: Resource<RequestState>,
+        path: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.request(&r)?;
+        if !path.starts_with('/') {
+            return Ok(Err(format!("path `{path}` must start with `/`")));
+        }
+        let pq = match req.parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        Ok(match pq.parse::<http::Uri>() {
+            Ok(uri) if uri.query() == req.parts.uri.query() => {
+                req.parts.uri = uri;
+                Ok(())
+            }
+            _ => Err(format!("invalid path `{path}`")),
+        })
+    }
+
+    fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request(&r)?.parts.uri.query().map(str::to_owned))
+    }
+
+    fn set_query(
+        &mut self,
+        r: Resource<RequestState>,
+        query: Option<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.request(&r)?;
+        let pq = match &query {
+            Some(q) => format!("{}?{q}", req.parts.uri.path()),
+            None => req.parts.uri.path().to_owned(),
+        };
+        Ok(match pq.parse::<http::Uri>() {
+            Ok(uri) => {
+                req.parts.uri = uri;
+                Ok(())
+            }
+            Err(_) => Err("invalid query".to_owned()),
+        })
+    }
+
+    fn header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first_header(&self.request(&r)?.parts.headers, &name))
+    }
+
+    fn header_all(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        let headers = &self.request(&r)?.parts.headers;
+        Ok(headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect())
+    }
+
+    fn headers(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(header_list(&self.request(&r)?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(
+            &mut self.request(&r)?.parts.headers,
+            &name,
+            &value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(
+            &mut self.request(&r)?.parts.headers,
+            &name,
+            &value,
+            true,
+        ))
+    }
+
+    fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
+        Ok(remove_header(&mut self.request(&r)?.parts.headers, &name))
+    }
+
+    fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.client.ip().to_string())
+    }
+
+    fn route(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.route.as_str().to_owned())
+    }
+
+    fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(String::from_utf8_lossy(self.request(&r)?.request_id.as_bytes()).into_owned())
+    }
+
+    fn body(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let req = self.request(&r)?;
+        Ok(if req.body_visible {
+            req.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        })
+    }
+
+    fn set_body(
+        &mut self,
+        r: Resource<RequestState>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let max = self.plugin.settings.max_body_bytes;
+        let req = self.request(&r)?;
+        if !req.body_visible {
+            return Ok(Err(
+                "this plugin did not opt in to request bodies (request_body = true)".into(),
+            ));
+        }
+        if body.len() > max {
+            return Ok(Err(format!("body larger than max_body_bytes ({max})")));
+        }
+        req.body = Some(Bytes::from(body));
+        Ok(Ok(()))
+    }
+
+    fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
+        // The gateway owns requests; a guest only ever borrows them. Nothing to free.
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl types::HostResponseHead for HostState {
+    fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
+        Ok(self.response(&r)?.parts.status.as_u16())
+    }
+
+    fn set_status(
+        &mut self,
+        r: Resource<ResponseState>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let resp = self.response(&r)?;
+        Ok(match http::StatusCode::from_u16(status) {
+            Ok(s) if (100..=599).contains(&status) => {
+                resp.parts.status = s;
+                Ok(())
+            }
+            _ => Err(format!("invalid status {status}")),
+        })
+    }
+
+    fn header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first_header(&self.response(&r)?.parts.headers, &name))
+    }
+
+    fn headers(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(header_list(&self.response(&r)?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(
+            &mut self.response(&r)?.parts.headers,
+            &name,
+            &value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(
+            &mut self.response(&r)?.parts.headers,
+            &name,
+            &value,
+            true,
+        ))
+    }
+
+    fn remove_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(remove_header(&mut self.response(&r)?.parts.headers, &name))
+    }
+
+    fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let plugin = &*self.plugin.name;
+        match level {
+            types::Level::Trace => tracing::trace!(target: "sluice::plugin", plugin, "{message}"),
+            types::Level::Debug => tracing::debug!(target: "sluice::plugin", plugin, "{message}"),
+            types::Level::Info => tracing::info!(target: "sluice::plugin", plugin, "{message}"),
+            types::Level::Warn => tracing::warn!(target: "sluice::plugin", plugin, "{message}"),
+            types::Level::Error => tracing::error!(target: "sluice::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(super::state::unix_ms())
+    }
+
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        Ok(super::state::monotonic_ns())
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        self.plugin
+            .metrics
+            .counter_add(&self.plugin.name, &name, delta);
+        Ok(())
+    }
+
+    fn histogram_record(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        self.plugin
+            .metrics
+            .histogram_record(&self.plugin.name, &name, value);
+        Ok(())
+    }
+
+    fn span_set_attribute(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        if self.span.attributes.len() < 64 {
+            self.span.attributes.push((key, value));
+        }
+        Ok(())
+    }
+
+    fn span_add_event(
+        &mut self,
+        name: String,
+        attributes: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        if self.span.events.len() < 64 {
+            self.span.events.push((name, attributes));
+        }
+        Ok(())
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.plugin.state.get(&key).map(|v| v.to_vec()))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
+        self.plugin.state.set(key, Bytes::from(value), ttl_ms);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        Ok(self.plugin.state.delete(&key))
+    }
+
+    fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, String>> {
+        Ok(self
+            .plugin
+            .state
+            .incr(key, delta, ttl_ms)
+            .map_err(|e: StateError| e.to_string()))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.plugin.state.compare_and_swap(
+            key,
+            expected.as_deref(),
+            new.map(Bytes::from),
+            ttl_ms,
+        ))
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<kv::Entry>> {
+        Ok(self.plugin.kv.get(&key).map(|(value, version)| kv::Entry {
+            value: value.to_vec(),
+            version,
+        }))
+    }
+}
+
+impl outbound::Host for HostState {
+    async fn send(
+        &mut self,
+        request: outbound::OutgoingRequest,
+    ) -> wasmtime::Result<Result<outbound::IncomingResponse, outbound::Error>> {
+        let started = Instant::now();
+        let result = send_outbound(&self.plugin, request).await;
+        // Time waiting on the network is not CPU time: keep it out of the CPU deadline.
+        self.host_time += started.elapsed();
+        Ok(result)
+    }
+}
+
+async fn send_outbound(
+    plugin: &PluginShared,
+    request: outbound::OutgoingRequest,
+) -> Result<outbound::IncomingResponse, outbound::Error> {
+    use outbound::Error;
+    let uri: http::Uri = request
+        .url
+        .parse()
+        .map_err(|_| Error::InvalidRequest(format!("invalid URL `{}`", request.url)))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(Error::InvalidRequest(
+            "only http:// URLs are supported".into(),
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Error::InvalidRequest("the URL has no host".into()))?;
+    if !host_allowed(&plugin.settings.allowed_hosts, authority) {
+        return Err(Error::NotAllowed(format!(
+            "{} is not in allowed_hosts of plugin {}",
+            authority, plugin.name
+        )));
+    }
+    let method = Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| Error::InvalidRequest(format!("invalid method `{}`", request.method)))?;
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for h in &request.headers {
+        let (name, value) = parse_header(&h.name, &h.value).map_err(Error::InvalidRequest)?;
+        builder = builder.header(name, value);
+    }
+    let req = builder
+        .body(Full::new(Bytes::from(request.body)))
+        .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let limit = Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(u32::MAX)))
+        .min(plugin.settings.timeout);
+    let exchange = async {
+        let resp = plugin
+            .outbound
+            .request(req)
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_OUTBOUND_BODY)
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .to_bytes();
+        Ok(outbound::IncomingResponse {
+            status: parts.status.as_u16(),
+            headers: header_list(&parts.headers),
+            body: body.to_vec(),
+        })
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| Error::Timeout)?
+}
+
+/// `allowed_hosts` entries are `host` (any port) or `host:port`.
+fn host_allowed(allowed: &[String], authority: &http::uri::Authority) -> bool {
+    allowed.iter().any(|a| {
+        a.eq_ignore_ascii_case(authority.as_str()) || a.eq_ignore_ascii_case(authority.host())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn allowed_hosts_match_host_or_host_and_port() {
+        let allowed = vec!["keys.internal".to_owned(), "127.0.0.1:8080".to_owned()];
+        assert!(host_allowed(
+            &allowed,
+            &"keys.internal:9000".parse().unwrap()
+        ));
+        assert!(host_allowed(&allowed, &"127.0.0.1:8080".parse().unwrap()));
+        assert!(!host_allowed(&allowed, &"127.0.0.1:8081".parse().unwrap()));
+        assert!(!host_allowed(&allowed, &"evil.internal".parse().unwrap()));
+    }
+}

@@ -1,0 +1,184 @@
+//! The watched key-value store behind the `kv` interface: operators change values while the
+//! gateway runs (`PUT /admin/kv/{key}`), plugins read them with a version so they re-parse
+//! only on change. The embedded backend persists to a JSON file (written atomically), so a
+//! restart keeps the values.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Why a change could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The persistence file could not be written or read.
+    #[error("kv file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The persistence file is not what we wrote.
+    #[error("kv file {path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How a value is written in the file: UTF-8 as text, anything else as a byte list.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredValue {
+    Text { text: String, version: u64 },
+    Bytes { bytes: Vec<u8>, version: u64 },
+}
+
+/// The key-value store.
+#[derive(Debug, Default)]
+pub struct KvStore {
+    entries: RwLock<BTreeMap<String, (Bytes, u64)>>,
+    version: AtomicU64,
+    file: Option<PathBuf>,
+}
+
+impl KvStore {
+    /// A store kept in memory only.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// A store persisted to `file`, loading what it holds.
+    pub fn open(file: &Path) -> Result<Self, KvError> {
+        let mut entries = BTreeMap::new();
+        let mut max_version = 0;
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                let stored: BTreeMap<String, StoredValue> = serde_json::from_slice(&bytes)
+                    .map_err(|e| KvError::Corrupt {
+                        path: file.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                for (key, value) in stored {
+                    let (value, version) = match value {
+                        StoredValue::Text { text, version } => (Bytes::from(text), version),
+                        StoredValue::Bytes { bytes, version } => (Bytes::from(bytes), version),
+                    };
+                    max_version = max_version.max(version);
+                    entries.insert(key, (value, version));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KvError::File {
+                    path: file.to_owned(),
+                    source,
+                });
+            }
+        }
+        Ok(Self {
+            entries: RwLock::new(entries),
+            version: AtomicU64::new(max_version),
+            file: Some(file.to_owned()),
+        })
+    }
+
+    /// The value and version of a key.
+    pub fn get(&self, key: &str) -> Option<(Bytes, u64)> {
+        self.entries.read().expect("kv lock").get(key).cloned()
+    }
+
+    /// Every key with its version.
+    pub fn list(&self) -> Vec<(String, u64)> {
+        self.entries
+            .read()
+            .expect("kv lock")
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Sets a value; returns its new version.
+    pub fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut entries = self.entries.write().expect("kv lock");
+        entries.insert(key.to_owned(), (value, version));
+        self.persist(&entries)?;
+        Ok(version)
+    }
+
+    /// Removes a key; whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let mut entries = self.entries.write().expect("kv lock");
+        let existed = entries.remove(key).is_some();
+        if existed {
+            self.persist(&entries)?;
+        }
+        Ok(existed)
+    }
+
+    fn persist(&self, entries: &BTreeMap<String, (Bytes, u64)>) -> Result<(), KvError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let stored: BTreeMap<&str, StoredValue> = entries
+            .iter()
+            .map(|(k, (v, version))| {
+                let value = match std::str::from_utf8(v) {
+                    Ok(text) => StoredValue::Text {
+                        text: text.to_owned(),
+                        version: *version,
+                    },
+                    Err(_) => StoredValue::Bytes {
+                        bytes: v.to_vec(),
+                        version: *version,
+                    },
+                };
+                (k.as_str(), value)
+            })
+            .collect();
+        let json = serde_json::to_vec_pretty(&stored).expect("kv entries serialize");
+        // Write then rename, so a crash never leaves a half-written file.
+        let tmp = path.with_extension("tmp");
+        let io = |source| KvError::File {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_grow_and_values_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kv.json");
+        let kv = KvStore::open(&file).unwrap();
+        let v1 = kv.put("jwt/key", Bytes::from_static(b"secret-1")).unwrap();
+        let v2 = kv.put("bin", Bytes::from_static(&[0xff, 0x00])).unwrap();
+        assert!(v2 > v1);
+        let again = KvStore::open(&file).unwrap();
+        assert_eq!(
+            again.get("jwt/key"),
+            Some((Bytes::from_static(b"secret-1"), v1))
+        );
+        assert_eq!(
+            again.get("bin").unwrap().0,
+            Bytes::from_static(&[0xff, 0x00])
+        );
+        assert!(
+            again.put("x", Bytes::new()).unwrap() > v2,
+            "versions keep growing after a restart"
+        );
+    }
+}

@@ -1,0 +1,514 @@
+//! A loaded plugin: its pre-instantiated component, its pool of ready instances, the limits
+//! every call runs under, and its health (failures, quarantine).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use wasmtime::component::Resource;
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+
+use super::bindings::{Plugin, PluginPre, types};
+use super::engine::EPOCH_TICK;
+use super::host::{HostState, PluginShared, RequestState, ResponseState};
+use super::state::monotonic_ns;
+use crate::config::InstanceMode;
+
+/// The world every plugin must implement.
+pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+
+/// Longest quarantine, however often a plugin keeps failing.
+const MAX_QUARANTINE: Duration = Duration::from_secs(300);
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "path")]
+pub enum PluginSource {
+    /// Embedded in the gateway binary.
+    BuiltIn,
+    /// A file in the plugin directory.
+    File(PathBuf),
+}
+
+/// Why a plugin call did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginFailure {
+    /// The plugin returned an error.
+    #[error("returned an error: {0}")]
+    Error(String),
+    /// The guest trapped (panic, unreachable, out of memory...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The CPU deadline passed (epoch interruption).
+    #[error("used more than its CPU time limit ({0:?})")]
+    CpuTimeout(Duration),
+    /// The wall-clock limit passed (including time in host calls).
+    #[error("did not finish within its time limit ({0:?})")]
+    Timeout(Duration),
+    /// The plugin is quarantined after repeated failures.
+    #[error("is quarantined after repeated failures")]
+    Quarantined,
+    /// A fresh instance could not be set up.
+    #[error("could not start an instance: {0}")]
+    Instantiate(String),
+}
+
+impl PluginFailure {
+    /// The `outcome` label in metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Error(_) => "error",
+            Self::Trap(_) | Self::Instantiate(_) => "trap",
+            Self::CpuTimeout(_) | Self::Timeout(_) => "timeout",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// Tracks linear memory so an instance can be recycled when it grew large, and caps it.
+pub struct MemoryLimiter {
+    max: usize,
+    current: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter with a cap in bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max, current: 0 }
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.current - current.min(self.current) + desired;
+        if total > self.max {
+            return Ok(false);
+        }
+        self.current = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A ready instance.
+struct Instance {
+    store: Store<HostState>,
+    plugin: Plugin,
+    uses: u64,
+}
+
+/// Counters shown on the admin API.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    nanos: AtomicU64,
+    consecutive_failures: AtomicU32,
+    quarantines: AtomicU32,
+    /// Monotonic ns until which the plugin is quarantined; 0 = not.
+    quarantined_until: AtomicU64,
+}
+
+/// What the admin API shows of a plugin's activity.
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Total time in calls, in milliseconds.
+    pub time_spent_ms: f64,
+    /// Seconds of quarantine left, if quarantined.
+    pub quarantined_for_s: Option<f64>,
+    /// Instances ready in the pool.
+    pub idle_instances: usize,
+}
+
+/// A plugin ready to serve.
+pub struct LoadedPlugin {
+    /// Shared with every instance: name, settings, state, kv, metrics.
+    pub shared: Arc<PluginShared>,
+    /// Where it came from.
+    pub source: PluginSource,
+    /// SHA-256 of the component bytes.
+    pub digest: String,
+    /// The configuration handed to `init`, as JSON.
+    pub config_json: String,
+    pre: PluginPre<HostState>,
+    pool: Mutex<Vec<Instance>>,
+    stats: PluginStats,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.shared.name)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// The three exports.
+#[derive(Clone, Copy)]
+enum Phase {
+    Init,
+    OnRequest,
+    OnResponse,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::OnRequest => "on_request",
+            Self::OnResponse => "on_response",
+        }
+    }
+}
+
+impl LoadedPlugin {
+    /// Wraps a pre-instantiated component. Call [`LoadedPlugin::activate`] before serving.
+    pub fn new(
+        shared: Arc<PluginShared>,
+        source: PluginSource,
+        digest: String,
+        config_json: String,
+        pre: PluginPre<HostState>,
+    ) -> Self {
+        Self {
+            shared,
+            source,
+            digest,
+            config_json,
+            pre,
+            pool: Mutex::new(Vec::new()),
+            stats: PluginStats::default(),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.shared.name
+    }
+
+    /// Sets up a first instance, which runs `init` with the config: a plugin whose config is
+    /// rejected never serves. The instance is kept for the first request.
+    pub async fn activate(&self) -> Result<(), PluginFailure> {
+        let instance = self.instantiate().await?;
+        self.give_back(instance);
+        Ok(())
+    }
+
+    /// Runs `on-request`. Always gives the request back (also on failure, for fail-open).
+    pub async fn on_request(
+        &self,
+        request: RequestState,
+    ) -> (RequestState, Result<types::Action, PluginFailure>) {
+        let started = Instant::now();
+        let mut instance = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => {
+                return (
+                    request,
+                    self.finish(Phase::OnRequest, started, None, Err(e)),
+                );
+            }
+        };
+        let timeout = self.shared.settings.timeout;
+        prepare_call(&mut instance.store, self.shared.settings.cpu_timeout);
+        // Two entries at most live in the table during a call, so pushing cannot fail.
+        let handle = instance
+            .store
+            .data_mut()
+            .push_request(request)
+            .expect("table has room");
+        let borrowed = Resource::new_borrow(handle.rep());
+        let call = instance
+            .plugin
+            .call_on_request(&mut instance.store, borrowed);
+        let outcome = tokio::time::timeout(timeout, call).await;
+        let request = instance
+            .store
+            .data_mut()
+            .take_request(handle)
+            .expect("request in the table");
+        let result = self
+            .outcome(outcome, timeout)
+            .and_then(|r| r.map_err(PluginFailure::Error));
+        (
+            request,
+            self.finish(Phase::OnRequest, started, Some(instance), result),
+        )
+    }
+
+    /// Runs `on-response`. Always gives the request and response back.
+    pub async fn on_response(
+        &self,
+        request: RequestState,
+        response: ResponseState,
+    ) -> (RequestState, ResponseState, Result<(), PluginFailure>) {
+        let started = Instant::now();
+        let mut instance = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => {
+                return (
+                    request,
+                    response,
+                    self.finish(Phase::OnResponse, started, None, Err(e)),
+                );
+            }
+        };
+        let timeout = self.shared.settings.timeout;
+        prepare_call(&mut instance.store, self.shared.settings.cpu_timeout);
+        let data = instance.store.data_mut();
+        let req = data.push_request(request).expect("table has room");
+        let resp = data.push_response(response).expect("table has room");
+        let call = instance.plugin.call_on_response(
+            &mut instance.store,
+            Resource::new_borrow(req.rep()),
+            Resource::new_borrow(resp.rep()),
+        );
+        let outcome = tokio::time::timeout(timeout, call).await;
+        let data = instance.store.data_mut();
+        let request = data.take_request(req).expect("request in the table");
+        let response = data.take_response(resp).expect("response in the table");
+        let result = self
+            .outcome(outcome, timeout)
+            .and_then(|r| r.map_err(PluginFailure::Error));
+        (
+            request,
+            response,
+            self.finish(Phase::OnResponse, started, Some(instance), result),
+        )
+    }
+
+    /// A ready instance: from the pool, or new. Fails while quarantined.
+    async fn checkout(&self) -> Result<Instance, PluginFailure> {
+        if self.quarantined() {
+            return Err(PluginFailure::Quarantined);
+        }
+        match self.take_pooled() {
+            Some(i) => Ok(i),
+            None => self.instantiate().await,
+        }
+    }
+
+    fn outcome<T>(
+        &self,
+        outcome: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+    ) -> Result<T, PluginFailure> {
+        match outcome {
+            Err(_elapsed) => Err(PluginFailure::Timeout(timeout)),
+            Ok(Err(e)) => Err(classify_trap(&e, self.shared.settings.cpu_timeout)),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// Returns a healthy instance to the pool (a trapped or timed-out one is dropped: a
+    /// component that trapped cannot be re-entered), and records the call.
+    fn finish<T>(
+        &self,
+        phase: Phase,
+        started: Instant,
+        instance: Option<Instance>,
+        result: Result<T, PluginFailure>,
+    ) -> Result<T, PluginFailure> {
+        if let Some(mut instance) = instance {
+            // A plugin that returned an error is healthy; traps and timeouts are not.
+            if matches!(&result, Ok(_) | Err(PluginFailure::Error(_))) {
+                instance.uses += 1;
+                self.give_back(instance);
+            }
+        }
+        self.record(phase, &result, started.elapsed());
+        result
+    }
+
+    fn record<T>(&self, phase: Phase, result: &Result<T, PluginFailure>, elapsed: Duration) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        self.shared.metrics.record_call(
+            &self.shared.name,
+            phase.label(),
+            outcome,
+            elapsed.as_secs_f64(),
+        );
+        if matches!(result, Err(PluginFailure::Quarantined)) {
+            return;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        match result {
+            Ok(_) => {
+                self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+                self.stats.quarantines.store(0, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let failures = self
+                    .stats
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                let threshold = self.shared.settings.quarantine_after;
+                if threshold > 0 && failures >= threshold {
+                    self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+                    let n = self.stats.quarantines.fetch_add(1, Ordering::Relaxed);
+                    let period = self
+                        .shared
+                        .settings
+                        .quarantine_for
+                        .saturating_mul(1u32 << n.min(16))
+                        .min(MAX_QUARANTINE);
+                    self.stats
+                        .quarantined_until
+                        .store(monotonic_ns() + period.as_nanos() as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        plugin = &*self.shared.name,
+                        failures,
+                        "plugin quarantined for {period:?} after repeated failures (last: {e})"
+                    );
+                }
+            }
+        }
+    }
+
+    fn quarantined(&self) -> bool {
+        let until = self.stats.quarantined_until.load(Ordering::Relaxed);
+        until != 0 && monotonic_ns() < until
+    }
+
+    fn take_pooled(&self) -> Option<Instance> {
+        if self.shared.settings.instance == InstanceMode::PerRequest {
+            return None;
+        }
+        self.pool.lock().expect("plugin pool lock").pop()
+    }
+
+    fn give_back(&self, instance: Instance) {
+        let settings = &self.shared.settings;
+        let worn_out = instance.uses >= settings.max_uses
+            // Memory only grows; an instance that grew past half its cap is replaced
+            // before it runs out.
+            || instance.store.data().limiter.current() > settings.max_memory_bytes / 2;
+        if settings.instance == InstanceMode::PerRequest || worn_out {
+            return;
+        }
+        let mut pool = self.pool.lock().expect("plugin pool lock");
+        if pool.len() < settings.max_idle_instances {
+            pool.push(instance);
+        }
+    }
+
+    /// A new instance with `init` already run.
+    async fn instantiate(&self) -> Result<Instance, PluginFailure> {
+        let started = Instant::now();
+        let result = self.instantiate_inner().await;
+        self.shared.metrics.record_call(
+            &self.shared.name,
+            Phase::Init.label(),
+            match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    async fn instantiate_inner(&self) -> Result<Instance, PluginFailure> {
+        let settings = &self.shared.settings;
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
+        store.limiter(|s| &mut s.limiter);
+        prepare_call(&mut store, settings.cpu_timeout);
+        let setup = async {
+            let plugin = self.pre.instantiate_async(&mut store).await?;
+            let init = plugin.call_init(&mut store, &self.config_json).await?;
+            Ok::<_, wasmtime::Error>((plugin, init))
+        };
+        match tokio::time::timeout(settings.timeout, setup).await {
+            Err(_) => Err(PluginFailure::Timeout(settings.timeout)),
+            Ok(Err(e)) => Err(match classify_trap(&e, settings.cpu_timeout) {
+                PluginFailure::Trap(m) => PluginFailure::Instantiate(m),
+                other => other,
+            }),
+            Ok(Ok((_, Err(rejected)))) => Err(PluginFailure::Error(format!(
+                "configuration rejected: {rejected}"
+            ))),
+            Ok(Ok((plugin, Ok(())))) => Ok(Instance {
+                store,
+                plugin,
+                uses: 0,
+            }),
+        }
+    }
+
+    /// The admin view of its activity.
+    pub fn stats(&self) -> StatsView {
+        let until = self.stats.quarantined_until.load(Ordering::Relaxed);
+        let now = monotonic_ns();
+        StatsView {
+            calls: self.stats.calls.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            time_spent_ms: self.stats.nanos.load(Ordering::Relaxed) as f64 / 1e6,
+            quarantined_for_s: (until > now).then(|| (until - now) as f64 / 1e9),
+            idle_instances: self.pool.lock().expect("plugin pool lock").len(),
+        }
+    }
+}
+
+/// Arms the limits of one call: the CPU deadline counts only time in wasm (time in async
+/// host calls is subtracted when the deadline fires).
+fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration) {
+    let data = store.data_mut();
+    data.host_time = Duration::ZERO;
+    data.call_started = Instant::now();
+    data.span = Default::default();
+    let ticks = (cpu_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_callback(move |ctx| {
+        let data = ctx.data();
+        let cpu = data.call_started.elapsed().saturating_sub(data.host_time);
+        if cpu >= cpu_timeout {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let left = cpu_timeout - cpu;
+        Ok(UpdateDeadline::Continue(
+            (left.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64,
+        ))
+    });
+}
+
+fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginFailure::CpuTimeout(cpu_timeout),
+        Some(trap) => PluginFailure::Trap(trap.to_string()),
+        None => PluginFailure::Trap(format!("{e:#}")),
+    }
+}

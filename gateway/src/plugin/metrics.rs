@@ -1,0 +1,128 @@
+//! Plugin metrics: calls and failures per plugin and phase, time spent, and the counters and
+//! histograms plugins define through the `host` interface.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Label;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    plugin: Label,
+    phase: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: Label,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UserLabels {
+    plugin: Label,
+    name: String,
+}
+
+/// Metrics of every plugin.
+#[derive(Debug, Clone)]
+pub struct PluginMetrics {
+    calls: Family<CallLabels, Counter>,
+    duration: Family<PluginLabels, Histogram>,
+    user_counters: Family<UserLabels, Counter>,
+    user_histograms: Family<UserLabels, Histogram>,
+}
+
+impl PluginMetrics {
+    /// Registers the plugin metrics.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin calls by plugin, phase (init, on_request, on_response) and outcome (ok, error, trap, timeout, skipped, unavailable)",
+            calls.clone(),
+        );
+        let duration = Family::<PluginLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_001, 4.0, 12))
+        });
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time spent in plugin calls",
+            duration.clone(),
+        );
+        let user_counters = Family::<UserLabels, Counter>::default();
+        registry.register(
+            "plugin_counter",
+            "Counters defined by plugins",
+            user_counters.clone(),
+        );
+        let user_histograms = Family::<UserLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "plugin_histogram",
+            "Histograms defined by plugins",
+            user_histograms.clone(),
+        );
+        Arc::new(Self {
+            calls,
+            duration,
+            user_counters,
+            user_histograms,
+        })
+    }
+
+    /// Records one call.
+    pub fn record_call(
+        &self,
+        plugin: &Arc<str>,
+        phase: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        self.calls
+            .get_or_create(&CallLabels {
+                plugin: Label(plugin.clone()),
+                phase,
+                outcome,
+            })
+            .inc();
+        if outcome != "skipped" && outcome != "unavailable" {
+            self.duration
+                .get_or_create(&PluginLabels {
+                    plugin: Label(plugin.clone()),
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// `host.counter-add`.
+    pub fn counter_add(&self, plugin: &Arc<str>, name: &str, delta: u64) {
+        self.user_counters
+            .get_or_create(&UserLabels {
+                plugin: Label(plugin.clone()),
+                name: sanitize(name),
+            })
+            .inc_by(delta);
+    }
+
+    /// `host.histogram-record`.
+    pub fn histogram_record(&self, plugin: &Arc<str>, name: &str, value: f64) {
+        self.user_histograms
+            .get_or_create(&UserLabels {
+                plugin: Label(plugin.clone()),
+                name: sanitize(name),
+            })
+            .observe(value);
+    }
+}
+
+/// Label values are free text, but keep them short so a plugin cannot bloat /metrics.
+fn sanitize(name: &str) -> String {
+    name.chars().take(64).collect()
+}

@@ -1,0 +1,535 @@
+//! The plugin runtime: WebAssembly components that implement `wit/plugin.wit`, loaded from a
+//! directory (and hot-reloaded), run in a chain on each request and response.
+//!
+//! Module map: `bindings` (generated), `host` (imports and store data), `engine` (wasmtime set
+//! up, epoch ticker, cache), `loader` (file → checked, compiled component), `loaded` (a plugin's
+//! instance pool, limits and health), `state` and `kv` (host-side data plugins share),
+//! `watcher` (directory watch), and this file: the set of active plugins and the chain.
+
+pub mod bindings;
+pub mod engine;
+pub mod host;
+pub mod kv;
+pub mod loaded;
+pub mod loader;
+pub mod log_stream;
+pub mod metrics;
+pub mod state;
+pub mod watcher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use self::bindings::types;
+use self::host::{HostState, PluginShared, RequestState, ResponseState};
+use self::kv::KvStore;
+use self::loaded::{LoadedPlugin, PluginFailure, PluginSource, WORLD};
+use self::loader::LoadError;
+use self::metrics::PluginMetrics;
+use self::state::SharedState;
+use crate::body::ResponseBody;
+use crate::config::{Config, FailurePolicy, PluginsConfig};
+use crate::error::ProxyError;
+
+/// The plugins active at one moment. Requests load it once, so a reload mid-request never
+/// mixes two versions of a plugin.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    plugins: HashMap<Arc<str>, Arc<LoadedPlugin>>,
+}
+
+impl PluginSet {
+    /// The active plugin with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.get(name)
+    }
+}
+
+/// A load that failed: shown on the admin API until the next successful load of that name.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    /// The file.
+    pub path: PathBuf,
+    /// What was wrong.
+    pub reason: String,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// Plugins loaded or replaced.
+    pub loaded: Vec<String>,
+    /// Plugins whose file is gone.
+    pub unloaded: Vec<String>,
+    /// Plugins already up to date.
+    pub unchanged: Vec<String>,
+    /// Files that failed, with the reason (the previous version, if any, keeps serving).
+    pub failed: BTreeMap<String, String>,
+}
+
+/// The result of the request phase of a chain.
+pub struct RequestChain {
+    /// The request as the plugins left it.
+    pub request: RequestState,
+    /// Set when a plugin (or a plugin failure) answered instead of the upstream.
+    pub response: Option<Response<ResponseBody>>,
+    /// The error behind `response`, when the gateway made it (for the log).
+    pub error: Option<ProxyError>,
+    /// Plugins whose `on-request` ran and continued; their `on-response` runs in reverse.
+    pub ran: Vec<Arc<LoadedPlugin>>,
+}
+
+/// The plugin runtime.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    set: ArcSwap<PluginSet>,
+    failures: Mutex<BTreeMap<String, LoadFailure>>,
+    /// Shared state by plugin name: kept across reloads, so a new version of a plugin sees
+    /// the counters of the old one.
+    states: Mutex<HashMap<String, Arc<SharedState>>>,
+    kv: Arc<KvStore>,
+    metrics: Arc<PluginMetrics>,
+    outbound: host::OutboundClient,
+    settings: PluginsConfig,
+    plugin_config: BTreeMap<String, toml::Table>,
+    /// One reload at a time (watcher and admin API may both ask).
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("dir", &self.settings.dir)
+            .finish()
+    }
+}
+
+impl PluginRuntime {
+    /// Sets up the engine and stores; loads nothing yet.
+    pub fn new(config: &Config, metrics: Arc<PluginMetrics>) -> anyhow::Result<Self> {
+        let cache_dir = match &config.plugins.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => engine::default_cache_dir(),
+        };
+        let engine = engine::build_engine(cache_dir)?;
+        let linker = Arc::new(engine::build_linker(&engine)?);
+        let kv = match &config.kv.file {
+            Some(file) => KvStore::open(file)?,
+            None => KvStore::in_memory(),
+        };
+        Ok(Self {
+            engine,
+            linker,
+            set: ArcSwap::from_pointee(PluginSet::default()),
+            failures: Mutex::default(),
+            states: Mutex::default(),
+            kv: Arc::new(kv),
+            metrics,
+            outbound: host::outbound_client(),
+            settings: config.plugins.clone(),
+            plugin_config: config.plugin.clone(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The key-value store plugins read.
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.kv
+    }
+
+    /// The active plugins.
+    pub fn current(&self) -> Arc<PluginSet> {
+        self.set.load_full()
+    }
+
+    /// The plugin directory, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.settings.dir.as_deref()
+    }
+
+    /// Brings the active set in line with the plugin directory: loads new and changed files
+    /// (a changed `NAME.toml` counts), unloads plugins whose file is gone. A file that fails
+    /// never replaces a working version.
+    pub async fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let mut report = ReloadReport::default();
+        let Some(dir) = self.settings.dir.clone() else {
+            return report;
+        };
+        let files = match plugin_files(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "cannot list the plugin directory: {e}");
+                report
+                    .failed
+                    .insert("*".into(), format!("cannot list {}: {e}", dir.display()));
+                return report;
+            }
+        };
+        for (name, path) in &files {
+            match self.load_file(name, path).await {
+                Ok(true) => report.loaded.push(name.clone()),
+                Ok(false) => report.unchanged.push(name.clone()),
+                Err(e) => {
+                    report.failed.insert(name.clone(), e.to_string());
+                }
+            }
+        }
+        let current = self.current();
+        for (name, plugin) in &current.plugins {
+            if matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name) {
+                self.unload(name);
+                report.unloaded.push(name.to_string());
+            }
+        }
+        report
+    }
+
+    /// Loads (or reloads) one plugin file; `Ok(false)` when it is already active unchanged.
+    pub async fn load_file(&self, name: &str, path: &Path) -> Result<bool, LoadError> {
+        let result = self.load_file_inner(name, path).await;
+        match &result {
+            Ok(true) => {
+                self.failures.lock().expect("failures lock").remove(name);
+                tracing::info!(plugin = name, path = %path.display(), "plugin loaded");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let serving = self.current().get(name).is_some();
+                tracing::error!(
+                    plugin = name,
+                    path = %path.display(),
+                    "plugin not loaded: {e}{}",
+                    if serving { " (the previous version keeps serving)" } else { "" }
+                );
+                self.failures.lock().expect("failures lock").insert(
+                    name.to_owned(),
+                    LoadFailure {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                        at_ms: state::unix_ms(),
+                    },
+                );
+            }
+        }
+        result
+    }
+
+    async fn load_file_inner(&self, name: &str, path: &Path) -> Result<bool, LoadError> {
+        let bytes = loader::read(path)?;
+        loader::check_header(&bytes)?;
+        let config_json = self.config_json(name, path)?;
+        if let Some(active) = self.current().get(name) {
+            let digest = loader::digest(&bytes);
+            if active.digest == digest && active.config_json == config_json {
+                return Ok(false);
+            }
+        }
+        let compiled =
+            loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
+        let plugin = LoadedPlugin::new(
+            self.shared_for(name),
+            PluginSource::File(path.to_owned()),
+            compiled.digest,
+            config_json,
+            compiled.pre,
+        );
+        plugin
+            .activate()
+            .await
+            .map_err(|e| LoadError::Activate(e.to_string()))?;
+        self.install(Arc::new(plugin));
+        Ok(true)
+    }
+
+    fn shared_for(&self, name: &str) -> Arc<PluginShared> {
+        let state = self
+            .states
+            .lock()
+            .expect("states lock")
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        Arc::new(PluginShared {
+            name: Arc::from(name),
+            settings: self.settings.settings_for(name),
+            state,
+            kv: self.kv.clone(),
+            metrics: self.metrics.clone(),
+            outbound: self.outbound.clone(),
+        })
+    }
+
+    /// `[plugin.NAME]` from the main config, with `NAME.toml` beside the file on top.
+    fn config_json(&self, name: &str, wasm: &Path) -> Result<String, LoadError> {
+        let mut table = self.plugin_config.get(name).cloned().unwrap_or_default();
+        let side = wasm.with_extension("toml");
+        match std::fs::read_to_string(&side) {
+            Ok(text) => {
+                let file: toml::Table = toml::from_str(&text).map_err(|e| {
+                    LoadError::Activate(format!("{}: {}", side.display(), e.message().trim()))
+                })?;
+                table.extend(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LoadError::Activate(format!("{}: {e}", side.display()))),
+        }
+        Ok(serde_json::to_string(&table).expect("TOML values serialize to JSON"))
+    }
+
+    /// Swaps a plugin into the active set. Requests in flight keep the old version.
+    fn install(&self, plugin: Arc<LoadedPlugin>) {
+        self.set.rcu(|set| {
+            let mut plugins = set.plugins.clone();
+            plugins.insert(plugin.name().clone(), plugin.clone());
+            PluginSet { plugins }
+        });
+    }
+
+    /// Removes a plugin from the active set.
+    pub fn unload(&self, name: &str) {
+        self.set.rcu(|set| {
+            let mut plugins = set.plugins.clone();
+            plugins.remove(name);
+            PluginSet { plugins }
+        });
+        self.failures.lock().expect("failures lock").remove(name);
+        tracing::info!(plugin = name, "plugin unloaded");
+    }
+
+    /// Runs the `on-request` chain of a route.
+    pub async fn on_request(
+        &self,
+        set: &PluginSet,
+        chain: &[String],
+        mut request: RequestState,
+    ) -> RequestChain {
+        let mut ran = Vec::with_capacity(chain.len());
+        for name in chain {
+            let Some(plugin) = set.get(name) else {
+                let error = ProxyError::PluginUnavailable {
+                    plugin: name.clone(),
+                    reason: "is not loaded".into(),
+                };
+                match self.settings.settings_for(name).on_failure {
+                    FailurePolicy::FailClosed => return fail(request, error, ran),
+                    FailurePolicy::FailOpen => {
+                        self.metrics.record_call(
+                            &Arc::from(name.as_str()),
+                            "on_request",
+                            "skipped",
+                            0.0,
+                        );
+                        continue;
+                    }
+                }
+            };
+            request.body_visible = plugin.shared.settings.request_body;
+            let (req, result) = plugin.on_request(request).await;
+            request = req;
+            request.body_visible = false;
+            let failure = match result {
+                Ok(types::Action::Continue) => {
+                    ran.push(plugin.clone());
+                    continue;
+                }
+                Ok(types::Action::Respond(answer)) => match plugin_response(answer) {
+                    Ok(response) => {
+                        return RequestChain {
+                            request,
+                            response: Some(response),
+                            error: None,
+                            ran,
+                        };
+                    }
+                    Err(reason) => PluginFailure::Error(reason),
+                },
+                Err(failure) => failure,
+            };
+            match plugin.shared.settings.on_failure {
+                FailurePolicy::FailClosed => {
+                    return fail(request, plugin_error(name, failure), ran);
+                }
+                FailurePolicy::FailOpen => {
+                    tracing::warn!(plugin = &**name, "plugin skipped (fail-open): {failure}");
+                    self.metrics
+                        .record_call(plugin.name(), "on_request", "skipped", 0.0);
+                }
+            }
+        }
+        RequestChain {
+            request,
+            response: None,
+            error: None,
+            ran,
+        }
+    }
+
+    /// Runs `on-response` of the plugins that ran, in reverse order.
+    pub async fn on_response(
+        &self,
+        ran: &[Arc<LoadedPlugin>],
+        mut request: RequestState,
+        response: Response<ResponseBody>,
+    ) -> (Response<ResponseBody>, Option<ProxyError>) {
+        let (parts, body) = response.into_parts();
+        let mut head = ResponseState { parts };
+        for plugin in ran.iter().rev() {
+            let (req, resp, result) = plugin.on_response(request, head).await;
+            (request, head) = (req, resp);
+            if let Err(failure) = result {
+                match plugin.shared.settings.on_failure {
+                    FailurePolicy::FailClosed => {
+                        let error = plugin_error(plugin.name(), failure);
+                        return (error.to_response(), Some(error));
+                    }
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(
+                            plugin = &**plugin.name(),
+                            "plugin skipped (fail-open): {failure}"
+                        );
+                        self.metrics
+                            .record_call(plugin.name(), "on_response", "skipped", 0.0);
+                    }
+                }
+            }
+        }
+        (Response::from_parts(head.parts, body), None)
+    }
+
+    /// What `GET /admin/plugins` shows.
+    pub fn views(&self) -> Vec<PluginView> {
+        let set = self.current();
+        let failures = self.failures.lock().expect("failures lock").clone();
+        let mut views: Vec<PluginView> = set
+            .plugins
+            .values()
+            .map(|p| {
+                let stats = p.stats();
+                let status = if stats.quarantined_for_s.is_some() {
+                    "quarantined"
+                } else {
+                    "active"
+                };
+                PluginView {
+                    name: p.name().to_string(),
+                    status,
+                    source: Some(p.source.clone()),
+                    digest: Some(p.digest.clone()),
+                    world: WORLD,
+                    instance_mode: Some(p.shared.settings.instance),
+                    on_failure: Some(p.shared.settings.on_failure),
+                    stats: Some(stats),
+                    last_error: failures.get(&**p.name()).cloned(),
+                }
+            })
+            .collect();
+        for (name, failure) in failures {
+            if set.get(&name).is_none() {
+                views.push(PluginView {
+                    name,
+                    status: "failed",
+                    source: Some(PluginSource::File(failure.path.clone())),
+                    digest: None,
+                    world: WORLD,
+                    instance_mode: None,
+                    on_failure: None,
+                    stats: None,
+                    last_error: Some(failure),
+                });
+            }
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// Sweeps expired shared-state entries of every plugin.
+    pub fn sweep_state(&self) {
+        for state in self.states.lock().expect("states lock").values() {
+            state.sweep();
+        }
+    }
+}
+
+/// One plugin on the admin API.
+#[derive(Debug, Serialize)]
+pub struct PluginView {
+    name: String,
+    /// `active`, `quarantined` or `failed`.
+    status: &'static str,
+    source: Option<PluginSource>,
+    digest: Option<String>,
+    world: &'static str,
+    instance_mode: Option<crate::config::InstanceMode>,
+    on_failure: Option<FailurePolicy>,
+    #[serde(flatten)]
+    stats: Option<loaded::StatsView>,
+    /// The last failed load of this name (the active version, if any, keeps serving).
+    last_error: Option<LoadFailure>,
+}
+
+fn fail(request: RequestState, error: ProxyError, ran: Vec<Arc<LoadedPlugin>>) -> RequestChain {
+    RequestChain {
+        request,
+        response: Some(error.to_response()),
+        error: Some(error),
+        ran,
+    }
+}
+
+fn plugin_error(name: &str, failure: PluginFailure) -> ProxyError {
+    match failure {
+        PluginFailure::Quarantined => ProxyError::PluginUnavailable {
+            plugin: name.to_owned(),
+            reason: failure.to_string(),
+        },
+        other => ProxyError::PluginFailed {
+            plugin: name.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A response a plugin made (`action.respond`), checked.
+fn plugin_response(answer: types::Response) -> Result<Response<ResponseBody>, String> {
+    let status = StatusCode::from_u16(answer.status)
+        .ok()
+        .filter(|_| (100..=599).contains(&answer.status))
+        .ok_or_else(|| format!("answered with invalid status {}", answer.status))?;
+    let mut response = Response::new(ResponseBody::full(Bytes::from(answer.body)));
+    *response.status_mut() = status;
+    for h in answer.headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("answered with invalid header name `{}`", h.name))?;
+        let value = HeaderValue::from_bytes(&h.value)
+            .map_err(|_| format!("answered with an invalid value for header `{}`", h.name))?;
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+/// `NAME → path` of every `*.wasm` in the directory.
+fn plugin_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm")
+            && let Some(name) = path.file_stem().and_then(|s| s.to_str())
+        {
+            files.insert(name.to_owned(), path);
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,240 @@
+//! Shared plugin state: a concurrent map per plugin with atomic increment, compare-and-swap
+//! and TTLs. It lives in the host so every pooled instance and every worker sees one value.
+//!
+//! Counters are stored as decimal ASCII, so a plugin in any language can `get` and read them.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Nanoseconds on a monotonic clock (since the first call in this process).
+pub fn monotonic_ns() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+/// Why an operation on shared state failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    /// `incr` on a value that is not a decimal integer.
+    #[error("key `{0}` does not hold an integer counter")]
+    NotACounter(String),
+    /// `incr` past the i64 range.
+    #[error("counter `{0}` would overflow")]
+    Overflow(String),
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    value: Bytes,
+    /// Monotonic nanoseconds after which the slot is gone; `None` = never.
+    expires_at: Option<u64>,
+}
+
+impl Slot {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+/// One plugin's shared state.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    map: DashMap<String, Slot>,
+}
+
+fn deadline(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|ms| now.saturating_add(Duration::from_millis(ms).as_nanos() as u64))
+}
+
+impl SharedState {
+    /// The live value of a key.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let now = monotonic_ns();
+        let slot = self.map.get(key)?;
+        slot.live(now).then(|| slot.value.clone())
+    }
+
+    /// Stores a value.
+    pub fn set(&self, key: String, value: Bytes, ttl_ms: Option<u64>) {
+        let now = monotonic_ns();
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                expires_at: deadline(now, ttl_ms),
+            },
+        );
+    }
+
+    /// Removes a key; whether a live value was there.
+    pub fn delete(&self, key: &str) -> bool {
+        let now = monotonic_ns();
+        self.map.remove(key).is_some_and(|(_, slot)| slot.live(now))
+    }
+
+    /// Adds to a counter atomically (the map shard stays locked for the read-modify-write).
+    pub fn incr(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
+        let now = monotonic_ns();
+        match self.map.entry(key) {
+            MapEntry::Occupied(mut e) if e.get().live(now) => {
+                let current = std::str::from_utf8(&e.get().value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| StateError::NotACounter(e.key().clone()))?;
+                let next = current
+                    .checked_add(delta)
+                    .ok_or_else(|| StateError::Overflow(e.key().clone()))?;
+                e.get_mut().value = Bytes::from(next.to_string());
+                Ok(next)
+            }
+            MapEntry::Occupied(mut e) => {
+                e.insert(Slot {
+                    value: Bytes::from(delta.to_string()),
+                    expires_at: deadline(now, ttl_ms),
+                });
+                Ok(delta)
+            }
+            MapEntry::Vacant(e) => {
+                e.insert(Slot {
+                    value: Bytes::from(delta.to_string()),
+                    expires_at: deadline(now, ttl_ms),
+                });
+                Ok(delta)
+            }
+        }
+    }
+
+    /// Replaces the value only if it equals `expected` (`None` = absent); `new = None`
+    /// deletes. Whether the swap happened.
+    pub fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        ttl_ms: Option<u64>,
+    ) -> bool {
+        let now = monotonic_ns();
+        match self.map.entry(key) {
+            MapEntry::Occupied(mut e) => {
+                let current = e.get().live(now).then(|| &e.get().value[..]);
+                if current != expected {
+                    return false;
+                }
+                match new {
+                    Some(value) => {
+                        e.insert(Slot {
+                            value,
+                            expires_at: deadline(now, ttl_ms),
+                        });
+                    }
+                    None => {
+                        e.remove();
+                    }
+                }
+                true
+            }
+            MapEntry::Vacant(e) => {
+                if expected.is_some() {
+                    return false;
+                }
+                if let Some(value) = new {
+                    e.insert(Slot {
+                        value,
+                        expires_at: deadline(now, ttl_ms),
+                    });
+                }
+                true
+            }
+        }
+    }
+
+    /// Drops expired entries (run periodically, so keys nobody reads again do not pile up).
+    pub fn sweep(&self) {
+        let now = monotonic_ns();
+        self.map.retain(|_, slot| slot.live(now));
+    }
+
+    /// Number of keys held (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no keys are held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incr_counts_from_zero_and_rejects_non_counters() {
+        let s = SharedState::default();
+        assert_eq!(s.incr("a".into(), 2, None), Ok(2));
+        assert_eq!(s.incr("a".into(), -5, None), Ok(-3));
+        assert_eq!(s.get("a").unwrap(), "-3");
+        s.set("b".into(), Bytes::from_static(b"x"), None);
+        assert_eq!(
+            s.incr("b".into(), 1, None),
+            Err(StateError::NotACounter("b".into()))
+        );
+    }
+
+    #[test]
+    fn compare_and_swap_only_on_match() {
+        let s = SharedState::default();
+        assert!(s.compare_and_swap("k".into(), None, Some(Bytes::from_static(b"1")), None));
+        assert!(!s.compare_and_swap("k".into(), None, Some(Bytes::from_static(b"2")), None));
+        assert!(!s.compare_and_swap("k".into(), Some(b"0"), Some(Bytes::from_static(b"2")), None));
+        assert!(s.compare_and_swap("k".into(), Some(b"1"), None, None));
+        assert_eq!(s.get("k"), None);
+    }
+
+    #[test]
+    fn ttl_expires_entries() {
+        let s = SharedState::default();
+        s.set("t".into(), Bytes::from_static(b"v"), Some(0));
+        assert_eq!(s.get("t"), None);
+        assert_eq!(
+            s.incr("t".into(), 1, None),
+            Ok(1),
+            "an expired counter restarts"
+        );
+        s.set("gone".into(), Bytes::from_static(b"v"), Some(0));
+        s.sweep();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_increments_are_not_lost() {
+        let s = std::sync::Arc::new(SharedState::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        s.incr("n".into(), 1, None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(s.get("n").unwrap(), "8000");
+    }
+}
