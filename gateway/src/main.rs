@@ -35,6 +35,19 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Check a plugin file as the gateway would load it (header, compile, world, `init` with
+    /// the NAME.toml beside it): exit 0 and what it imports and exports, or 1 and the reason.
+    Check {
+        /// The plugin file (a WebAssembly component).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +64,7 @@ fn main() -> ExitCode {
             check: false,
             log_format,
         } => run(config, log_format),
+        Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
     }
 }
 
@@ -113,5 +127,53 @@ fn run(file: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
         tracing::info!("shutdown requested; finishing requests in flight");
         gateway.shutdown().await;
         ExitCode::SUCCESS
+    })
+}
+
+fn check_plugin(file: &std::path::Path) -> ExitCode {
+    let mut config = Config::default();
+    // A throw-away runtime: no plugin directory, no compile cache.
+    config.plugins.cache_dir = Some(PathBuf::new());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let metrics = sluice::metrics::Metrics::new();
+        let plugins = match sluice::plugin::PluginRuntime::new(&config, metrics.plugins.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match plugins.check(file).await {
+            Ok((imports, exports)) => {
+                println!(
+                    "{}: ok, a {} component",
+                    file.display(),
+                    sluice::plugin::loaded::WORLD
+                );
+                println!("  exports: {}", exports.join(", "));
+                // Top-level type imports (`request`, `response-head`) are not interfaces.
+                let interfaces: Vec<&str> = imports
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|i| i.contains(':'))
+                    .collect();
+                println!("  imports: {}", interfaces.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        }
     })
 }

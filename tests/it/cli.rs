@@ -61,3 +61,86 @@ fn a_missing_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn plugin_check_reports_what_a_good_component_exports() {
+    let out = sluice()
+        .args(["plugin", "check"])
+        .arg(crate::harness::fixture("testbed"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok, a sluice:plugin/plugin@0.1.0 component"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("exports: init, on-request, on-response"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sluice:plugin/state@0.1.0"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_names_each_kind_of_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(crate::harness::fixture("testbed")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "text.wasm",
+            b"hello".to_vec(),
+            "not a WebAssembly file (no \\0asm header)",
+        ),
+        (
+            "empty.wasm",
+            vec![],
+            "the file is empty or truncated (0 bytes)",
+        ),
+        (
+            "cut.wasm",
+            good[..good.len() / 2].to_vec(),
+            "cannot compile the component",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "a core WebAssembly module, not a component",
+        ),
+        (
+            "other.wasm",
+            std::fs::read(crate::harness::fixture("wrong-world")).unwrap(),
+            "the component does not implement sluice:plugin/plugin@0.1.0: component imports instance `sluice:plugin/host@0.2.0`",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = sluice()
+            .args(["plugin", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{}: {want}", path.display())),
+            "{name}: {err}"
+        );
+    }
+    // A config the plugin refuses, beside the file.
+    let path = dir.path().join("picky.wasm");
+    std::fs::write(&path, &good).unwrap();
+    std::fs::write(dir.path().join("picky.toml"), "reject = true\n").unwrap();
+    let out = sluice()
+        .args(["plugin", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected its configuration"));
+}

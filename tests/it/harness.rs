@@ -231,3 +231,39 @@ pub fn raw_status(text: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// The path of a test plugin built from `tests/fixtures` (built once per test run).
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-fixtures");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The fixtures workspace sets its own target (wasm32-wasip2) in .cargo/config.toml,
+        // which cargo finds from the working directory. A nested cargo needs its own target
+        // dir (the outer one is locked) and none of the outer build's flags.
+        let out = std::process::Command::new(cargo)
+            .args(["build", "--release", "--quiet"])
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("running cargo for the wasm fixtures");
+        assert!(
+            out.status.success(),
+            "building tests/fixtures failed (is the wasm32-wasip2 target installed?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "no fixture {}", path.display());
+    path
+}
+
+/// A shared compile cache for the tests' gateways, so each test does not recompile.
+pub fn plugin_cache_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}

@@ -6,5 +6,7 @@ mod cli;
 mod config;
 mod harness;
 mod limits;
+mod plugins;
 mod proxy;
+mod reload;
 mod shutdown;

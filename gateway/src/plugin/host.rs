@@ -607,8 +607,11 @@ async fn send_outbound(
     let req = builder
         .body(Full::new(Bytes::from(request.body)))
         .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    let limit = Duration::from_millis(u64::from(request.timeout_ms.unwrap_or(u32::MAX)))
-        .min(plugin.settings.timeout);
+    // Without a limit of its own, the exchange is bounded by the plugin call's wall-clock
+    // timeout, which then fails the call (rather than handing the plugin a timeout error).
+    let limit = request
+        .timeout_ms
+        .map_or(Duration::MAX, |ms| Duration::from_millis(u64::from(ms)));
     let exchange = async {
         let resp = plugin
             .outbound

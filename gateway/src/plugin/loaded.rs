@@ -48,6 +48,9 @@ pub enum PluginFailure {
     /// The wall-clock limit passed (including time in host calls).
     #[error("did not finish within its time limit ({0:?})")]
     Timeout(Duration),
+    /// `init` refused the configuration.
+    #[error("rejected its configuration: {0}")]
+    ConfigRejected(String),
     /// The plugin is quarantined after repeated failures.
     #[error("is quarantined after repeated failures")]
     Quarantined,
@@ -60,7 +63,7 @@ impl PluginFailure {
     /// The `outcome` label in metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Error(_) => "error",
+            Self::Error(_) | Self::ConfigRejected(_) => "error",
             Self::Trap(_) | Self::Instantiate(_) => "trap",
             Self::CpuTimeout(_) | Self::Timeout(_) => "timeout",
             Self::Quarantined => "quarantined",
@@ -338,7 +341,10 @@ impl LoadedPlugin {
         if let Some(mut instance) = instance {
             // A plugin that returned an error is healthy; traps and timeouts are not.
             if matches!(&result, Ok(_) | Err(PluginFailure::Error(_))) {
-                instance.uses += 1;
+                // `max_uses` counts requests: the response phase of a request is not a new use.
+                if matches!(phase, Phase::OnRequest) {
+                    instance.uses += 1;
+                }
                 self.give_back(instance);
             }
         }
@@ -458,9 +464,7 @@ impl LoadedPlugin {
                 PluginFailure::Trap(m) => PluginFailure::Instantiate(m),
                 other => other,
             }),
-            Ok(Ok((_, Err(rejected)))) => Err(PluginFailure::Error(format!(
-                "configuration rejected: {rejected}"
-            ))),
+            Ok(Ok((_, Err(rejected)))) => Err(PluginFailure::ConfigRejected(rejected)),
             Ok(Ok((plugin, Ok(())))) => Ok(Instance {
                 store,
                 plugin,

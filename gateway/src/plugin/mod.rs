@@ -254,6 +254,32 @@ impl PluginRuntime {
         Ok(true)
     }
 
+    /// Everything a load does, without serving: header, compile, world, `init` with the
+    /// config beside the file. Returns what the component imports and exports.
+    pub async fn check(&self, path: &Path) -> Result<(Vec<String>, Vec<String>), LoadError> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_owned();
+        let bytes = loader::read(path)?;
+        let config_json = self.config_json(&name, path)?;
+        let compiled =
+            loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
+        let plugin = LoadedPlugin::new(
+            self.shared_for(&name),
+            PluginSource::File(path.to_owned()),
+            compiled.digest,
+            config_json,
+            compiled.pre,
+        );
+        plugin
+            .activate()
+            .await
+            .map_err(|e| LoadError::Activate(e.to_string()))?;
+        Ok((compiled.imports, compiled.exports))
+    }
+
     fn shared_for(&self, name: &str) -> Arc<PluginShared> {
         let state = self
             .states
