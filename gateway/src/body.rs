@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::server::ActiveRequest;
+use crate::upstream::pool::Pooled;
 
 /// Why reading the client's request body failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,8 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: ResponseKind,
     active: Option<ActiveRequest>,
+    /// The upstream connection, returned to its pool when this body is dropped.
+    _connection: Option<Pooled>,
 }
 
 #[derive(Debug)]
@@ -128,14 +131,16 @@ impl ResponseBody {
         Self {
             kind: ResponseKind::Full(Some(bytes)),
             active: None,
+            _connection: None,
         }
     }
 
-    /// An upstream's body, streamed through.
-    pub fn upstream(body: Incoming) -> Self {
+    /// An upstream's body, streamed through; `connection` goes back to its pool afterwards.
+    pub fn upstream(body: Incoming, connection: Pooled) -> Self {
         Self {
             kind: ResponseKind::Upstream(body),
             active: None,
+            _connection: Some(connection),
         }
     }
 

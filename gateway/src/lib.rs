@@ -84,7 +84,8 @@ impl Gateway {
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
 
         let proxy = Arc::new(Proxy {
-            snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config)),
+            snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
+            unmatched: metrics.route(&metrics::RouteName::unmatched()),
             plugins,
             metrics,
             max_body_bytes: config.server.max_body_bytes,

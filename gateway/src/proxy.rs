@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use http_body_util::LengthLimitError;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::metrics::{Metrics, RouteName};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::host::RequestState;
 use crate::plugin::{PluginRuntime, PluginSet};
 use crate::routing::Route;
@@ -34,6 +34,8 @@ pub struct Proxy {
     pub plugins: Arc<PluginRuntime>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Request metrics of requests that matched no route.
+    pub unmatched: RouteMetrics,
     /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
     /// `log.access`.
@@ -42,7 +44,7 @@ pub struct Proxy {
 
 /// What the access log and metrics need to know about how a request went.
 struct Outcome {
-    route: RouteName,
+    route: Option<Arc<Route>>,
     upstream: Option<Arc<str>>,
     error: Option<ProxyError>,
     request_id: Option<HeaderValue>,
@@ -65,10 +67,12 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // Kept for the access log only: no copies when it is off.
+        let request_line = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let mut outcome = Outcome {
-            route: RouteName::unmatched(),
+            route: None,
             upstream: None,
             error: None,
             request_id: None,
@@ -83,14 +87,17 @@ impl Proxy {
 
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        self.metrics
-            .record_request(&outcome.route, status, elapsed.as_secs_f64());
+        let route_metrics = outcome
+            .route
+            .as_ref()
+            .map_or(&self.unmatched, |r| &r.metrics);
+        route_metrics.record(status, elapsed.as_secs_f64());
         if let Some(e) = &outcome.error
             && let Some(service) = upstream_error_service(e)
         {
             self.metrics.record_upstream_error(service, e.kind());
         }
-        if self.access_log {
+        if let Some((method, path)) = request_line {
             log_access(
                 &method,
                 &path,
@@ -133,7 +140,7 @@ impl Proxy {
             };
             return outcome.fail(error);
         };
-        outcome.route = route.name.clone();
+        outcome.route = Some(route.clone());
 
         if route.plugins.is_empty() {
             let body = RequestBody::limited(body, self.max_body_bytes);
@@ -146,6 +153,29 @@ impl Proxy {
             };
         }
 
+        // 3.-5. The plugin path lives in its own (boxed) future, so requests on routes
+        // without plugins do not carry its state around.
+        Box::pin(
+            self.forward_with_plugins(&snapshot, route, parts, body, request_id, client, outcome),
+        )
+        .await
+    }
+
+    /// The request path of a route with plugins: plugins in → upstream → plugins out.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request path's state, passed once"
+    )]
+    async fn forward_with_plugins(
+        &self,
+        snapshot: &Snapshot,
+        route: &Arc<Route>,
+        parts: http::request::Parts,
+        body: Incoming,
+        request_id: HeaderValue,
+        client: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Response<ResponseBody> {
         // 3. Plugins on the way in. A plugin that opted in to bodies gets it buffered.
         let set = self.plugins.current();
         let (buffered, streaming) = match self.buffer_for_plugins(&set, route, body).await {
@@ -255,17 +285,26 @@ impl Proxy {
         outcome.upstream = Some(instance.address.clone());
 
         // Absolute URI for the pool key; hop-by-hop headers off, X-Forwarded-* on.
-        parts.uri = upstream_uri(route, &parts.uri, &instance.authority)?;
+        parts.uri = upstream_uri(route, &parts.uri)?;
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
+            parts
+                .headers
+                .insert(header::HOST, instance.host_header.clone());
+        }
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client.ip());
 
-        let response = service
+        let (response, connection) = service
             .send(instance, Request::from_parts(parts, body))
             .await?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, connection),
+        ))
     }
 }
 
@@ -310,12 +349,10 @@ fn host_of(parts: &http::request::Parts) -> Option<&str> {
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
 }
 
-/// `http://INSTANCE/PATH?QUERY`, with the route's prefix removed when it strips.
-fn upstream_uri(
-    route: &Route,
-    uri: &Uri,
-    authority: &http::uri::Authority,
-) -> Result<Uri, ProxyError> {
+/// The request target sent upstream (origin form, `/path?query`), with the route's prefix
+/// removed when it strips. A client that sent an absolute URI (proxy style) is treated the
+/// same.
+fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
     let path_and_query = if route.strip_prefix {
         let path = route.upstream_path(uri.path());
         let pq = match uri.query() {
@@ -328,12 +365,7 @@ fn upstream_uri(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))
+    Ok(Uri::from(path_and_query))
 }
 
 fn upstream_error_service(e: &ProxyError) -> Option<&Arc<str>> {
@@ -365,7 +397,7 @@ fn log_access(
         %method,
         path,
         status,
-        route = outcome.route.as_str(),
+        route = outcome.route.as_ref().map_or("", |r| r.name.as_str()),
         upstream = outcome.upstream.as_deref().unwrap_or(""),
         duration_us = elapsed.as_micros() as u64,
         client = %client.ip(),

@@ -9,7 +9,7 @@ use http::Method;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::metrics::RouteName;
+use crate::metrics::{Metrics, RouteMetrics, RouteName};
 
 /// One route, compiled from `[[routes]]`.
 #[derive(Debug, Serialize)]
@@ -30,6 +30,9 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Plugins run on this route, in order.
     pub plugins: Vec<String>,
+    /// Request metrics of this route.
+    #[serde(skip)]
+    pub metrics: RouteMetrics,
 }
 
 fn serialize_route_name<S: serde::Serializer>(n: &RouteName, s: S) -> Result<S::Ok, S::Error> {
@@ -48,7 +51,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from a validated config.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
         let mut routes: Vec<Arc<Route>> = config
             .routes
             .iter()
@@ -60,8 +63,10 @@ impl RouteTable {
                     raw.as_str()
                 };
                 let path = if path.is_empty() { "/" } else { path };
+                let name = RouteName::new(r.name.as_deref().unwrap_or(path));
                 Arc::new(Route {
-                    name: RouteName::new(r.name.as_deref().unwrap_or(path)),
+                    metrics: metrics.route(&name),
+                    name,
                     path: path.to_string(),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods: r
@@ -159,7 +164,7 @@ mod tests {
 
     fn table(routes: &str) -> RouteTable {
         let text = format!("[services.s]\ninstances = [\"127.0.0.1:1\"]\n{routes}");
-        RouteTable::from_config(&Config::parse(&text, "t").unwrap())
+        RouteTable::from_config(&Config::parse(&text, "t").unwrap(), &Metrics::new())
     }
 
     fn find<'a>(t: &'a RouteTable, host: Option<&str>, m: Method, p: &str) -> Option<&'a str> {

@@ -89,6 +89,7 @@ pub fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
+                    crate::upstream::pool::set_worker_index(i);
                     runtime.block_on(async move {
                         let listener = match TcpListener::from_std(listener) {
                             Ok(l) => l,
@@ -117,9 +118,13 @@ async fn accept_loop(
         // Our own watchdog enforces the header-read and idle timeouts separately (hyper's one
         // timer would also close idle keep-alive connections at the header timeout).
         .header_read_timeout(None)
-        .max_headers(limits.max_header_count)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    // hyper parses up to 100 headers on the stack; any other limit moves the parse buffer to
+    // the heap on every request, so only set it when it differs.
+    if limits.max_header_count != 100 {
+        builder.max_headers(limits.max_header_count);
+    }
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::routing::RouteTable;
 use crate::upstream::Service;
 
@@ -19,19 +20,23 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot from a validated config.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let services = config
             .services
             .iter()
             .map(|(name, svc)| {
                 (
                     Arc::from(name.as_str()),
-                    Arc::new(Service::from_config(name, svc)),
+                    Arc::new(Service::from_config(name, svc, workers)),
                 )
             })
             .collect();
         Self {
-            routes: RouteTable::from_config(config),
+            routes: RouteTable::from_config(config, metrics),
             services,
         }
     }

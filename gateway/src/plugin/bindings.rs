@@ -19,4 +19,4 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
-pub use sluice::plugin::{host, kv, outbound, state, types};
+pub use self::sluice::plugin::{host, kv, outbound, state, types};

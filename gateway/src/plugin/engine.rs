@@ -33,14 +33,13 @@ pub fn build_engine(cache_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
             Err(e) => tracing::warn!("plugin compile cache disabled: {e}"),
         }
     }
-    let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    spawn_epoch_ticker(&engine);
-    Ok(engine)
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Advances the engine's epoch every tick on its own OS thread (not a Tokio task: a busy
 /// worker must not delay the very tick that interrupts it). Stops when the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
+/// Started with the first plugin, so a gateway without plugins has no timer thread waking up.
+pub fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("sluice-epoch".into())

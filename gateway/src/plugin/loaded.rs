@@ -14,6 +14,7 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use super::bindings::{Plugin, PluginPre, types};
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
+use super::metrics::{OUTCOMES, PluginCallMetrics};
 use super::state::monotonic_ns;
 use crate::config::InstanceMode;
 
@@ -62,11 +63,16 @@ pub enum PluginFailure {
 impl PluginFailure {
     /// The `outcome` label in metrics.
     pub fn outcome(&self) -> &'static str {
+        OUTCOMES[self.outcome_index()]
+    }
+
+    /// The index of [`Self::outcome`] in [`OUTCOMES`].
+    fn outcome_index(&self) -> usize {
         match self {
-            Self::Error(_) | Self::ConfigRejected(_) => "error",
-            Self::Trap(_) | Self::Instantiate(_) => "trap",
-            Self::CpuTimeout(_) | Self::Timeout(_) => "timeout",
-            Self::Quarantined => "quarantined",
+            Self::Error(_) | Self::ConfigRejected(_) => 1,
+            Self::Trap(_) | Self::Instantiate(_) => 2,
+            Self::CpuTimeout(_) | Self::Timeout(_) => 3,
+            Self::Quarantined => 4,
         }
     }
 }
@@ -161,6 +167,7 @@ pub struct LoadedPlugin {
     pre: PluginPre<HostState>,
     pool: Mutex<Vec<Instance>>,
     stats: PluginStats,
+    call_metrics: PluginCallMetrics,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -181,11 +188,12 @@ enum Phase {
 }
 
 impl Phase {
-    fn label(self) -> &'static str {
+    /// The index of this phase in [`PHASES`].
+    fn index(self) -> usize {
         match self {
-            Self::Init => "init",
-            Self::OnRequest => "on_request",
-            Self::OnResponse => "on_response",
+            Self::Init => 0,
+            Self::OnRequest => 1,
+            Self::OnResponse => 2,
         }
     }
 }
@@ -199,6 +207,7 @@ impl LoadedPlugin {
         config_json: String,
         pre: PluginPre<HostState>,
     ) -> Self {
+        let call_metrics = shared.metrics.for_plugin(&shared.name);
         Self {
             shared,
             source,
@@ -207,6 +216,7 @@ impl LoadedPlugin {
             pre,
             pool: Mutex::new(Vec::new()),
             stats: PluginStats::default(),
+            call_metrics,
         }
     }
 
@@ -353,16 +363,11 @@ impl LoadedPlugin {
     }
 
     fn record<T>(&self, phase: Phase, result: &Result<T, PluginFailure>, elapsed: Duration) {
-        let outcome = match result {
-            Ok(_) => "ok",
-            Err(e) => e.outcome(),
-        };
-        self.shared.metrics.record_call(
-            &self.shared.name,
-            phase.label(),
-            outcome,
-            elapsed.as_secs_f64(),
-        );
+        let outcome = result
+            .as_ref()
+            .map_or_else(PluginFailure::outcome_index, |_| 0);
+        self.call_metrics
+            .record(phase.index(), outcome, elapsed.as_secs_f64());
         if matches!(result, Err(PluginFailure::Quarantined)) {
             return;
         }
@@ -436,13 +441,12 @@ impl LoadedPlugin {
     async fn instantiate(&self) -> Result<Instance, PluginFailure> {
         let started = Instant::now();
         let result = self.instantiate_inner().await;
-        self.shared.metrics.record_call(
-            &self.shared.name,
-            Phase::Init.label(),
-            match &result {
-                Ok(_) => "ok",
-                Err(e) => e.outcome(),
-            },
+        let outcome = result
+            .as_ref()
+            .map_or_else(PluginFailure::outcome_index, |_| 0);
+        self.call_metrics.record(
+            Phase::Init.index(),
+            outcome,
             started.elapsed().as_secs_f64(),
         );
         result
@@ -452,6 +456,7 @@ impl LoadedPlugin {
         let settings = &self.shared.settings;
         let mut store = Store::new(self.pre.engine(), HostState::new(self.shared.clone()));
         store.limiter(|s| &mut s.limiter);
+        arm_cpu_deadline(&mut store, settings.cpu_timeout);
         prepare_call(&mut store, settings.cpu_timeout);
         let setup = async {
             let plugin = self.pre.instantiate_async(&mut store).await?;
@@ -487,26 +492,31 @@ impl LoadedPlugin {
     }
 }
 
-/// Arms the limits of one call: the CPU deadline counts only time in wasm (time in async
-/// host calls is subtracted when the deadline fires).
+/// Arms the limits of one call: resets the CPU accounting and sets the epoch deadline.
 fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration) {
     let data = store.data_mut();
     data.host_time = Duration::ZERO;
     data.call_started = Instant::now();
-    data.span = Default::default();
-    let ticks = (cpu_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
+    data.span.attributes.clear();
+    data.span.events.clear();
+    store.set_epoch_deadline(ticks(cpu_timeout));
+}
+
+/// Installs, once per store, what happens when a call reaches its epoch deadline: the CPU
+/// deadline counts only time in wasm, so time spent in async host calls is given back.
+fn arm_cpu_deadline(store: &mut Store<HostState>, cpu_timeout: Duration) {
     store.epoch_deadline_callback(move |ctx| {
         let data = ctx.data();
         let cpu = data.call_started.elapsed().saturating_sub(data.host_time);
         if cpu >= cpu_timeout {
             return Ok(UpdateDeadline::Interrupt);
         }
-        let left = cpu_timeout - cpu;
-        Ok(UpdateDeadline::Continue(
-            (left.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64,
-        ))
+        Ok(UpdateDeadline::Continue(ticks(cpu_timeout - cpu)))
     });
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
 fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {

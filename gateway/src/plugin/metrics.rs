@@ -29,6 +29,47 @@ struct UserLabels {
     name: String,
 }
 
+/// Outcomes of a call, as metric labels.
+pub const OUTCOMES: [&str; 7] = [
+    "ok",
+    "error",
+    "trap",
+    "timeout",
+    "quarantined",
+    "skipped",
+    "unavailable",
+];
+/// Phases of a call, as metric labels.
+pub const PHASES: [&str; 3] = ["init", "on_request", "on_response"];
+
+/// One plugin's call metrics, resolved once so a call records without hashing or locking.
+#[derive(Debug)]
+pub struct PluginCallMetrics {
+    plugin: Label,
+    calls: Family<CallLabels, Counter>,
+    cached: [[std::sync::OnceLock<Counter>; 7]; 3],
+    duration: Histogram,
+}
+
+impl PluginCallMetrics {
+    /// Records one call; `phase` and `outcome` index [`PHASES`] and [`OUTCOMES`].
+    pub fn record(&self, phase: usize, outcome: usize, seconds: f64) {
+        let counter = self.cached[phase][outcome].get_or_init(|| {
+            self.calls
+                .get_or_create(&CallLabels {
+                    plugin: self.plugin.clone(),
+                    phase: PHASES[phase],
+                    outcome: OUTCOMES[outcome],
+                })
+                .clone()
+        });
+        counter.inc();
+        if outcome < 5 {
+            self.duration.observe(seconds);
+        }
+    }
+}
+
 /// Metrics of every plugin.
 #[derive(Debug, Clone)]
 pub struct PluginMetrics {
@@ -75,6 +116,21 @@ impl PluginMetrics {
             user_counters,
             user_histograms,
         })
+    }
+
+    /// The call metrics of one plugin.
+    pub fn for_plugin(&self, plugin: &Arc<str>) -> PluginCallMetrics {
+        PluginCallMetrics {
+            plugin: Label(plugin.clone()),
+            calls: self.calls.clone(),
+            cached: Default::default(),
+            duration: self
+                .duration
+                .get_or_create(&PluginLabels {
+                    plugin: Label(plugin.clone()),
+                })
+                .clone(),
+        }
     }
 
     /// Records one call.

@@ -105,6 +105,8 @@ pub struct PluginRuntime {
     plugin_config: BTreeMap<String, toml::Table>,
     /// One reload at a time (watcher and admin API may both ask).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The epoch ticker starts before the first plugin code runs.
+    ticker: std::sync::Once,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -141,6 +143,7 @@ impl PluginRuntime {
             settings: config.plugins.clone(),
             plugin_config: config.plugin.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
+            ticker: std::sync::Once::new(),
         })
     }
 
@@ -227,6 +230,13 @@ impl PluginRuntime {
         result
     }
 
+    /// Starts the epoch ticker: no plugin code may run without it, since only the epoch
+    /// deadline can stop a guest spinning in a loop.
+    fn ensure_ticker(&self) {
+        self.ticker
+            .call_once(|| engine::spawn_epoch_ticker(&self.engine));
+    }
+
     async fn load_file_inner(&self, name: &str, path: &Path) -> Result<bool, LoadError> {
         let bytes = loader::read(path)?;
         loader::check_header(&bytes)?;
@@ -239,6 +249,7 @@ impl PluginRuntime {
         }
         let compiled =
             loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
+        self.ensure_ticker();
         let plugin = LoadedPlugin::new(
             self.shared_for(name),
             PluginSource::File(path.to_owned()),
@@ -266,6 +277,7 @@ impl PluginRuntime {
         let config_json = self.config_json(&name, path)?;
         let compiled =
             loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
+        self.ensure_ticker();
         let plugin = LoadedPlugin::new(
             self.shared_for(&name),
             PluginSource::File(path.to_owned()),

@@ -1,7 +1,10 @@
-//! Watches the plugin directory and reloads when files change. Events are debounced: an
-//! editor or `cp` produces several events per save, and a file still being written must not
-//! be loaded half-way (if it is, it fails to compile and the old version keeps serving; the
-//! write's last event triggers another reload).
+//! Watches the plugin directory and reloads when files change.
+//!
+//! A file is ready when its writer closed it or when it was renamed into place (the atomic
+//! way deploy tools write): those events reload at once. Other changes (a write still going
+//! on) are debounced until the directory has been quiet for a moment, so a file is not loaded
+//! half-written; if it is anyway, it fails to compile, the old version keeps serving, and the
+//! write's final close triggers another reload.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::PluginRuntime;
 
-/// Quiet time after the last event before reloading.
+/// Quiet time after the last in-progress change before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// After a "file is ready" event, a short wait gathers its sibling events (a `NAME.toml`
+/// written with its `NAME.wasm`).
+const SETTLE: Duration = Duration::from_millis(5);
 
 /// Starts watching `runtime.dir()`. The watch ends when `shutdown` is cancelled.
 pub fn spawn(
@@ -26,7 +32,7 @@ pub fn spawn(
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if event.paths.iter().any(|p| is_plugin_file(p)) => {
-                let _ = tx.send(());
+                let _ = tx.send(is_ready(&event.kind));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("plugin directory watch error: {e}"),
@@ -36,16 +42,21 @@ pub fn spawn(
         // The watcher stops when dropped: keep it alive as long as this task.
         let _watcher = watcher;
         loop {
-            tokio::select! {
+            let mut ready = tokio::select! {
                 () = shutdown.cancelled() => return,
-                event = rx.recv() => if event.is_none() { return },
-            }
-            // Debounce: wait until the directory has been quiet for a moment.
+                event = rx.recv() => match event { Some(ready) => ready, None => return },
+            };
+            // Wait until the directory is quiet: briefly after a "ready" event, longer
+            // while writes are still going on.
             loop {
+                let quiet = if ready { SETTLE } else { DEBOUNCE };
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(DEBOUNCE) => break,
-                    _ = rx.recv() => continue,
+                    () = tokio::time::sleep(quiet) => break,
+                    event = rx.recv() => match event {
+                        Some(r) => ready = r,
+                        None => return,
+                    },
                 }
             }
             let report = runtime.reload().await;
@@ -60,6 +71,19 @@ pub fn spawn(
             }
         }
     }))
+}
+
+/// Whether the event says a file is complete: closed after writing, renamed into place, or
+/// removed.
+fn is_ready(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_)
+    )
 }
 
 fn is_plugin_file(path: &std::path::Path) -> bool {

@@ -1,16 +1,16 @@
-//! Upstream services: their instances, instance choice, and the pooled HTTP/1.1 client that
-//! forwards requests to them.
+//! Upstream services: their instances, instance choice, and forwarding a request over a
+//! pooled keep-alive connection (`pool`).
+
+pub mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
+
+use self::pool::{ConnectError, InstancePool, Pooled};
 
 use crate::body::{RequestBody, RequestBodyError};
 use crate::config::ServiceConfig;
@@ -21,8 +21,10 @@ use crate::error::ProxyError;
 pub struct Instance {
     /// `host:port` as configured.
     pub address: Arc<str>,
-    /// The same, parsed once for building request URIs.
-    pub authority: Authority,
+    /// The same as a `Host` header value, for requests that came without one.
+    pub host_header: http::HeaderValue,
+    /// Keep-alive connections to it.
+    pub pool: Arc<InstancePool>,
 }
 
 /// A service: its instances, timeouts, and the connection pool to them.
@@ -37,7 +39,6 @@ pub struct Service {
     /// Time allowed from sending the request to the response head.
     pub request_timeout: Duration,
     next: AtomicUsize,
-    client: Client<HttpConnector, RequestBody>,
 }
 
 /// What `/admin/services` shows of a service.
@@ -57,36 +58,27 @@ impl ServiceView<'_> {
 }
 
 impl Service {
-    /// Builds a service from its config (instances already validated as `host:port`).
-    pub fn from_config(name: &str, config: &ServiceConfig) -> Self {
+    /// Builds a service from its config (instances already validated as `host:port`), with
+    /// a connection pool per instance for `workers` data-plane workers.
+    pub fn from_config(name: &str, config: &ServiceConfig, workers: usize) -> Self {
         let instances = config
             .instances
             .iter()
             .filter_map(|i| {
-                let address = i.get_ref().as_str();
+                let address: Arc<str> = Arc::from(i.get_ref().as_str());
                 Some(Instance {
-                    address: Arc::from(address),
-                    authority: address.parse().ok()?,
+                    host_header: http::HeaderValue::from_str(&address).ok()?,
+                    pool: InstancePool::new(address.clone(), workers),
+                    address,
                 })
             })
             .collect();
-        let mut connector = HttpConnector::new();
-        // Small request/response exchanges: Nagle's algorithm would only add latency.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Self {
             name: Arc::from(name),
             instances,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             next: AtomicUsize::new(0),
-            client,
         }
     }
 
@@ -102,15 +94,40 @@ impl Service {
     }
 
     /// Sends a request to `instance` and waits for the response head, within the request
-    /// timeout. Failures are classified for the client's status and the metrics.
+    /// timeout. Returns the connection with the response: it goes back to the pool once the
+    /// body has been relayed. Failures are classified for the client's status and metrics.
     pub async fn send(
         &self,
         instance: &Instance,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.classify(instance, &e)),
+    ) -> Result<(http::Response<Incoming>, Pooled), ProxyError> {
+        let exchange = async {
+            let mut conn = instance
+                .pool
+                .checkout(self.connect_timeout)
+                .await
+                .map_err(|e| self.connect_error(instance, e))?;
+            match conn.send(request).await {
+                Ok(response) => Ok((response, conn)),
+                // An idle connection the upstream had closed: the request never left, so it
+                // is safe to send it once more on a fresh connection.
+                Err((_, Some(request))) if conn.reused() => {
+                    drop(conn);
+                    let mut fresh = instance
+                        .pool
+                        .connect(self.connect_timeout)
+                        .await
+                        .map_err(|e| self.connect_error(instance, e))?;
+                    match fresh.send(request).await {
+                        Ok(response) => Ok((response, fresh)),
+                        Err((e, _)) => Err(self.classify(instance, &e)),
+                    }
+                }
+                Err((e, _)) => Err(self.classify(instance, &e)),
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 service: self.name.clone(),
                 instance: instance.address.clone(),
@@ -119,11 +136,27 @@ impl Service {
         }
     }
 
-    fn classify(
-        &self,
-        instance: &Instance,
-        error: &hyper_util::client::legacy::Error,
-    ) -> ProxyError {
+    fn connect_error(&self, instance: &Instance, error: ConnectError) -> ProxyError {
+        let service = self.name.clone();
+        let instance = instance.address.clone();
+        match error {
+            ConnectError::Timeout => ProxyError::UpstreamTimeout {
+                service,
+                instance,
+                phase: "connect",
+            },
+            ConnectError::Failed(e) => {
+                tracing::debug!(
+                    service = &*service,
+                    instance = &*instance,
+                    "connect failed: {e}"
+                );
+                ProxyError::UpstreamConnect { service, instance }
+            }
+        }
+    }
+
+    fn classify(&self, instance: &Instance, error: &hyper::Error) -> ProxyError {
         let service = self.name.clone();
         let instance = instance.address.clone();
         // The client's body may be the cause: too large, or the client went away.
@@ -137,26 +170,12 @@ impl Service {
                     RequestBodyError::Client(_) => ProxyError::BadRequest("request body aborted"),
                 };
             }
-            if error.is_connect()
-                && let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                return ProxyError::UpstreamTimeout {
-                    service,
-                    instance,
-                    phase: "connect",
-                };
-            }
             source = e.source();
         }
-        if error.is_connect() {
-            ProxyError::UpstreamConnect { service, instance }
-        } else {
-            ProxyError::UpstreamFailed {
-                service,
-                instance,
-                reason: error_chain(error),
-            }
+        ProxyError::UpstreamFailed {
+            service,
+            instance,
+            reason: error_chain(error),
         }
     }
 

@@ -1,0 +1,205 @@
+//! Plugin runtime benchmarks (not tests): the per-request cost of a no-op plugin, pooled and
+//! per-request; compile time cold and from the cache; time from a file landing in the plugin
+//! directory to the plugin serving.
+//!
+//! Run with `scripts/bench.sh plugins` (it builds the fixtures first), or:
+//! `SLUICE_BENCH_PLUGIN=path/to/noop.wasm cargo bench -p sluice --bench plugins`
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use sluice::config::{Config, InstanceMode};
+use sluice::metrics::{Metrics, RouteName};
+use sluice::plugin::PluginRuntime;
+use sluice::plugin::host::RequestState;
+
+fn main() {
+    let plugin = PathBuf::from(
+        std::env::var("SLUICE_BENCH_PLUGIN")
+            .expect("set SLUICE_BENCH_PLUGIN to the noop plugin's .wasm"),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("plugin: {}", plugin.display());
+        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop runs one part (for profiling).
+        let only = std::env::var("SLUICE_BENCH_ONLY").ok();
+        let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+        if run("pooled") {
+            per_request_cost(&plugin, InstanceMode::Pooled, 200_000).await;
+        }
+        if run("per-request") {
+            per_request_cost(&plugin, InstanceMode::PerRequest, 20_000).await;
+        }
+        if run("load") {
+            compile_times(&plugin).await;
+        }
+        if run("drop") {
+            drop_to_serving(&plugin).await;
+        }
+    });
+}
+
+fn config_for(dir: &Path, cache: &Path, mode: InstanceMode) -> Config {
+    let mut config = Config::default();
+    config.plugins.dir = Some(dir.to_owned());
+    config.plugins.cache_dir = Some(cache.to_owned());
+    config.plugins.defaults.instance = mode;
+    config.log.access = false;
+    config
+}
+
+fn request() -> RequestState {
+    let (mut parts, ()) = http::Request::get("/bench?x=1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    for (k, v) in [
+        ("host", "example"),
+        ("user-agent", "bench"),
+        ("accept", "*/*"),
+    ] {
+        parts.headers.insert(k, HeaderValue::from_static(v));
+    }
+    RequestState {
+        parts,
+        client: SocketAddr::from(([127, 0, 0, 1], 1234)),
+        route: RouteName::new("bench"),
+        request_id: HeaderValue::from_static("0123456789abcdef"),
+        body: None,
+        body_visible: false,
+    }
+}
+
+async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
+    let metrics = Metrics::new();
+    let rt = PluginRuntime::new(
+        &config_for(dir.path(), cache.path(), mode),
+        metrics.plugins.clone(),
+    )
+    .unwrap();
+    assert_eq!(rt.reload().await.loaded, ["noop"]);
+    let chain = ["noop".to_owned()];
+    let set = rt.current();
+    let ok = http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
+    let (mut head, _) = ok.into_parts();
+    // Warm up, then measure request + response phase together, as a request pays them.
+    for _ in 0..1000 {
+        let out = rt.on_request(&set, &chain, request()).await;
+        let resp = http::Response::from_parts(
+            head.clone(),
+            sluice::body::ResponseBody::full(bytes::Bytes::new()),
+        );
+        let (r, _) = rt.on_response(&out.ran, out.request, resp).await;
+        head = r.into_parts().0;
+    }
+    // The same work without the plugin calls: building the request and response values.
+    let started = Instant::now();
+    for _ in 0..n {
+        let r = request();
+        let resp = http::Response::from_parts(
+            head.clone(),
+            sluice::body::ResponseBody::full(bytes::Bytes::new()),
+        );
+        std::hint::black_box((r, resp));
+    }
+    let baseline = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..n {
+        let out = rt.on_request(&set, &chain, request()).await;
+        assert!(out.response.is_none());
+        let resp = http::Response::from_parts(
+            head.clone(),
+            sluice::body::ResponseBody::full(bytes::Bytes::new()),
+        );
+        let (r, e) = rt.on_response(&out.ran, out.request, resp).await;
+        assert!(e.is_none());
+        std::hint::black_box(r);
+    }
+    let total = started.elapsed();
+    let added = total.saturating_sub(baseline).as_secs_f64() / f64::from(n) * 1e6;
+    println!(
+        "no-op plugin, {mode:?}: {added:.2} µs added per request (on-request + on-response, {n} requests)"
+    );
+}
+
+async fn compile_times(plugin: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
+    let metrics = Metrics::new();
+    let cold = PluginRuntime::new(
+        &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
+        metrics.plugins.clone(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_eq!(cold.reload().await.loaded, ["noop"]);
+    let cold_time = started.elapsed();
+    // A new runtime (as after a restart) with the same cache directory.
+    let warm = PluginRuntime::new(
+        &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
+        metrics.plugins.clone(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_eq!(warm.reload().await.loaded, ["noop"]);
+    let warm_time = started.elapsed();
+    println!(
+        "load (read, compile, check world, init): cold {:.1} ms, from the cache after a restart {:.1} ms",
+        cold_time.as_secs_f64() * 1e3,
+        warm_time.as_secs_f64() * 1e3
+    );
+}
+
+async fn drop_to_serving(plugin: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let rt = Arc::new(
+        PluginRuntime::new(
+            &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
+            metrics.plugins.clone(),
+        )
+        .unwrap(),
+    );
+    // Warm the cache with one load.
+    std::fs::copy(plugin, dir.path().join("warm.wasm")).unwrap();
+    rt.reload().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _watch = sluice::plugin::watcher::spawn(rt.clone(), shutdown.clone()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bytes = std::fs::read(plugin).unwrap();
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let name = format!("drop{i}");
+        let tmp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &bytes).unwrap();
+        let started = Instant::now();
+        // The atomic way to deploy: write elsewhere, rename into place.
+        std::fs::rename(&tmp, dir.path().join(format!("{name}.wasm"))).unwrap();
+        while rt.current().get(&name).is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{name} never loaded"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        times.push(started.elapsed());
+    }
+    shutdown.cancel();
+    times.sort();
+    println!(
+        "file renamed into the plugin directory → serving (warm cache): median {:.1} ms, max {:.1} ms (10 drops)",
+        times[5].as_secs_f64() * 1e3,
+        times[9].as_secs_f64() * 1e3
+    );
+}

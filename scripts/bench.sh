@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests). Figures and how to read them: docs/benchmarks.md.
+#   scripts/bench.sh proxy [seconds] [connections]   gateway vs nginx/haproxy/caddy, 3 runs
+#   scripts/bench.sh plugins                          plugin runtime costs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+what=${1:-proxy}
+case "$what" in
+proxy)
+  secs=${2:-8}; conns=${3:-64}
+  command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
+  cargo build --release -p sluice
+  cfg=$(mktemp --suffix=.toml)
+  cat > "$cfg" <<TOML
+[server]
+listen = "127.0.0.1:18080"
+admin = "127.0.0.1:18081"
+workers = 1
+[log]
+access = false
+level = "warn"
+[services.up]
+instances = ["127.0.0.1:19001"]
+[[routes]]
+path = "/"
+service = "up"
+TOML
+  for run in 1 2 3; do
+    echo "== run $run"
+    GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
+      GATEWAY_URL=http://127.0.0.1:18080/ bash ../shared/bench/peers.sh "$secs" "$conns"
+  done
+  rm -f "$cfg"
+  ;;
+plugins)
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+  (cd tests/fixtures && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-fixtures" cargo build --release --quiet)
+  SLUICE_BENCH_PLUGIN="$CARGO_TARGET_DIR/wasm-fixtures/wasm32-wasip2/release/noop.wasm" \
+    cargo bench -p sluice --bench plugins
+  ;;
+*) echo "usage: $0 proxy|plugins" >&2; exit 2 ;;
+esac
