@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 use super::bindings::Plugin;
 use super::host::HostState;
@@ -14,7 +16,26 @@ use super::host::HostState;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Builds the engine. `cache_dir = None` disables the compiled-artifact cache.
-pub fn build_engine(cache_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
+/// `max_memory_bytes` is the largest linear memory any plugin may use.
+///
+/// Instances come from wasmtime's pooling allocator when the machine lets us reserve its
+/// address space: memories, tables and async stacks are then recycled instead of mapped and
+/// unmapped for every instance (the bulk of the cost of a per-request instance). Where the
+/// reservation fails (small address space, strict overcommit) the on-demand allocator is used.
+pub fn build_engine(cache_dir: Option<PathBuf>, max_memory_bytes: usize) -> anyhow::Result<Engine> {
+    let pooled = engine_config(cache_dir.clone(), Some(max_memory_bytes));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            tracing::warn!(
+                "plugin instance pool unavailable ({e}); allocating instances on demand"
+            );
+            Engine::new(&engine_config(cache_dir, None)).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    }
+}
+
+fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     // Every store gets a deadline; the ticker thread below advances the epoch.
@@ -33,7 +54,22 @@ pub fn build_engine(cache_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
             Err(e) => tracing::warn!("plugin compile cache disabled: {e}"),
         }
     }
-    Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))
+    if let Some(max_memory) = pool_memory {
+        let mut pool = PoolingAllocationConfig::new();
+        // Component instances in existence at once (idle pooled ones included); Python and
+        // JavaScript components hold several core instances, memories and tables each.
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(2000)
+            .total_tables(4000)
+            .total_stacks(1000)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            .max_memory_size(max_memory);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
 }
 
 /// Advances the engine's epoch every tick on its own OS thread (not a Tokio task: a busy

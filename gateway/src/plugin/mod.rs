@@ -125,7 +125,15 @@ impl PluginRuntime {
             Some(dir) => Some(dir.clone()),
             None => engine::default_cache_dir(),
         };
-        let engine = engine::build_engine(cache_dir)?;
+        let max_memory = config
+            .plugins
+            .overrides
+            .keys()
+            .map(|name| config.plugins.settings_for(name).max_memory_bytes)
+            .chain([config.plugins.defaults.max_memory_bytes])
+            .max()
+            .unwrap_or_default();
+        let engine = engine::build_engine(cache_dir, max_memory)?;
         let linker = Arc::new(engine::build_linker(&engine)?);
         let kv = match &config.kv.file {
             Some(file) => KvStore::open(file)?,
