@@ -3,6 +3,8 @@
 //! The binary (`main.rs`) parses the command line and calls [`Gateway::start`]; tests start the
 //! gateway the same way, in-process, on `127.0.0.1:0`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod body;
 pub mod config;

@@ -207,7 +207,7 @@ impl Proxy {
                 };
                 let parts = std::mem::replace(&mut request.parts, forwarded);
                 match self
-                    .forward(&snapshot, route, parts, body, client, outcome)
+                    .forward(snapshot, route, parts, body, client, outcome)
                     .await
                 {
                     Ok(response) => response,

@@ -87,7 +87,7 @@ async fn a_python_plugin_checks_api_keys() {
     assert_eq!(up.hits(), 0, "the upstream was not called");
 
     // A wrong key, and one that is not UTF-8 (header values are bytes): 401, no crash.
-    for key in [&b"nope"[..], b"\xff\xfek1"] {
+    for key in [b"nope".as_slice(), b"\xff\xfek1".as_slice()] {
         let req = Request::get("/py/hello")
             .header("x-api-key", key)
             .body(full(""))
@@ -112,7 +112,12 @@ async fn a_python_plugin_checks_api_keys() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "upstream"));
     let seen = up.last();
     assert_eq!(seen.uri.path_and_query().unwrap().as_str(), "/py/hello?a=1");
-    let valid: Vec<_> = seen.headers.get_all("x-api-key-valid").iter().collect();
+    let valid: Vec<&str> = seen
+        .headers
+        .get_all("x-api-key-valid")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(valid, ["true"], "{:?}", seen.headers);
     assert!(
         !seen.headers.contains_key("x-api-key"),

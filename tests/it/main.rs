@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod config;
 mod harness;
+mod languages;
 mod limits;
 mod plugins;
 mod proxy;

@@ -1,0 +1,73 @@
+//! Logging, clocks, metrics and the current trace span.
+
+use crate::backend::host_call;
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::{types, wit_host};
+
+/// Log severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Very detailed.
+    Trace,
+    /// Debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unusual.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wit_level(level: Level) -> types::Level {
+    match level {
+        Level::Trace => types::Level::Trace,
+        Level::Debug => types::Level::Debug,
+        Level::Info => types::Level::Info,
+        Level::Warn => types::Level::Warn,
+        Level::Error => types::Level::Error,
+    }
+}
+
+/// Writes a line to the gateway's log, tagged with the plugin's name.
+pub fn log(level: Level, message: &str) {
+    host_call!(wit => wit_host::log(wit_level(level), message), test |h| => h.log(level, message))
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    host_call!(wit => wit_host::now_ms(), test |h| => h.now_ms())
+}
+
+/// A monotonic clock in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    host_call!(wit => wit_host::monotonic_ns(), test |h| => h.monotonic_ns())
+}
+
+/// Adds to a counter (`sluice_plugin_counter_total{plugin, name}`).
+pub fn counter_add(name: &str, delta: u64) {
+    host_call!(wit => wit_host::counter_add(name, delta), test |h| => h.counter_add(name, delta))
+}
+
+/// Records a value in a histogram (`sluice_plugin_histogram{plugin, name}`).
+pub fn histogram_record(name: &str, value: f64) {
+    host_call!(wit => wit_host::histogram_record(name, value), test |h| => h.histogram_record(name, value))
+}
+
+/// Sets an attribute on the current request's span.
+pub fn span_set_attribute(key: &str, value: &str) {
+    host_call!(wit => wit_host::span_set_attribute(key, value), test |h| => h.span_set_attribute(key, value))
+}
+
+/// Adds an event to the current request's span.
+pub fn span_add_event(name: &str, attributes: &[(&str, &str)]) {
+    host_call!(
+        wit => {
+            let attributes: Vec<(String, String)> =
+                attributes.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            wit_host::span_add_event(name, &attributes)
+        },
+        test |h| => h.span_add_event(name, attributes)
+    )
+}

@@ -1,0 +1,607 @@
+//! Run a plugin's logic natively under `cargo test`, against an in-memory host: shared state,
+//! clocks, watched config, outbound HTTP answers, logs and metrics, all set and inspected by
+//! the test. No gateway, no WebAssembly build.
+//!
+//! ```
+//! use sluice_plugin_sdk::testing::{TestHost, TestRequest};
+//! use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request};
+//!
+//! struct Counter;
+//! impl Plugin for Counter {
+//!     fn init(_: Config) -> Result<Self, Error> {
+//!         Ok(Counter)
+//!     }
+//!     fn on_request(&self, req: &Request<'_>) -> Result<Action, Error> {
+//!         let n = sluice_plugin_sdk::state::incr("hits", 1, None)?;
+//!         req.set_header("x-hits", n.to_string())?;
+//!         Ok(Action::Continue)
+//!     }
+//! }
+//!
+//! let host = TestHost::new();
+//! let plugin = host.init::<Counter>(serde_json::json!({})).unwrap();
+//! let req = TestRequest::get("/");
+//! host.on_request(&plugin, &req).unwrap();
+//! host.on_request(&plugin, &req).unwrap();
+//! assert_eq!(req.header_str("x-hits").as_deref(), Some("2"));
+//! assert_eq!(host.state("hits").as_deref(), Some(&b"2"[..]));
+//! ```
+//!
+//! Each test thread has its own host: [`TestHost::new`] installs a fresh one.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::bindings::types::Header;
+use crate::host::Level;
+use crate::kv::Entry;
+use crate::outbound::{HttpError, HttpRequest, HttpResponse};
+use crate::{Action, Config, Error, Plugin, Request, ResponseHead};
+
+thread_local! {
+    static HOST: RefCell<Option<FakeHost>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn with_host<R>(f: impl FnOnce(&mut FakeHost) -> R) -> R {
+    HOST.with(|h| {
+        let mut h = h.borrow_mut();
+        let host = h.as_mut().expect(
+            "no test host on this thread: create a sluice_plugin_sdk::testing::TestHost first",
+        );
+        f(host)
+    })
+}
+
+#[derive(Default)]
+pub(crate) struct FakeHost {
+    now_ms: u64,
+    logs: Vec<(Level, String)>,
+    counters: HashMap<String, u64>,
+    histograms: HashMap<String, Vec<f64>>,
+    span_attributes: Vec<(String, String)>,
+    span_events: Vec<(String, Vec<(String, String)>)>,
+    state: HashMap<String, (Vec<u8>, Option<u64>)>,
+    kv: HashMap<String, Entry>,
+    kv_version: u64,
+    http: HashMap<(String, String), Result<HttpResponse, HttpError>>,
+    http_sent: Vec<HttpRequest>,
+}
+
+impl FakeHost {
+    pub(crate) fn log(&mut self, level: Level, message: &str) {
+        self.logs.push((level, message.to_owned()));
+    }
+
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        self.now_ms
+    }
+
+    pub(crate) fn monotonic_ns(&mut self) -> u64 {
+        self.now_ms * 1_000_000
+    }
+
+    pub(crate) fn counter_add(&mut self, name: &str, delta: u64) {
+        *self.counters.entry(name.to_owned()).or_default() += delta;
+    }
+
+    pub(crate) fn histogram_record(&mut self, name: &str, value: f64) {
+        self.histograms
+            .entry(name.to_owned())
+            .or_default()
+            .push(value);
+    }
+
+    pub(crate) fn span_set_attribute(&mut self, key: &str, value: &str) {
+        self.span_attributes
+            .push((key.to_owned(), value.to_owned()));
+    }
+
+    pub(crate) fn span_add_event(&mut self, name: &str, attributes: &[(&str, &str)]) {
+        let attributes = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.span_events.push((name.to_owned(), attributes));
+    }
+
+    fn live(&self, key: &str) -> Option<&Vec<u8>> {
+        let (value, expires) = self.state.get(key)?;
+        expires.is_none_or(|t| self.now_ms < t).then_some(value)
+    }
+
+    fn expiry(&self, ttl_ms: Option<u64>) -> Option<u64> {
+        ttl_ms.map(|ttl| self.now_ms + ttl)
+    }
+
+    pub(crate) fn state_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.live(key).cloned()
+    }
+
+    pub(crate) fn state_set(&mut self, key: &str, value: &[u8], ttl_ms: Option<u64>) {
+        let expires = self.expiry(ttl_ms);
+        self.state.insert(key.to_owned(), (value.to_vec(), expires));
+    }
+
+    pub(crate) fn state_delete(&mut self, key: &str) -> bool {
+        let live = self.live(key).is_some();
+        self.state.remove(key);
+        live
+    }
+
+    pub(crate) fn state_incr(
+        &mut self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, String> {
+        let (current, expires) = match self.live(key) {
+            Some(v) => {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| format!("key `{key}` does not hold an integer counter"))?;
+                (n, self.state[key].1)
+            }
+            None => (0, self.expiry(ttl_ms)),
+        };
+        let next = current
+            .checked_add(delta)
+            .ok_or_else(|| format!("counter `{key}` would overflow"))?;
+        self.state
+            .insert(key.to_owned(), (next.to_string().into_bytes(), expires));
+        Ok(next)
+    }
+
+    pub(crate) fn state_cas(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        ttl_ms: Option<u64>,
+    ) -> bool {
+        if self.live(key).map(Vec::as_slice) != expected {
+            return false;
+        }
+        match new {
+            Some(value) => self.state_set(key, value, ttl_ms),
+            None => {
+                self.state.remove(key);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn kv_get(&mut self, key: &str) -> Option<Entry> {
+        self.kv.get(key).cloned()
+    }
+
+    pub(crate) fn http_send(&mut self, request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.http_sent.push(request.clone());
+        self.http
+            .get(&(request.method.to_ascii_uppercase(), request.url.clone()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Err(HttpError::Transport(format!(
+                    "test host: no answer set for {} {}",
+                    request.method, request.url
+                )))
+            })
+    }
+}
+
+/// The in-memory host of the current test thread. Creating one replaces any previous host.
+#[derive(Debug)]
+pub struct TestHost {
+    _private: (),
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestHost {
+    /// Installs a fresh host for this thread: empty state and kv, clock at 1 000 000 ms.
+    pub fn new() -> Self {
+        HOST.with(|h| {
+            *h.borrow_mut() = Some(FakeHost {
+                now_ms: 1_000_000,
+                ..FakeHost::default()
+            })
+        });
+        Self { _private: () }
+    }
+
+    /// Builds the plugin with this configuration, as the gateway's `init` would.
+    pub fn init<P: Plugin>(&self, config: serde_json::Value) -> Result<P, Error> {
+        P::init(Config::from_value(config))
+    }
+
+    /// Runs `on_request`.
+    pub fn on_request<P: Plugin>(
+        &self,
+        plugin: &P,
+        request: &TestRequest,
+    ) -> Result<Action, Error> {
+        plugin.on_request(&Request::test(request))
+    }
+
+    /// Runs `on_response`.
+    pub fn on_response<P: Plugin>(
+        &self,
+        plugin: &P,
+        request: &TestRequest,
+        response: &TestResponseHead,
+    ) -> Result<(), Error> {
+        plugin.on_response(&Request::test(request), &ResponseHead::test(response))
+    }
+
+    /// The wall clock, in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        with_host(|h| h.now_ms)
+    }
+
+    /// Sets the wall clock.
+    pub fn set_now_ms(&self, ms: u64) {
+        with_host(|h| h.now_ms = ms);
+    }
+
+    /// Moves both clocks forward (state TTLs expire accordingly).
+    pub fn advance(&self, by: Duration) {
+        with_host(|h| h.now_ms += by.as_millis() as u64);
+    }
+
+    /// Sets a watched kv value (its version grows).
+    pub fn kv_put(&self, key: &str, value: impl AsRef<[u8]>) {
+        with_host(|h| {
+            h.kv_version += 1;
+            let entry = Entry {
+                value: value.as_ref().to_vec(),
+                version: h.kv_version,
+            };
+            h.kv.insert(key.to_owned(), entry);
+        });
+    }
+
+    /// Sets what outbound `METHOD url` answers.
+    pub fn http_answer(&self, method: &str, url: &str, answer: Result<HttpResponse, HttpError>) {
+        with_host(|h| {
+            h.http
+                .insert((method.to_ascii_uppercase(), url.to_owned()), answer);
+        });
+    }
+
+    /// Outbound requests the plugin sent, in order.
+    pub fn http_sent(&self) -> Vec<HttpRequest> {
+        with_host(|h| h.http_sent.clone())
+    }
+
+    /// A shared-state value.
+    pub fn state(&self, key: &str) -> Option<Vec<u8>> {
+        with_host(|h| h.state_get(key))
+    }
+
+    /// Sets a shared-state value.
+    pub fn set_state(&self, key: &str, value: impl AsRef<[u8]>, ttl_ms: Option<u64>) {
+        with_host(|h| h.state_set(key, value.as_ref(), ttl_ms));
+    }
+
+    /// Log lines written, with their level.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        with_host(|h| h.logs.clone())
+    }
+
+    /// A counter's total.
+    pub fn counter(&self, name: &str) -> u64 {
+        with_host(|h| h.counters.get(name).copied().unwrap_or(0))
+    }
+
+    /// Values recorded in a histogram.
+    pub fn histogram(&self, name: &str) -> Vec<f64> {
+        with_host(|h| h.histograms.get(name).cloned().unwrap_or_default())
+    }
+
+    /// Span attributes set.
+    pub fn span_attributes(&self) -> Vec<(String, String)> {
+        with_host(|h| h.span_attributes.clone())
+    }
+
+    /// Span events added.
+    pub fn span_events(&self) -> Vec<(String, Vec<(String, String)>)> {
+        with_host(|h| h.span_events.clone())
+    }
+}
+
+/// A request for tests; read it back after the plugin ran to see what it changed.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    method: RefCell<String>,
+    path: RefCell<String>,
+    query: RefCell<Option<String>>,
+    headers: RefCell<Vec<(String, Vec<u8>)>>,
+    client: String,
+    route: String,
+    request_id: String,
+    body: RefCell<Option<Vec<u8>>>,
+}
+
+impl TestRequest {
+    /// A request: `target` is `/path` or `/path?query`.
+    pub fn new(method: &str, target: &str) -> Self {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        Self {
+            method: RefCell::new(method.to_owned()),
+            path: RefCell::new(path),
+            query: RefCell::new(query),
+            headers: RefCell::default(),
+            client: "127.0.0.1".into(),
+            route: "test".into(),
+            request_id: "test-request".into(),
+            body: RefCell::new(None),
+        }
+    }
+
+    /// A GET request.
+    pub fn get(target: &str) -> Self {
+        Self::new("GET", target)
+    }
+
+    /// Adds a header.
+    pub fn with_header(self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Sets the client address.
+    pub fn with_client(mut self, ip: &str) -> Self {
+        self.client = ip.to_owned();
+        self
+    }
+
+    /// Sets the matched route's name.
+    pub fn with_route(mut self, route: &str) -> Self {
+        self.route = route.to_owned();
+        self
+    }
+
+    /// Sets the body (as a plugin with `request_body = true` would see it).
+    pub fn with_body(self, body: impl AsRef<[u8]>) -> Self {
+        *self.body.borrow_mut() = Some(body.as_ref().to_vec());
+        self
+    }
+
+    /// The first value of a header, if UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    // The methods below mirror the WIT `request` resource, so the SDK's `Request` can wrap
+    // either.
+
+    pub(crate) fn method(&self) -> String {
+        self.method.borrow().clone()
+    }
+
+    pub(crate) fn set_method(&self, method: &str) -> Result<(), String> {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(format!("invalid method `{method}`"));
+        }
+        *self.method.borrow_mut() = method.to_owned();
+        Ok(())
+    }
+
+    /// The path (after the plugin ran).
+    pub fn path(&self) -> String {
+        self.path.borrow().clone()
+    }
+
+    pub(crate) fn set_path(&self, path: &str) -> Result<(), String> {
+        if !path.starts_with('/') {
+            return Err(format!("path `{path}` must start with `/`"));
+        }
+        *self.path.borrow_mut() = path.to_owned();
+        Ok(())
+    }
+
+    /// The query (after the plugin ran).
+    pub fn query(&self) -> Option<String> {
+        self.query.borrow().clone()
+    }
+
+    pub(crate) fn set_query(&self, query: Option<&str>) -> Result<(), String> {
+        *self.query.borrow_mut() = query.map(str::to_owned);
+        Ok(())
+    }
+
+    /// The first value of a header (after the plugin ran).
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .borrow()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .borrow()
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub(crate) fn headers(&self) -> Vec<Header> {
+        self.headers
+            .borrow()
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        check_header(name, value)?;
+        self.remove_header(name);
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.to_vec()));
+        Ok(())
+    }
+
+    pub(crate) fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        check_header(name, value)?;
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.to_vec()));
+        Ok(())
+    }
+
+    pub(crate) fn remove_header(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let mut headers = self.headers.borrow_mut();
+        let before = headers.len();
+        headers.retain(|(n, _)| *n != name);
+        headers.len() != before
+    }
+
+    pub(crate) fn client_addr(&self) -> String {
+        self.client.clone()
+    }
+
+    pub(crate) fn route(&self) -> String {
+        self.route.clone()
+    }
+
+    pub(crate) fn request_id(&self) -> String {
+        self.request_id.clone()
+    }
+
+    /// The body (after the plugin ran).
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.body.borrow().clone()
+    }
+
+    pub(crate) fn set_body(&self, body: &[u8]) -> Result<(), String> {
+        let mut slot = self.body.borrow_mut();
+        if slot.is_none() {
+            return Err(
+                "this plugin did not opt in to request bodies (request_body = true)".into(),
+            );
+        }
+        *slot = Some(body.to_vec());
+        Ok(())
+    }
+}
+
+/// A response head for tests.
+#[derive(Debug, Clone)]
+pub struct TestResponseHead {
+    status: RefCell<u16>,
+    headers: RefCell<Vec<(String, Vec<u8>)>>,
+}
+
+impl TestResponseHead {
+    /// A response head with this status.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status: RefCell::new(status),
+            headers: RefCell::default(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// The status (after the plugin ran).
+    pub fn status(&self) -> u16 {
+        *self.status.borrow()
+    }
+
+    pub(crate) fn set_status(&self, status: u16) -> Result<(), String> {
+        if !(100..=599).contains(&status) {
+            return Err(format!("invalid status {status}"));
+        }
+        *self.status.borrow_mut() = status;
+        Ok(())
+    }
+
+    /// The first value of a header (after the plugin ran).
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .borrow()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The first value of a header, if UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    pub(crate) fn headers(&self) -> Vec<Header> {
+        self.headers
+            .borrow()
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        check_header(name, value)?;
+        self.remove_header(name);
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.to_vec()));
+        Ok(())
+    }
+
+    pub(crate) fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        check_header(name, value)?;
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.to_vec()));
+        Ok(())
+    }
+
+    pub(crate) fn remove_header(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let mut headers = self.headers.borrow_mut();
+        let before = headers.len();
+        headers.retain(|(n, _)| *n != name);
+        headers.len() != before
+    }
+}
+
+/// The same rules the gateway applies (RFC 9110 token names; no CR, LF or NUL in values).
+fn check_header(name: &str, value: &[u8]) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("invalid header name `{name}`"));
+    }
+    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(format!("invalid value for header `{name}`"));
+    }
+    Ok(())
+}
