@@ -267,3 +267,32 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
 pub fn plugin_cache_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
+
+/// The path of a Rust example plugin (`examples/NAME`), built for wasm32-wasip2 from source
+/// (once per test run).
+pub fn rust_example(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
+            .args(["-p", "rust-header-rewrite", "-p", "rust-rate-limit"])
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .output()
+            .expect("running cargo for the Rust example plugins");
+        assert!(
+            out.status.success(),
+            "building the Rust examples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "no example plugin {}", path.display());
+    path
+}

@@ -12,9 +12,20 @@ use sluice::Gateway;
 use crate::harness::*;
 
 /// Builds `examples/NAME` with its `build.sh` and returns the example's directory, which then
-/// holds `NAME.wasm` beside `NAME.toml`. Each example is built by one test only, so two
-/// builds never write the same directory at once.
-fn build_example(name: &str) -> PathBuf {
+/// holds `NAME.wasm` beside `NAME.toml`. Builds once per test run: tests that need the same
+/// example wait for the first build instead of writing the same directory at once.
+pub fn build_example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = built.iter().find(|(n, _)| n == name) {
+        return dir.clone();
+    }
+    let dir = build_example_now(name);
+    built.push((name.to_owned(), dir.clone()));
+    dir
+}
+
+fn build_example_now(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(name);

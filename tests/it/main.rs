@@ -4,8 +4,9 @@
 mod admin;
 mod cli;
 mod config;
+mod examples;
 mod harness;
-mod languages;
+pub mod languages;
 mod limits;
 mod plugins;
 mod proxy;
