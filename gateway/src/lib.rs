@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod routing;
+pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;

@@ -53,6 +53,18 @@ enum PluginCommand {
         /// The plugin file (a WebAssembly component).
         file: PathBuf,
     },
+    /// Write a new plugin project that builds as generated: source, build script or manifest,
+    /// the WIT, a config, and a README with the commands to build, deploy and try it.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`): also its file and route name.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: sluice::scaffold::Lang,
+        /// Where to create the `NAME/` directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +82,22 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, log_format),
         Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+            match sluice::scaffold::new_plugin(&name, lang, &dir) {
+                Ok(path) => {
+                    println!("created {}", path.display());
+                    println!(
+                        "next: see {}/README.md (build, drop into the plugin directory, curl)",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice plugin new: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

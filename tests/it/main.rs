@@ -11,4 +11,5 @@ mod limits;
 mod plugins;
 mod proxy;
 mod reload;
+mod scaffold;
 mod shutdown;
