@@ -36,8 +36,20 @@ TOML
 plugins)
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
   (cd tests/fixtures && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-fixtures" cargo build --release --quiet)
+  # The same trivial plugin in each language: `sluice plugin new`'s templates, built.
+  cargo build --release -p sluice
+  bash scripts/setup-plugin-toolchains.sh >/dev/null
+  t=$(mktemp -d)
+  for lang in rust python js; do "$CARGO_TARGET_DIR/release/sluice" plugin new "t-$lang" --lang "$lang" --dir "$t" >/dev/null; done
+  (cd "$t/t-rust" && CARGO_TARGET_DIR="$t/target" cargo build --release --quiet --target wasm32-wasip2)
+  (cd "$t/t-python" && ./build.sh >/dev/null)
+  ln -s "$PWD/examples/js-cors/node_modules" "$t/t-js/node_modules"
+  (cd "$t/t-js" && ./build.sh >/dev/null)
+  cp "$t/target/wasm32-wasip2/release/t_rust.wasm" "$t/t-rust.wasm"
   SLUICE_BENCH_PLUGIN="$CARGO_TARGET_DIR/wasm-fixtures/wasm32-wasip2/release/noop.wasm" \
+  SLUICE_BENCH_LANGS="rust=$t/t-rust.wasm,python=$t/t-python/t-python.wasm,js=$t/t-js/t-js.wasm" \
     cargo bench -p sluice --bench plugins
+  rm -rf "$t"
   ;;
 *) echo "usage: $0 proxy|plugins" >&2; exit 2 ;;
 esac

@@ -42,7 +42,53 @@ fn main() {
         if run("drop") {
             drop_to_serving(&plugin).await;
         }
+        // SLUICE_BENCH_LANGS="rust=a.wasm,python=b.wasm,js=c.wasm": the same trivial plugin
+        // (`sluice plugin new`'s template) in each language.
+        if let Ok(langs) = std::env::var("SLUICE_BENCH_LANGS") {
+            for entry in langs.split(',').filter(|e| !e.is_empty()) {
+                let (lang, path) = entry.split_once('=').expect("LANG=PATH");
+                language(lang, Path::new(path)).await;
+            }
+        }
     });
+}
+
+/// Per-request cost (pooled) and load times of one language's template plugin.
+async fn language(lang: &str, plugin: &Path) {
+    let name = plugin.file_stem().unwrap().to_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin, dir.path().join(format!("{name}.wasm"))).unwrap();
+    std::fs::write(dir.path().join(format!("{name}.toml")), "greeting = \"hello\"\n").unwrap();
+    let metrics = Metrics::new();
+    let config = config_for(dir.path(), cache.path(), InstanceMode::Pooled);
+    let cold = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let started = Instant::now();
+    assert_eq!(cold.reload().await.loaded, [name.clone()], "{lang}");
+    let cold_ms = started.elapsed().as_secs_f64() * 1e3;
+    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let started = Instant::now();
+    assert_eq!(rt.reload().await.loaded, [name.clone()], "{lang}");
+    let warm_ms = started.elapsed().as_secs_f64() * 1e3;
+    let set = rt.current();
+    let chain = [name];
+    let n = 20_000u32;
+    let ok = || http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
+    for _ in 0..500 {
+        let out = rt.on_request(&set, &chain, request()).await;
+        let _ = rt.on_response(&out.ran, out.request, ok()).await;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        let out = rt.on_request(&set, &chain, request()).await;
+        assert!(out.response.is_none() && out.error.is_none(), "{lang}");
+        let (_, e) = rt.on_response(&out.ran, out.request, ok()).await;
+        assert!(e.is_none(), "{lang}");
+    }
+    let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
+    println!(
+        "template plugin, {lang}: {per_request:.1} µs per request pooled (on-request + on-response); load cold {cold_ms:.0} ms, from cache {warm_ms:.1} ms"
+    );
 }
 
 fn config_for(dir: &Path, cache: &Path, mode: InstanceMode) -> Config {
