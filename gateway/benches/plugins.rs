@@ -17,6 +17,12 @@ use sluice::plugin::PluginRuntime;
 use sluice::plugin::host::RequestState;
 
 fn main() {
+    // `cargo test --all-targets` runs benches once as tests, without `--bench`: nothing to
+    // measure then (and no plugin was built for it).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmarks run with `cargo bench` (scripts/bench.sh plugins)");
+        return;
+    }
     let plugin = PathBuf::from(
         std::env::var("SLUICE_BENCH_PLUGIN")
             .expect("set SLUICE_BENCH_PLUGIN to the noop plugin's .wasm"),
@@ -59,16 +65,28 @@ async fn language(lang: &str, plugin: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join(format!("{name}.wasm"))).unwrap();
-    std::fs::write(dir.path().join(format!("{name}.toml")), "greeting = \"hello\"\n").unwrap();
+    std::fs::write(
+        dir.path().join(format!("{name}.toml")),
+        "greeting = \"hello\"\n",
+    )
+    .unwrap();
     let metrics = Metrics::new();
     let config = config_for(dir.path(), cache.path(), InstanceMode::Pooled);
     let cold = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
-    assert_eq!(cold.reload().await.loaded, [name.clone()], "{lang}");
+    assert_eq!(
+        cold.reload().await.loaded,
+        std::slice::from_ref(&name),
+        "{lang}"
+    );
     let cold_ms = started.elapsed().as_secs_f64() * 1e3;
     let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
-    assert_eq!(rt.reload().await.loaded, [name.clone()], "{lang}");
+    assert_eq!(
+        rt.reload().await.loaded,
+        std::slice::from_ref(&name),
+        "{lang}"
+    );
     let warm_ms = started.elapsed().as_secs_f64() * 1e3;
     let set = rt.current();
     let chain = [name];

@@ -220,7 +220,11 @@ pub struct PluginSettings {
     /// `request_body = false`: buffer the request body (up to `max_body_bytes`) for this
     /// plugin to read and replace.
     pub request_body: bool,
-    /// `max_body_bytes = 1048576`: the largest body handed to the plugin; larger → 413.
+    /// `response_body = false`: buffer the upstream's response body (up to `max_body_bytes`)
+    /// for this plugin's `on-response` to read and replace.
+    pub response_body: bool,
+    /// `max_body_bytes = 1048576`: the largest body handed to the plugin; a larger request
+    /// body answers 413, a larger response body 502.
     pub max_body_bytes: usize,
     /// `allowed_hosts = ["auth.internal:8080"]`: hosts (`host` or `host:port`) the plugin may
     /// reach with outbound HTTP. Empty = none.
@@ -240,6 +244,7 @@ impl Default for PluginSettings {
             quarantine_after: 5,
             quarantine_for: Duration::from_secs(10),
             request_body: false,
+            response_body: false,
             max_body_bytes: 1024 * 1024,
             allowed_hosts: Vec::new(),
         }
@@ -263,6 +268,7 @@ pub struct PluginSettingsPatch {
     #[serde(with = "humantime_serde")]
     quarantine_for: Option<Duration>,
     request_body: Option<bool>,
+    response_body: Option<bool>,
     max_body_bytes: Option<usize>,
     allowed_hosts: Option<Vec<String>>,
 }
@@ -283,6 +289,7 @@ impl PluginSettingsPatch {
             quarantine_after,
             quarantine_for,
             request_body,
+            response_body,
             max_body_bytes,
             allowed_hosts
         );

@@ -214,6 +214,16 @@ impl<'a> ResponseHead<'a> {
     pub fn remove_header(&self, name: &str) -> bool {
         on_response!(self, r => r.remove_header(name))
     }
+
+    /// The response body, when this plugin opted in (`response_body = true`) and it fit.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        on_response!(self, r => r.body())
+    }
+
+    /// Replaces the response body (opted-in plugins only).
+    pub fn set_body(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
+        on_response!(self, r => r.set_body(body.as_ref())).map_err(Error::from)
+    }
 }
 
 /// A response a plugin answers with ([`crate::Action::Respond`]).

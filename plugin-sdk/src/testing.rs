@@ -510,6 +510,7 @@ impl TestRequest {
 pub struct TestResponseHead {
     status: RefCell<u16>,
     headers: RefCell<Vec<(String, Vec<u8>)>>,
+    body: RefCell<Option<Vec<u8>>>,
 }
 
 impl TestResponseHead {
@@ -518,7 +519,30 @@ impl TestResponseHead {
         Self {
             status: RefCell::new(status),
             headers: RefCell::default(),
+            body: RefCell::new(None),
         }
+    }
+
+    /// Sets the body (as a plugin with `response_body = true` would see it).
+    pub fn with_body(self, body: impl AsRef<[u8]>) -> Self {
+        *self.body.borrow_mut() = Some(body.as_ref().to_vec());
+        self
+    }
+
+    /// The body (after the plugin ran).
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.body.borrow().clone()
+    }
+
+    pub(crate) fn set_body(&self, body: &[u8]) -> Result<(), String> {
+        let mut slot = self.body.borrow_mut();
+        if slot.is_none() {
+            return Err(
+                "this plugin did not opt in to response bodies (response_body = true)".into(),
+            );
+        }
+        *slot = Some(body.to_vec());
+        Ok(())
     }
 
     /// Adds a header.

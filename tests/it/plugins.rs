@@ -399,3 +399,43 @@ fn one_route_with_plugin(upstream: std::net::SocketAddr) -> String {
         "[services.s]\ninstances = [\"{upstream}\"]\n[[routes]]\nname = \"with-plugin\"\npath = \"/p\"\nservice = \"s\"\nplugins = [\"testbed\"]\n"
     )
 }
+
+#[tokio::test]
+async fn only_plugins_that_opt_in_see_and_replace_the_response_body() {
+    let up = Upstream::named("from the upstream").await;
+    let dir = plugin_dir(None);
+    let opted = gateway_with_testbed(
+        dir.path(),
+        up.addr,
+        "response_body = true\nmax_body_bytes = 64",
+    )
+    .await;
+    let (status, headers, body) = get(opted.listen_addr, "/p/resp-body").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "FROM THE UPSTREAM"));
+    assert_eq!(headers["content-length"], "17");
+    opted.shutdown().await;
+
+    let big = Upstream::named("a response body longer than the sixteen bytes allowed").await;
+    let dir = plugin_dir(None);
+    let small = gateway_with_testbed(
+        dir.path(),
+        big.addr,
+        "response_body = true\nmax_body_bytes = 16",
+    )
+    .await;
+    let (status, _, body) = get(small.listen_addr, "/p/resp-body").await;
+    assert_eq!(status.as_u16(), 500, "{body}");
+    assert_eq!(
+        body,
+        "plugin testbed failed: response body larger than max_body_bytes (16)\n"
+    );
+    small.shutdown().await;
+
+    let dir = plugin_dir(None);
+    let not = gateway_with_testbed(dir.path(), up.addr, "").await;
+    assert_eq!(
+        get(not.listen_addr, "/p/resp-body").await.2,
+        "from the upstream"
+    );
+    not.shutdown().await;
+}

@@ -163,6 +163,10 @@ pub struct RequestState {
 pub struct ResponseState {
     /// Status and headers.
     pub parts: http::response::Parts,
+    /// The buffered body, when a plugin on the route opted in to response bodies.
+    pub body: Option<Bytes>,
+    /// Whether the plugin being called may read and replace the body.
+    pub body_visible: bool,
 }
 
 fn header_list(headers: &HeaderMap) -> Vec<types::Header> {
@@ -447,6 +451,34 @@ impl types::HostResponseHead for HostState {
         name: String,
     ) -> wasmtime::Result<bool> {
         Ok(remove_header(&mut self.response(&r)?.parts.headers, &name))
+    }
+
+    fn body(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let resp = self.response(&r)?;
+        Ok(if resp.body_visible {
+            resp.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        })
+    }
+
+    fn set_body(
+        &mut self,
+        r: Resource<ResponseState>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let max = self.plugin.settings.max_body_bytes;
+        let resp = self.response(&r)?;
+        if !resp.body_visible {
+            return Ok(Err(
+                "this plugin did not opt in to response bodies (response_body = true)".into(),
+            ));
+        }
+        if body.len() > max {
+            return Ok(Err(format!("body larger than max_body_bytes ({max})")));
+        }
+        resp.body = Some(Bytes::from(body));
+        Ok(Ok(()))
     }
 
     fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {

@@ -431,8 +431,41 @@ impl PluginRuntime {
         response: Response<ResponseBody>,
     ) -> (Response<ResponseBody>, Option<ProxyError>) {
         let (parts, body) = response.into_parts();
-        let mut head = ResponseState { parts };
+        // A plugin that opted in to response bodies gets the body buffered (bounded by the
+        // smallest `max_body_bytes` among them).
+        let wanting = ran
+            .iter()
+            .filter(|p| p.shared.settings.response_body)
+            .min_by_key(|p| p.shared.settings.max_body_bytes);
+        let (buffered, mut streaming) = match wanting {
+            None => (None, Some(body)),
+            Some(plugin) => {
+                let limit = plugin.shared.settings.max_body_bytes;
+                match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+                    .await
+                {
+                    Ok(collected) => (Some(collected.to_bytes()), None),
+                    Err(e) => {
+                        let error = ProxyError::PluginFailed {
+                            plugin: plugin.name().to_string(),
+                            reason: if e.is::<http_body_util::LengthLimitError>() {
+                                format!("response body larger than max_body_bytes ({limit})")
+                            } else {
+                                format!("reading the response body: {e}")
+                            },
+                        };
+                        return (error.to_response(), Some(error));
+                    }
+                }
+            }
+        };
+        let mut head = ResponseState {
+            parts,
+            body: buffered,
+            body_visible: false,
+        };
         for plugin in ran.iter().rev() {
+            head.body_visible = plugin.shared.settings.response_body;
             let (req, resp, result) = plugin.on_response(request, head).await;
             (request, head) = (req, resp);
             if let Err(failure) = result {
@@ -452,6 +485,16 @@ impl PluginRuntime {
                 }
             }
         }
+        let body = match (head.body.take(), streaming.take()) {
+            (Some(bytes), _) => {
+                // The length changed, perhaps: hyper sets it from the new body.
+                head.parts.headers.remove(http::header::CONTENT_LENGTH);
+                head.parts.headers.remove(http::header::TRANSFER_ENCODING);
+                ResponseBody::full(bytes)
+            }
+            (None, Some(body)) => body,
+            (None, None) => ResponseBody::full(Bytes::new()),
+        };
         (Response::from_parts(head.parts, body), None)
     }
 
