@@ -74,14 +74,14 @@ impl Gateway {
 
         let metrics = Arc::new(Metrics::new());
         let plugins = Arc::new(PluginRuntime::new(&config, metrics.plugins.clone())?);
-        if plugins.dir().is_some() {
-            let report = plugins.reload().await;
+        let report = plugins.reload().await;
+        if !report.loaded.is_empty() || !report.failed.is_empty() {
             tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "plugins loaded");
-            if config.plugins.watch {
-                let watcher = plugin::watcher::spawn(plugins.clone(), shutdown.clone())
-                    .context("plugins.dir: cannot watch the plugin directory")?;
-                control_tasks.push(watcher);
-            }
+        }
+        if plugins.dir().is_some() && config.plugins.watch {
+            let watcher = plugin::watcher::spawn(plugins.clone(), shutdown.clone())
+                .context("plugins.dir: cannot watch the plugin directory")?;
+            control_tasks.push(watcher);
         }
         warn_about_missing_plugins(&config, &plugins);
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));

@@ -7,6 +7,7 @@
 //! `watcher` (directory watch), and this file: the set of active plugins and the chain.
 
 pub mod bindings;
+pub mod builtin;
 pub mod engine;
 pub mod host;
 pub mod kv;
@@ -107,6 +108,9 @@ pub struct PluginRuntime {
     reload_lock: tokio::sync::Mutex<()>,
     /// The epoch ticker starts before the first plugin code runs.
     ticker: std::sync::Once,
+    /// Built-in plugins the config uses (named on a route or configured under
+    /// `[plugin.NAME]`); the others are not loaded.
+    wanted_builtins: Vec<String>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -152,6 +156,16 @@ impl PluginRuntime {
             plugin_config: config.plugin.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
             ticker: std::sync::Once::new(),
+            wanted_builtins: builtin::names()
+                .filter(|name| {
+                    config.plugin.contains_key(*name)
+                        || config
+                            .routes
+                            .iter()
+                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
+                })
+                .map(str::to_owned)
+                .collect(),
         })
     }
 
@@ -176,31 +190,40 @@ impl PluginRuntime {
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reload_lock.lock().await;
         let mut report = ReloadReport::default();
-        let Some(dir) = self.settings.dir.clone() else {
-            return report;
+        let files = match &self.settings.dir {
+            None => BTreeMap::new(),
+            Some(dir) => match plugin_files(dir) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), "cannot list the plugin directory: {e}");
+                    report
+                        .failed
+                        .insert("*".into(), format!("cannot list {}: {e}", dir.display()));
+                    return report;
+                }
+            },
         };
-        let files = match plugin_files(&dir) {
-            Ok(f) => f,
+        let mut record = |name: &str, result: Result<bool, LoadError>| match result {
+            Ok(true) => report.loaded.push(name.to_owned()),
+            Ok(false) => report.unchanged.push(name.to_owned()),
             Err(e) => {
-                tracing::error!(dir = %dir.display(), "cannot list the plugin directory: {e}");
-                report
-                    .failed
-                    .insert("*".into(), format!("cannot list {}: {e}", dir.display()));
-                return report;
+                report.failed.insert(name.to_owned(), e.to_string());
             }
         };
         for (name, path) in &files {
-            match self.load_file(name, path).await {
-                Ok(true) => report.loaded.push(name.clone()),
-                Ok(false) => report.unchanged.push(name.clone()),
-                Err(e) => {
-                    report.failed.insert(name.clone(), e.to_string());
-                }
+            record(name, self.load_file(name, path).await);
+        }
+        // Built-ins in use, unless a file of the same name overrides them.
+        for name in &self.wanted_builtins {
+            if !files.contains_key(name) {
+                record(name, self.load_builtin(name).await);
             }
         }
         let current = self.current();
         for (name, plugin) in &current.plugins {
-            if matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name) {
+            let file_gone =
+                matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name);
+            if file_gone && !self.wanted_builtins.iter().any(|b| b == &**name) {
                 self.unload(name);
                 report.unloaded.push(name.to_string());
             }
@@ -208,20 +231,47 @@ impl PluginRuntime {
         report
     }
 
+    /// Loads (or keeps) the built-in plugin `name`, configured by `[plugin.NAME]`.
+    async fn load_builtin(&self, name: &str) -> Result<bool, LoadError> {
+        let bytes = builtin::get(name)
+            .ok_or_else(|| LoadError::Read(format!("no built-in plugin {name}")))?;
+        let config_json = self.config_json(name, None)?;
+        let result = self
+            .load_bytes(name, PluginSource::BuiltIn, bytes.to_vec(), config_json)
+            .await;
+        self.note_result(name, Path::new("<built-in>"), &result);
+        result
+    }
+
     /// Loads (or reloads) one plugin file; `Ok(false)` when it is already active unchanged.
     pub async fn load_file(&self, name: &str, path: &Path) -> Result<bool, LoadError> {
-        let result = self.load_file_inner(name, path).await;
-        match &result {
+        let result = match loader::read(path) {
+            Ok(bytes) => match self.config_json(name, Some(path)) {
+                Ok(config) => {
+                    self.load_bytes(name, PluginSource::File(path.to_owned()), bytes, config)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.note_result(name, path, &result);
+        result
+    }
+
+    /// Logs a load and keeps its failure for the admin API.
+    fn note_result(&self, name: &str, path: &Path, result: &Result<bool, LoadError>) {
+        match result {
             Ok(true) => {
                 self.failures.lock().expect("failures lock").remove(name);
-                tracing::info!(plugin = name, path = %path.display(), "plugin loaded");
+                tracing::info!(plugin = name, source = %path.display(), "plugin loaded");
             }
             Ok(false) => {}
             Err(e) => {
                 let serving = self.current().get(name).is_some();
                 tracing::error!(
                     plugin = name,
-                    path = %path.display(),
+                    source = %path.display(),
                     "plugin not loaded: {e}{}",
                     if serving { " (the previous version keeps serving)" } else { "" }
                 );
@@ -235,7 +285,6 @@ impl PluginRuntime {
                 );
             }
         }
-        result
     }
 
     /// Starts the epoch ticker: no plugin code may run without it, since only the epoch
@@ -245,13 +294,26 @@ impl PluginRuntime {
             .call_once(|| engine::spawn_epoch_ticker(&self.engine));
     }
 
-    async fn load_file_inner(&self, name: &str, path: &Path) -> Result<bool, LoadError> {
-        let bytes = loader::read(path)?;
+    /// Checks, compiles, activates and installs a component, unless the same bytes with the
+    /// same config from the same kind of source are already active.
+    async fn load_bytes(
+        &self,
+        name: &str,
+        source: PluginSource,
+        bytes: Vec<u8>,
+        config_json: String,
+    ) -> Result<bool, LoadError> {
         loader::check_header(&bytes)?;
-        let config_json = self.config_json(name, path)?;
         if let Some(active) = self.current().get(name) {
-            let digest = loader::digest(&bytes);
-            if active.digest == digest && active.config_json == config_json {
+            let same_kind = matches!(
+                (&active.source, &source),
+                (PluginSource::BuiltIn, PluginSource::BuiltIn)
+                    | (PluginSource::File(_), PluginSource::File(_))
+            );
+            if same_kind
+                && active.digest == loader::digest(&bytes)
+                && active.config_json == config_json
+            {
                 return Ok(false);
             }
         }
@@ -260,7 +322,7 @@ impl PluginRuntime {
         self.ensure_ticker();
         let plugin = LoadedPlugin::new(
             self.shared_for(name),
-            PluginSource::File(path.to_owned()),
+            source,
             compiled.digest,
             config_json,
             compiled.pre,
@@ -282,7 +344,7 @@ impl PluginRuntime {
             .unwrap_or("plugin")
             .to_owned();
         let bytes = loader::read(path)?;
-        let config_json = self.config_json(&name, path)?;
+        let config_json = self.config_json(&name, Some(path))?;
         let compiled =
             loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
         self.ensure_ticker();
@@ -319,8 +381,11 @@ impl PluginRuntime {
     }
 
     /// `[plugin.NAME]` from the main config, with `NAME.toml` beside the file on top.
-    fn config_json(&self, name: &str, wasm: &Path) -> Result<String, LoadError> {
+    fn config_json(&self, name: &str, wasm: Option<&Path>) -> Result<String, LoadError> {
         let mut table = self.plugin_config.get(name).cloned().unwrap_or_default();
+        let Some(wasm) = wasm else {
+            return Ok(serde_json::to_string(&table).expect("TOML values serialize to JSON"));
+        };
         let side = wasm.with_extension("toml");
         match std::fs::read_to_string(&side) {
             Ok(text) => {

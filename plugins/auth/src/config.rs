@@ -1,0 +1,424 @@
+//! The plugin's configuration: parsed and validated once in `init`, with errors naming the
+//! offending field. Plain Rust (no host calls), so it is unit-tested natively.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Default `leeway`.
+pub const DEFAULT_LEEWAY_MS: u64 = 30_000;
+/// Default `max_token_bytes`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+/// Default `grace` of the `auth/keys` kv entry.
+pub const DEFAULT_GRACE_MS: u64 = 10 * 60 * 1000;
+
+const ALGORITHMS: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct AuthConfig {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required member of `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `max_age`.
+    pub leeway_ms: u64,
+    /// Path prefixes (segment-aware) that pass without a token.
+    pub public_paths: Vec<String>,
+    /// Claim -> header (lower-case) sent upstream.
+    pub forward_claims: Vec<(String, String)>,
+    /// Claims that must be present (and not null).
+    pub required_claims: Vec<String>,
+    /// Maximum age of a token, from `iat`.
+    pub max_age_ms: Option<u64>,
+    /// Tokens longer than this are refused before any decoding.
+    pub max_token_bytes: usize,
+    /// Keys from the configuration, by kid.
+    pub keys: BTreeMap<String, Rc<Key>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Option<String>,
+    #[serde(default)]
+    public_paths: Vec<String>,
+    #[serde(default)]
+    forward_claims: BTreeMap<String, String>,
+    #[serde(default)]
+    required_claims: Vec<String>,
+    max_age: Option<String>,
+    max_token_bytes: Option<usize>,
+    #[serde(default)]
+    keys: Vec<Value>,
+}
+
+/// A verification key: pinned to one algorithm.
+pub struct Key {
+    /// Its id, matched against the token header's `kid`.
+    pub kid: String,
+    /// The only algorithm a token verified with this key may use.
+    pub alg: Algorithm,
+    /// The key material.
+    pub decoding: DecodingKey,
+    /// The key as configured (JSON), kept so a retired kv key can be shared with other
+    /// instances through the plugin's state.
+    pub raw: Value,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    alg: String,
+    secret: Option<String>,
+    pem: Option<String>,
+    jwk: Option<Value>,
+}
+
+impl AuthConfig {
+    /// Parses and validates the configuration JSON.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let raw: RawConfig =
+            RawConfig::deserialize(value).map_err(|e| format!("invalid config: {e}"))?;
+        let leeway_ms = match &raw.leeway {
+            Some(text) => {
+                parse_duration(text).map_err(|e| format!("invalid config: leeway: {e}"))?
+            }
+            None => DEFAULT_LEEWAY_MS,
+        };
+        let max_age_ms = raw
+            .max_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| format!("invalid config: max_age: {e}"))?;
+        if max_age_ms == Some(0) {
+            return Err("invalid config: max_age: must be greater than 0".into());
+        }
+        let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if max_token_bytes == 0 {
+            return Err("invalid config: max_token_bytes: must be at least 1".into());
+        }
+        for (i, path) in raw.public_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "invalid config: public_paths[{i}]: `{path}` must start with `/`"
+                ));
+            }
+        }
+        let mut forward_claims = Vec::new();
+        for (claim, header) in &raw.forward_claims {
+            if claim.is_empty() {
+                return Err("invalid config: forward_claims: empty claim name".into());
+            }
+            if !is_header_name(header) {
+                return Err(format!(
+                    "invalid config: forward_claims.{claim}: `{header}` is not a valid header name"
+                ));
+            }
+            forward_claims.push((claim.clone(), header.to_ascii_lowercase()));
+        }
+        for (i, claim) in raw.required_claims.iter().enumerate() {
+            if claim.is_empty() {
+                return Err(format!(
+                    "invalid config: required_claims[{i}]: empty claim name"
+                ));
+            }
+        }
+        let keys = parse_keys(&raw.keys, "keys").map_err(|e| format!("invalid config: {e}"))?;
+        Ok(Self {
+            issuer: raw.issuer,
+            audience: raw.audience,
+            leeway_ms,
+            public_paths: raw.public_paths,
+            forward_claims,
+            required_claims: raw.required_claims,
+            max_age_ms,
+            max_token_bytes,
+            keys,
+        })
+    }
+
+    /// Whether `path` is under one of the public prefixes (whole segments only: `/health`
+    /// covers `/health` and `/health/live`, not `/healthz`). Paths with dot segments never
+    /// count as public.
+    pub fn is_public(&self, path: &str) -> bool {
+        if path
+            .split('/')
+            .any(|s| s == "." || s == ".." || s.to_ascii_lowercase().contains("%2e"))
+        {
+            return false;
+        }
+        self.public_paths.iter().any(|prefix| {
+            path == prefix
+                || (path.starts_with(prefix.as_str())
+                    && (prefix.ends_with('/') || path.as_bytes()[prefix.len()] == b'/'))
+        })
+    }
+}
+
+/// Parses a list of keys (`what` names the field in errors); kids must be unique.
+pub fn parse_keys(keys: &[Value], what: &str) -> Result<BTreeMap<String, Rc<Key>>, String> {
+    let mut out = BTreeMap::new();
+    for (i, value) in keys.iter().enumerate() {
+        let key = parse_key(value).map_err(|e| format!("{what}[{i}]: {e}"))?;
+        if out.contains_key(&key.kid) {
+            return Err(format!("{what}[{i}].kid: duplicate kid `{}`", key.kid));
+        }
+        out.insert(key.kid.clone(), Rc::new(key));
+    }
+    Ok(out)
+}
+
+/// Parses one key. Each key pins its algorithm, and the material must fit it: an HMAC key is
+/// only ever a `secret`, an asymmetric key only ever a public `pem` or `jwk`.
+pub fn parse_key(value: &Value) -> Result<Key, String> {
+    let raw = RawKey::deserialize(value).map_err(|e| e.to_string())?;
+    if raw.kid.is_empty() {
+        return Err("kid: must not be empty".into());
+    }
+    let alg = Algorithm::from_str(&raw.alg).map_err(|_| {
+        format!(
+            "alg: unsupported algorithm `{}` (expected one of {ALGORITHMS})",
+            raw.alg
+        )
+    })?;
+    let materials = [raw.secret.is_some(), raw.pem.is_some(), raw.jwk.is_some()]
+        .iter()
+        .filter(|m| **m)
+        .count();
+    if materials > 1 {
+        return Err("give exactly one of secret, pem, jwk (found several)".into());
+    }
+    let decoding = match alg.family() {
+        AlgorithmFamily::Hmac => {
+            let Some(secret) = &raw.secret else {
+                return Err(format!(
+                    "secret: required for {alg:?} (HMAC keys take only a secret)"
+                ));
+            };
+            if secret.is_empty() {
+                return Err("secret: must not be empty".into());
+            }
+            DecodingKey::from_secret(secret.as_bytes())
+        }
+        family => {
+            if raw.secret.is_some() {
+                return Err(format!(
+                    "secret: not allowed for {alg:?} (use pem or jwk with a public key)"
+                ));
+            }
+            if let Some(pem) = &raw.pem {
+                if pem.contains("PRIVATE KEY") {
+                    return Err("pem: must be a public key, not a private key".into());
+                }
+                let key = match family {
+                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem.as_bytes()),
+                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
+                };
+                key.map_err(|e| format!("pem: not a valid {family:?} public key: {e}"))?
+            } else if let Some(jwk) = &raw.jwk {
+                let jwk: Jwk =
+                    serde_json::from_value(jwk.clone()).map_err(|e| format!("jwk: {e}"))?;
+                if let Some(jwk_alg) = jwk.common.key_algorithm
+                    && jwk_alg.to_string() != raw.alg
+                {
+                    return Err(format!(
+                        "jwk: its alg `{jwk_alg}` differs from the key's alg `{}`",
+                        raw.alg
+                    ));
+                }
+                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("jwk: {e}"))?;
+                if key.family() != family {
+                    return Err(format!("jwk: not a {family:?} key, which {alg:?} needs"));
+                }
+                key
+            } else {
+                return Err(format!("pem or jwk: required for {alg:?}"));
+            }
+        }
+    };
+    Ok(Key {
+        kid: raw.kid,
+        alg,
+        decoding,
+        raw: value.clone(),
+    })
+}
+
+/// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, factor) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        return Err(format!(
+            "`{text}` is not a duration like \"30s\", \"500ms\", \"10m\", \"1h\""
+        ));
+    };
+    let number: u64 = number.trim().parse().map_err(|_| {
+        format!("`{text}` is not a duration like \"30s\", \"500ms\", \"10m\", \"1h\"")
+    })?;
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// RFC 9110 token.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The `auth/keys` kv entry: `{"keys": [...], "grace": "10m"}`.
+#[derive(Debug)]
+pub struct KvKeys {
+    /// Keys by kid.
+    pub keys: BTreeMap<String, Rc<Key>>,
+    /// How long a key removed from the entry stays valid.
+    pub grace_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKvKeys {
+    #[serde(default)]
+    keys: Vec<Value>,
+    grace: Option<String>,
+}
+
+impl KvKeys {
+    /// Parses the kv entry's value.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let raw: RawKvKeys =
+            serde_json::from_slice(bytes).map_err(|e| format!("auth/keys: {e}"))?;
+        let grace_ms = match &raw.grace {
+            Some(text) => parse_duration(text).map_err(|e| format!("auth/keys: grace: {e}"))?,
+            None => DEFAULT_GRACE_MS,
+        };
+        let keys = parse_keys(&raw.keys, "auth/keys: keys")?;
+        Ok(Self { keys, grace_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(value: Value) -> String {
+        AuthConfig::parse(&value).unwrap_err()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = AuthConfig::parse(&json!({})).unwrap();
+        assert_eq!(c.leeway_ms, 30_000);
+        assert_eq!(c.max_token_bytes, 8192);
+        assert!(c.keys.is_empty());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("10m"), Ok(600_000));
+        assert_eq!(parse_duration("1h"), Ok(3_600_000));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(err(json!({"leeway": "soon"})).contains("leeway"));
+        assert!(err(json!({"max_age": "1d"})).contains("max_age"));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = err(json!({"issuer": "x", "audiance": "y"}));
+        assert!(e.contains("unknown field `audiance`"), "{e}");
+        let e = err(json!({"keys": [{"kid": "k", "alg": "HS256", "secret": "s", "pem": "p"}]}));
+        assert!(
+            e.contains("keys[0]") && e.contains("exactly one of secret, pem, jwk"),
+            "{e}"
+        );
+        let e = err(json!({"keys": [{"kid": "k", "alg": "HS256"}]}));
+        assert!(e.contains("keys[0]: secret: required"), "{e}");
+        let e = err(json!({"keys": [{"kid": "k", "alg": "HS999", "secret": "s"}]}));
+        assert!(
+            e.contains("keys[0]: alg: unsupported algorithm `HS999`"),
+            "{e}"
+        );
+        let e = err(json!({"keys": [{"kid": "k", "alg": "none", "secret": "s"}]}));
+        assert!(e.contains("alg: unsupported algorithm `none`"), "{e}");
+        let e = err(json!({"keys": [{"kid": "k", "alg": "RS256", "secret": "s"}]}));
+        assert!(e.contains("keys[0]: secret: not allowed for RS256"), "{e}");
+        let e = err(json!({"keys": [{"kid": "k", "alg": "HS256", "secret": "s", "colour": 1}]}));
+        assert!(
+            e.contains("keys[0]") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
+        let e = err(json!({"keys": [
+            {"kid": "k", "alg": "HS256", "secret": "a"},
+            {"kid": "k", "alg": "HS256", "secret": "b"}
+        ]}));
+        assert!(e.contains("keys[1].kid: duplicate kid `k`"), "{e}");
+        let e = err(json!({"keys": [{"kid": "k", "alg": "RS256", "pem": "garbage"}]}));
+        assert!(e.contains("keys[0]: pem"), "{e}");
+        let e = err(json!({"public_paths": ["health"]}));
+        assert!(e.contains("public_paths[0]"), "{e}");
+        let e = err(json!({"forward_claims": {"sub": "x user"}}));
+        assert!(e.contains("forward_claims.sub"), "{e}");
+        let e = err(json!({"max_token_bytes": 0}));
+        assert!(e.contains("max_token_bytes"), "{e}");
+    }
+
+    #[test]
+    fn public_paths_are_segment_aware() {
+        let c = AuthConfig::parse(&json!({"public_paths": ["/health", "/static/"]})).unwrap();
+        assert!(c.is_public("/health"));
+        assert!(c.is_public("/health/live"));
+        assert!(!c.is_public("/healthz"));
+        assert!(!c.is_public("/health/../admin"));
+        assert!(!c.is_public("/health/%2e%2e/admin"));
+        assert!(c.is_public("/static/app.js"));
+        assert!(!c.is_public("/static"));
+        assert!(!c.is_public("/"));
+    }
+
+    #[test]
+    fn kv_entry() {
+        let kv =
+            KvKeys::parse(br#"{"keys":[{"kid":"a","alg":"HS256","secret":"s"}],"grace":"1m"}"#)
+                .unwrap();
+        assert_eq!(kv.grace_ms, 60_000);
+        assert_eq!(kv.keys["a"].alg, Algorithm::HS256);
+        let e = KvKeys::parse(br#"{"keys":[{"kid":"a","alg":"XX"}]}"#).unwrap_err();
+        assert!(e.contains("auth/keys: keys[0]: alg"), "{e}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The gateway's built-in JWT plugin: verifies `Authorization: Bearer` tokens against keys
+//! that each pin one algorithm, checks the registered claims, forwards chosen claims as
+//! headers, and rotates keys through the watched kv entry `auth/keys` without dropping valid
+//! tokens. See README.md for the configuration.
+
+pub mod config;
+pub mod verify;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+use sluice_plugin_sdk::host::{self, Level};
+use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, kv, state};
+
+use crate::config::{AuthConfig, Key, KvKeys, parse_key};
+use crate::verify::{Reject, TokenHeader};
+
+/// The watched kv entry with rotating keys.
+pub const KV_KEYS: &str = "auth/keys";
+
+/// The plugin.
+#[derive(Debug)]
+pub struct Auth {
+    config: AuthConfig,
+    kv: RefCell<KvCache>,
+}
+
+/// The last parsed `auth/keys` entry.
+#[derive(Debug, Default)]
+struct KvCache {
+    /// Version last seen (`None`: never read, or absent).
+    version: Option<u64>,
+    keys: BTreeMap<String, Rc<Key>>,
+    grace_ms: u64,
+}
+
+/// State key of a retired kv key: `{"at": ms, "grace_ms": n, "key": {...}}`.
+fn retired_key(kid: &str) -> String {
+    format!("retired:{kid}")
+}
+
+impl Auth {
+    /// Re-reads `auth/keys` (cheap) and re-parses it only when its version changed. Keys that
+    /// disappeared are recorded as retired in the shared state, with their grace period.
+    fn refresh_kv(&self) {
+        let entry = kv::get(KV_KEYS);
+        let mut cache = self.kv.borrow_mut();
+        let version = entry.as_ref().map(|e| e.version);
+        if version == cache.version {
+            return;
+        }
+        let first = cache.version.is_none() && cache.keys.is_empty();
+        let next = match &entry {
+            Some(e) => match KvKeys::parse(&e.value) {
+                Ok(k) => k,
+                Err(err) => {
+                    host::log(
+                        Level::Warn,
+                        &format!("auth: ignoring {KV_KEYS} version {}: {err}", e.version),
+                    );
+                    cache.version = version;
+                    return;
+                }
+            },
+            None => KvKeys {
+                keys: BTreeMap::new(),
+                grace_ms: cache.grace_ms,
+            },
+        };
+        if !first {
+            let now = host::now_ms();
+            for (kid, key) in &cache.keys {
+                if next.keys.contains_key(kid) || next.grace_ms == 0 {
+                    continue;
+                }
+                let record = json!({"at": now, "grace_ms": next.grace_ms, "key": key.raw});
+                // The first instance to notice sets the retirement time; the others agree.
+                state::compare_and_swap(
+                    &retired_key(kid),
+                    None,
+                    Some(record.to_string().as_bytes()),
+                    Some(next.grace_ms),
+                );
+            }
+        }
+        for kid in next.keys.keys() {
+            // A key put back is active again; a later removal starts a fresh grace period.
+            if !cache.keys.contains_key(kid) {
+                state::delete(&retired_key(kid));
+            }
+        }
+        for kid in next.keys.keys() {
+            if self.config.keys.contains_key(kid) {
+                host::log(
+                    Level::Warn,
+                    &format!(
+                        "auth: {KV_KEYS}: kid `{kid}` is also in the config; the config key wins"
+                    ),
+                );
+            }
+        }
+        *cache = KvCache {
+            version,
+            keys: next.keys,
+            grace_ms: next.grace_ms,
+        };
+    }
+
+    /// The key for a token's kid: config keys, then kv keys, then kv keys still in their
+    /// grace period. Without a kid, only when exactly one key is active.
+    fn key_for(&self, header: &TokenHeader) -> Result<Rc<Key>, Reject> {
+        let cache = self.kv.borrow();
+        let Some(kid) = &header.kid else {
+            let mut active = self.config.keys.values().chain(
+                cache
+                    .keys
+                    .iter()
+                    .filter(|(kid, _)| !self.config.keys.contains_key(*kid))
+                    .map(|(_, k)| k),
+            );
+            return match (active.next(), active.next()) {
+                (Some(key), None) => Ok(Rc::clone(key)),
+                _ => Err(Reject::invalid("token has no kid")),
+            };
+        };
+        if let Some(key) = self.config.keys.get(kid).or_else(|| cache.keys.get(kid)) {
+            return Ok(Rc::clone(key));
+        }
+        retired(kid).ok_or_else(|| Reject::invalid("unknown key"))
+    }
+
+    fn check(&self, request: &Request<'_>) -> Result<serde_json::Map<String, Value>, Reject> {
+        let token = verify::bearer_token(
+            &request.header_all("authorization"),
+            self.config.max_token_bytes,
+        )?;
+        let header = verify::token_header(&token)?;
+        self.refresh_kv();
+        let key = self.key_for(&header)?;
+        verify::verify(&token, &header, &key, &self.config, host::now_ms())
+    }
+}
+
+/// A retired kv key still within its grace period, from the shared state.
+fn retired(kid: &str) -> Option<Rc<Key>> {
+    let record: Value = serde_json::from_slice(&state::get(&retired_key(kid))?).ok()?;
+    let at = record.get("at")?.as_u64()?;
+    let grace = record.get("grace_ms")?.as_u64()?;
+    if host::now_ms() > at.saturating_add(grace) {
+        return None;
+    }
+    let key = parse_key(record.get("key")?).ok()?;
+    (key.kid == kid).then(|| Rc::new(key))
+}
+
+fn unauthorized(reject: &Reject) -> Response {
+    Response::new(401)
+        .header("www-authenticate", verify::www_authenticate(reject))
+        .header("content-type", "text/plain")
+        .header("cache-control", "no-store")
+        .body("unauthorized\n")
+}
+
+impl Plugin for Auth {
+    fn init(config: Config) -> Result<Self, Error> {
+        let config = AuthConfig::parse(config.value()).map_err(Error::new)?;
+        Ok(Self {
+            config,
+            kv: RefCell::default(),
+        })
+    }
+
+    fn on_request(&self, request: &Request<'_>) -> Result<Action, Error> {
+        // A client must never be able to inject a forwarded claim, public path or not.
+        for (_, header) in &self.config.forward_claims {
+            request.remove_header(header);
+        }
+        if self.config.is_public(&request.path()) {
+            return Ok(Action::Continue);
+        }
+        match self.check(request) {
+            Ok(claims) => {
+                for (claim, header) in &self.config.forward_claims {
+                    match claims.get(claim).and_then(verify::claim_header_value) {
+                        Some(value) => request.set_header(header, value)?,
+                        None if claims.contains_key(claim) => host::log(
+                            Level::Debug,
+                            &format!("auth: claim `{claim}` cannot be sent as a header"),
+                        ),
+                        None => {}
+                    }
+                }
+                host::counter_add("accepted", 1);
+                Ok(Action::Continue)
+            }
+            Err(reject) => {
+                let reason = match &reject {
+                    Reject::Missing => "no bearer token",
+                    Reject::Invalid(d) => d.as_str(),
+                };
+                host::log(Level::Debug, &format!("auth: rejected: {reason}"));
+                host::counter_add("rejected", 1);
+                Ok(Action::Respond(unauthorized(&reject)))
+            }
+        }
+    }
+}
+
+sluice_plugin_sdk::export_plugin!(Auth);

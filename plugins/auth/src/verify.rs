@@ -1,0 +1,312 @@
+//! Token checks: extraction from `Authorization`, header parsing, signature verification
+//! with the key's pinned algorithm, and the registered-claim checks. Plain Rust: the clock is
+//! passed in, so everything here is unit-tested natively.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::{AuthConfig, Key};
+
+/// Why a request was refused. The description is short and never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No bearer token (RFC 6750: answer without an error code).
+    Missing,
+    /// A token was presented but is not acceptable.
+    Invalid(String),
+}
+
+impl Reject {
+    pub(crate) fn invalid(description: impl Into<String>) -> Self {
+        Self::Invalid(description.into())
+    }
+}
+
+/// The token in `Authorization: Bearer <token>` (scheme case-insensitive). Anything else,
+/// including a token in the query string or a cookie, counts as no token.
+pub fn bearer_token(values: &[Vec<u8>], max_token_bytes: usize) -> Result<String, Reject> {
+    let value = match values {
+        [] => return Err(Reject::Missing),
+        [one] => one,
+        _ => return Err(Reject::invalid("multiple Authorization headers")),
+    };
+    // Cap before any work proportional to the token: scheme, spaces and the token itself.
+    if value.len() > max_token_bytes + 64 {
+        return Err(Reject::invalid("token too large"));
+    }
+    let Ok(value) = std::str::from_utf8(value) else {
+        return Err(Reject::invalid("malformed Authorization header"));
+    };
+    let value = value.trim();
+    let Some((scheme, rest)) = value.split_once([' ', '\t']) else {
+        return Err(Reject::Missing);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Reject::Missing);
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(Reject::Missing);
+    }
+    if token.len() > max_token_bytes {
+        return Err(Reject::invalid("token too large"));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+    {
+        return Err(Reject::invalid("malformed token"));
+    }
+    Ok(token.to_owned())
+}
+
+/// The unverified header fields used to pick the key.
+#[derive(Debug)]
+pub struct TokenHeader {
+    /// The header's `alg` (`none` and unknown names never get this far).
+    pub alg: Algorithm,
+    /// The header's `kid`.
+    pub kid: Option<String>,
+}
+
+/// Reads the (unverified) header: only to choose a key.
+pub fn token_header(token: &str) -> Result<TokenHeader, Reject> {
+    if token.split('.').count() != 3 {
+        return Err(Reject::invalid("malformed token"));
+    }
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Reject::invalid("malformed token header or unsupported alg"))?;
+    Ok(TokenHeader {
+        alg: header.alg,
+        kid: header.kid,
+    })
+}
+
+/// Verifies the signature with `key` (whose pinned algorithm must be the header's) and then
+/// the claims against `config` at `now_ms`. Returns the claims.
+pub fn verify(
+    token: &str,
+    header: &TokenHeader,
+    key: &Key,
+    config: &AuthConfig,
+    now_ms: u64,
+) -> Result<Map<String, Value>, Reject> {
+    if header.alg != key.alg {
+        return Err(Reject::invalid("algorithm not allowed for this key"));
+    }
+    // Signature only: the claims are checked below with the host's clock.
+    let mut validation = Validation::new(key.alg);
+    validation.algorithms = vec![key.alg];
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => Reject::invalid("invalid signature"),
+            ErrorKind::InvalidAlgorithm => Reject::invalid("algorithm not allowed for this key"),
+            _ => Reject::invalid("malformed token"),
+        })?;
+    check_claims(&data.claims, config, now_ms)?;
+    Ok(data.claims)
+}
+
+/// A NumericDate claim in ms: `Ok(None)` when absent.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i128>, Reject> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(s) if s.is_finite() => Ok(Some((s * 1000.0) as i128)),
+            _ => Err(Reject::invalid(format!("malformed {name} claim"))),
+        },
+    }
+}
+
+/// The registered and required claims. Boundaries: a token is still valid at exactly
+/// `exp + leeway` and already valid at exactly `nbf - leeway`.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    config: &AuthConfig,
+    now_ms: u64,
+) -> Result<(), Reject> {
+    let now = i128::from(now_ms);
+    let leeway = i128::from(config.leeway_ms);
+    let Some(exp) = numeric_date(claims, "exp")? else {
+        return Err(Reject::invalid("missing exp claim"));
+    };
+    if now > exp + leeway {
+        return Err(Reject::invalid("token expired"));
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now + leeway < nbf
+    {
+        return Err(Reject::invalid("token not yet valid"));
+    }
+    if let Some(max_age) = config.max_age_ms {
+        let Some(iat) = numeric_date(claims, "iat")? else {
+            return Err(Reject::invalid("missing iat claim"));
+        };
+        if iat > now + leeway {
+            return Err(Reject::invalid("token issued in the future"));
+        }
+        if now > iat + i128::from(max_age) + leeway {
+            return Err(Reject::invalid("token too old"));
+        }
+    }
+    if let Some(issuer) = &config.issuer
+        && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+    {
+        return Err(Reject::invalid("invalid issuer"));
+    }
+    if let Some(audience) = &config.audience {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => a == audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !ok {
+            return Err(Reject::invalid("invalid audience"));
+        }
+    }
+    for name in &config.required_claims {
+        if claims.get(name).is_none_or(Value::is_null) {
+            return Err(Reject::invalid(format!("missing {name} claim")));
+        }
+    }
+    Ok(())
+}
+
+/// A claim as a header value: strings as is, numbers and booleans as text, anything else as
+/// JSON. `None` for null or a value a header cannot carry (CR, LF, NUL).
+pub fn claim_header_value(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    };
+    (!text.contains(['\r', '\n', '\0'])).then_some(text)
+}
+
+/// `WWW-Authenticate` for a refusal (RFC 6750).
+pub fn www_authenticate(reject: &Reject) -> String {
+    match reject {
+        Reject::Missing => "Bearer".to_owned(),
+        Reject::Invalid(description) => {
+            let mut escaped = String::new();
+            for c in description.chars().take(200) {
+                match c {
+                    '"' | '\\' => {
+                        escaped.push('\\');
+                        escaped.push(c);
+                    }
+                    c if c.is_ascii_graphic() || c == ' ' => escaped.push(c),
+                    _ => escaped.push('?'),
+                }
+            }
+            format!("Bearer error=\"invalid_token\", error_description=\"{escaped}\"")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(value: Value) -> AuthConfig {
+        AuthConfig::parse(&value).unwrap()
+    }
+
+    fn claims(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn extraction() {
+        let h = |v: &str| vec![v.as_bytes().to_vec()];
+        assert_eq!(bearer_token(&h("Bearer a.b.c"), 100), Ok("a.b.c".into()));
+        assert_eq!(bearer_token(&h("bearer a.b.c"), 100), Ok("a.b.c".into()));
+        assert_eq!(bearer_token(&h("BEARER  a.b.c "), 100), Ok("a.b.c".into()));
+        assert_eq!(bearer_token(&h("a.b.c"), 100), Err(Reject::Missing));
+        assert_eq!(
+            bearer_token(&h("Basic dXNlcjpwYXNz"), 100),
+            Err(Reject::Missing)
+        );
+        assert_eq!(bearer_token(&h("Bearer "), 100), Err(Reject::Missing));
+        assert_eq!(bearer_token(&[], 100), Err(Reject::Missing));
+        assert_eq!(
+            bearer_token(&h("Bearer a.b c"), 100),
+            Err(Reject::invalid("malformed token"))
+        );
+        assert_eq!(
+            bearer_token(&h("Bearer aaaaa.b.c"), 8),
+            Err(Reject::invalid("token too large"))
+        );
+        assert_eq!(
+            bearer_token(&[b"Bearer a".to_vec(), b"Bearer b".to_vec()], 100),
+            Err(Reject::invalid("multiple Authorization headers"))
+        );
+    }
+
+    #[test]
+    fn claim_boundaries() {
+        let c = config(json!({"leeway": "30s"}));
+        let exp = 1000;
+        let t = claims(json!({"exp": exp}));
+        assert!(check_claims(&t, &c, (exp + 30) * 1000).is_ok());
+        assert!(check_claims(&t, &c, (exp + 31) * 1000).is_err());
+        let t = claims(json!({"exp": 5000, "nbf": exp}));
+        assert!(check_claims(&t, &c, (exp - 30) * 1000).is_ok());
+        assert!(check_claims(&t, &c, (exp - 31) * 1000).is_err());
+        assert_eq!(
+            check_claims(&claims(json!({})), &c, 0),
+            Err(Reject::invalid("missing exp claim"))
+        );
+        assert_eq!(
+            check_claims(&claims(json!({"exp": "soon"})), &c, 0),
+            Err(Reject::invalid("malformed exp claim"))
+        );
+    }
+
+    #[test]
+    fn max_age_and_audience_list() {
+        let c = config(json!({"max_age": "1h", "leeway": "0s", "audience": "orders"}));
+        let t = claims(json!({"exp": 100_000, "iat": 1000, "aud": ["billing", "orders"]}));
+        assert!(check_claims(&t, &c, (1000 + 3600) * 1000).is_ok());
+        assert_eq!(
+            check_claims(&t, &c, (1000 + 3601) * 1000),
+            Err(Reject::invalid("token too old"))
+        );
+        let t = claims(json!({"exp": 100_000, "aud": "orders"}));
+        assert_eq!(
+            check_claims(&t, &c, 1000),
+            Err(Reject::invalid("missing iat claim"))
+        );
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(claim_header_value(&json!("u1")), Some("u1".into()));
+        assert_eq!(claim_header_value(&json!(42)), Some("42".into()));
+        assert_eq!(claim_header_value(&json!(true)), Some("true".into()));
+        assert_eq!(
+            claim_header_value(&json!(["a", 1])),
+            Some(r#"["a",1]"#.into())
+        );
+        assert_eq!(claim_header_value(&json!(null)), None);
+        assert_eq!(claim_header_value(&json!("a\r\nx: y")), None);
+    }
+
+    #[test]
+    fn challenge_escapes_quotes() {
+        assert_eq!(www_authenticate(&Reject::Missing), "Bearer");
+        assert_eq!(
+            www_authenticate(&Reject::invalid(r#"missing "x\y" claim"#)),
+            r#"Bearer error="invalid_token", error_description="missing \"x\\y\" claim""#
+        );
+    }
+}

@@ -1,0 +1,645 @@
+//! The plugin end to end against the SDK's in-memory host: attacks and edge cases, claim
+//! forwarding, public paths, key rotation through `auth/keys`.
+
+use std::time::Duration;
+
+use auth::Auth;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sluice_plugin_sdk::Action;
+use sluice_plugin_sdk::host::Level;
+use sluice_plugin_sdk::testing::{TestHost, TestRequest};
+
+const RSA_PRIVATE: &str = include_str!("keys/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("keys/rsa_public.pem");
+const EC256_PRIVATE: &str = include_str!("keys/ec256_private.pem");
+const EC256_PUBLIC: &str = include_str!("keys/ec256_public.pem");
+const EC384_PRIVATE: &str = include_str!("keys/ec384_private.pem");
+const EC384_PUBLIC: &str = include_str!("keys/ec384_public.pem");
+const ED_PRIVATE: &str = include_str!("keys/ed25519_private.pem");
+const ED_PUBLIC: &str = include_str!("keys/ed25519_public.pem");
+
+const HS_SECRET: &str = "hs256-test-secret-0123456789abcdef";
+const HS512_SECRET: &str = "hs512-test-secret-0123456789abcdef0123456789abcdef";
+
+/// The TestHost clock starts at 1 000 000 ms.
+const NOW: i64 = 1000;
+
+fn config() -> Value {
+    json!({
+        "issuer": "https://issuer.example",
+        "audience": "orders",
+        "leeway": "30s",
+        "public_paths": ["/health", "/login"],
+        "forward_claims": {"sub": "x-user-id", "admin": "x-admin", "roles": "x-roles"},
+        "required_claims": ["sub"],
+        "keys": [
+            {"kid": "hs", "alg": "HS256", "secret": HS_SECRET},
+            {"kid": "hs512", "alg": "HS512", "secret": HS512_SECRET},
+            {"kid": "rsa", "alg": "RS256", "pem": RSA_PUBLIC},
+            {"kid": "ps", "alg": "PS384", "pem": RSA_PUBLIC},
+            {"kid": "es256", "alg": "ES256", "pem": EC256_PUBLIC},
+            {"kid": "es384", "alg": "ES384", "pem": EC384_PUBLIC},
+            {"kid": "ed", "alg": "EdDSA", "pem": ED_PUBLIC},
+        ]
+    })
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": "https://issuer.example",
+        "aud": "orders",
+        "sub": "user-1",
+        "iat": NOW,
+        "exp": NOW + 600,
+    })
+}
+
+fn with(mut base: Value, patch: Value) -> Value {
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(HS512_SECRET.as_bytes()),
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(EC256_PRIVATE.as_bytes()).unwrap(),
+        Algorithm::ES384 => EncodingKey::from_ec_pem(EC384_PRIVATE.as_bytes()).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap(),
+        other => panic!("no test key for {other:?}"),
+    }
+}
+
+fn sign_with(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, key).unwrap()
+}
+
+fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    sign_with(alg, Some(kid), claims, &encoding_key(alg))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    // Minimal base64url without padding, to forge tokens by hand.
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn bearer(token: &str) -> TestRequest {
+    TestRequest::get("/api/orders").with_header("authorization", format!("Bearer {token}"))
+}
+
+fn status(plugin: &Auth, host: &TestHost, request: &TestRequest) -> u16 {
+    match host.on_request(plugin, request).unwrap() {
+        Action::Continue => 200,
+        Action::Respond(r) => r.status,
+    }
+}
+
+fn challenge(plugin: &Auth, host: &TestHost, request: &TestRequest) -> Option<String> {
+    match host.on_request(plugin, request).unwrap() {
+        Action::Continue => None,
+        Action::Respond(r) => {
+            Some(String::from_utf8(r.header_value("www-authenticate").unwrap().to_vec()).unwrap())
+        }
+    }
+}
+
+#[test]
+fn attacks_and_edge_cases() {
+    let good = sign(Algorithm::HS256, "hs", &claims());
+    let (h, p, s) = {
+        let parts: Vec<&str> = good.split('.').collect();
+        (
+            parts[0].to_owned(),
+            parts[1].to_owned(),
+            parts[2].to_owned(),
+        )
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"hs"}"#),
+        b64(claims().to_string().as_bytes())
+    );
+    let confusion = sign_with(
+        Algorithm::HS256,
+        Some("rsa"),
+        &claims(),
+        &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
+    );
+    let tampered_payload = format!(
+        "{h}.{}.{s}",
+        b64(with(claims(), json!({"sub": "admin"}))
+            .to_string()
+            .as_bytes())
+    );
+    let mut sig = s.clone().into_bytes();
+    sig[0] = if sig[0] == b'A' { b'B' } else { b'A' };
+    let tampered_signature = format!("{h}.{p}.{}", String::from_utf8(sig).unwrap());
+    let oversized = sign(
+        Algorithm::HS256,
+        "hs",
+        &with(claims(), json!({"pad": "x".repeat(9000)})),
+    );
+
+    let cases: Vec<(&str, TestRequest, u16)> = vec![
+        ("HS256 ok", bearer(&good), 200),
+        (
+            "HS512 ok",
+            bearer(&sign(Algorithm::HS512, "hs512", &claims())),
+            200,
+        ),
+        (
+            "RS256 ok",
+            bearer(&sign(Algorithm::RS256, "rsa", &claims())),
+            200,
+        ),
+        (
+            "PS384 ok",
+            bearer(&sign(Algorithm::PS384, "ps", &claims())),
+            200,
+        ),
+        (
+            "ES256 ok",
+            bearer(&sign(Algorithm::ES256, "es256", &claims())),
+            200,
+        ),
+        (
+            "ES384 ok",
+            bearer(&sign(Algorithm::ES384, "es384", &claims())),
+            200,
+        ),
+        (
+            "EdDSA ok",
+            bearer(&sign(Algorithm::EdDSA, "ed", &claims())),
+            200,
+        ),
+        ("alg none", bearer(&alg_none), 401),
+        ("RS/HS confusion", bearer(&confusion), 401),
+        (
+            "alg not pinned (HS512 on HS256 key)",
+            bearer(&sign_with(
+                Algorithm::HS512,
+                Some("hs"),
+                &claims(),
+                &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+            )),
+            401,
+        ),
+        (
+            "alg not pinned (RS256 on PS384 key)",
+            bearer(&sign(Algorithm::RS256, "ps", &claims())),
+            401,
+        ),
+        (
+            "expired",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"exp": NOW - 3600})),
+            )),
+            401,
+        ),
+        (
+            "exp at leeway boundary",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"exp": NOW - 30})),
+            )),
+            200,
+        ),
+        (
+            "exp one second past leeway",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"exp": NOW - 31})),
+            )),
+            401,
+        ),
+        (
+            "not yet valid",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"nbf": NOW + 3600})),
+            )),
+            401,
+        ),
+        (
+            "nbf at leeway boundary",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"nbf": NOW + 30})),
+            )),
+            200,
+        ),
+        (
+            "nbf one second past leeway",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"nbf": NOW + 31})),
+            )),
+            401,
+        ),
+        (
+            "no exp",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"exp": null})),
+            )),
+            401,
+        ),
+        (
+            "wrong iss",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"iss": "https://evil.example"})),
+            )),
+            401,
+        ),
+        (
+            "no iss",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"iss": null})),
+            )),
+            401,
+        ),
+        (
+            "wrong aud",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"aud": "billing"})),
+            )),
+            401,
+        ),
+        (
+            "aud list containing ours",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"aud": ["billing", "orders"]})),
+            )),
+            200,
+        ),
+        (
+            "required claim missing",
+            bearer(&sign(
+                Algorithm::HS256,
+                "hs",
+                &with(claims(), json!({"sub": null})),
+            )),
+            401,
+        ),
+        (
+            "unknown kid",
+            bearer(&sign_with(
+                Algorithm::HS256,
+                Some("nope"),
+                &claims(),
+                &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+            )),
+            401,
+        ),
+        (
+            "no kid with several keys",
+            bearer(&sign_with(
+                Algorithm::HS256,
+                None,
+                &claims(),
+                &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+            )),
+            401,
+        ),
+        ("tampered payload", bearer(&tampered_payload), 401),
+        ("tampered signature", bearer(&tampered_signature), 401),
+        ("oversized token", bearer(&oversized), 401),
+        ("garbage token", bearer("not-a-jwt"), 401),
+        (
+            "token in query",
+            TestRequest::get(&format!("/api/orders?access_token={good}")),
+            401,
+        ),
+        (
+            "token in cookie",
+            TestRequest::get("/api/orders").with_header("cookie", format!("access_token={good}")),
+            401,
+        ),
+        (
+            "missing Bearer",
+            TestRequest::get("/api/orders").with_header("authorization", &good),
+            401,
+        ),
+        (
+            "Basic scheme",
+            TestRequest::get("/api/orders").with_header("authorization", "Basic dXNlcjpwYXNz"),
+            401,
+        ),
+        (
+            "lower-case bearer",
+            TestRequest::get("/api/orders").with_header("authorization", format!("bearer {good}")),
+            200,
+        ),
+        ("no token", TestRequest::get("/api/orders"), 401),
+    ];
+
+    let mut failures = Vec::new();
+    for (name, request, expected) in &cases {
+        // A fresh host per case: counters and clock start clean.
+        let host = TestHost::new();
+        let plugin: Auth = host.init(config()).unwrap();
+        let got = status(&plugin, &host, request);
+        if got != *expected {
+            failures.push(format!("{name}: expected {expected}, got {got}"));
+        }
+        let (accepted, rejected) = (host.counter("accepted"), host.counter("rejected"));
+        let want = if *expected == 200 { (1, 0) } else { (0, 1) };
+        if (accepted, rejected) != want {
+            failures.push(format!(
+                "{name}: counters accepted={accepted} rejected={rejected}"
+            ));
+        }
+        for (level, line) in host.logs() {
+            if line.contains(&good) || line.contains(&s) {
+                failures.push(format!("{name}: token logged at {level:?}: {line}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn confusion_with_a_single_rsa_key_and_no_kid() {
+    let host = TestHost::new();
+    let plugin: Auth = host
+        .init(json!({"keys": [{"kid": "rsa", "alg": "RS256", "pem": RSA_PUBLIC}]}))
+        .unwrap();
+    let forged = sign_with(
+        Algorithm::HS256,
+        None,
+        &claims(),
+        &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&forged)), 401);
+    let right = sign_with(
+        Algorithm::RS256,
+        None,
+        &claims(),
+        &encoding_key(Algorithm::RS256),
+    );
+    assert_eq!(
+        status(&plugin, &host, &bearer(&right)),
+        200,
+        "no kid, exactly one key"
+    );
+}
+
+#[test]
+fn challenges_follow_rfc_6750() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    assert_eq!(
+        challenge(&plugin, &host, &TestRequest::get("/api")).as_deref(),
+        Some("Bearer")
+    );
+    let expired = sign(
+        Algorithm::HS256,
+        "hs",
+        &with(claims(), json!({"exp": NOW - 3600})),
+    );
+    assert_eq!(
+        challenge(&plugin, &host, &bearer(&expired)).as_deref(),
+        Some(r#"Bearer error="invalid_token", error_description="token expired""#)
+    );
+    assert!(
+        host.logs()
+            .iter()
+            .any(|(l, m)| *l == Level::Debug && m.contains("token expired"))
+    );
+}
+
+#[test]
+fn forwards_claims_and_strips_client_copies() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let token = sign(
+        Algorithm::HS256,
+        "hs",
+        &with(claims(), json!({"admin": true, "roles": ["a", "b"]})),
+    );
+    let request = bearer(&token)
+        .with_header("x-user-id", "attacker")
+        .with_header("x-admin", "true")
+        .with_header("x-roles", "root");
+    assert_eq!(status(&plugin, &host, &request), 200);
+    assert_eq!(request.header_str("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(request.header_str("x-admin").as_deref(), Some("true"));
+    assert_eq!(
+        request.header_str("x-roles").as_deref(),
+        Some(r#"["a","b"]"#)
+    );
+
+    // A claim absent from the token: the client's copy is still gone.
+    let token = sign(Algorithm::HS256, "hs", &claims());
+    let request = bearer(&token).with_header("x-admin", "true");
+    assert_eq!(status(&plugin, &host, &request), 200);
+    assert_eq!(request.header_str("x-admin"), None);
+
+    // Rejected requests lose them too.
+    let request = TestRequest::get("/api").with_header("x-user-id", "attacker");
+    assert_eq!(status(&plugin, &host, &request), 401);
+    assert_eq!(request.header_str("x-user-id"), None);
+}
+
+#[test]
+fn public_paths_pass_without_a_token_but_still_strip() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    for path in ["/health", "/health/live", "/login"] {
+        let request = TestRequest::get(path).with_header("x-user-id", "attacker");
+        assert_eq!(status(&plugin, &host, &request), 200, "{path}");
+        assert_eq!(request.header_str("x-user-id"), None, "{path}");
+    }
+    for path in ["/healthz", "/health/../admin", "/", "/api/login"] {
+        assert_eq!(
+            status(&plugin, &host, &TestRequest::get(path)),
+            401,
+            "{path}"
+        );
+    }
+}
+
+fn kv_keys(keys: &[(&str, &str)], grace: &str) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, secret)| json!({"kid": kid, "alg": "HS256", "secret": secret}))
+        .collect();
+    json!({"keys": keys, "grace": grace}).to_string()
+}
+
+fn hs(kid: &str, secret: &str) -> String {
+    sign_with(
+        Algorithm::HS256,
+        Some(kid),
+        &with(claims(), json!({"exp": NOW + 86_400})),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[test]
+fn rotation_through_kv_keeps_old_tokens_for_the_grace_period() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let old = hs("old", "old-secret-0123456789");
+    let new = hs("new", "new-secret-0123456789");
+
+    assert_eq!(
+        status(&plugin, &host, &bearer(&old)),
+        401,
+        "no kv entry yet"
+    );
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("old", "old-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 200);
+    assert_eq!(status(&plugin, &host, &bearer(&new)), 401);
+
+    // Rotate: the new key only.
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("new", "new-secret-0123456789")], "10m"),
+    );
+    assert_eq!(
+        status(&plugin, &host, &bearer(&new)),
+        200,
+        "new key right away"
+    );
+    assert_eq!(
+        status(&plugin, &host, &bearer(&old)),
+        200,
+        "old key in grace"
+    );
+    assert!(host.state("retired:old").is_some());
+
+    // Another instance, started after the change, agrees (shared state).
+    let other: Auth = host.init(config()).unwrap();
+    assert_eq!(
+        status(&other, &host, &bearer(&old)),
+        200,
+        "other instance, in grace"
+    );
+
+    host.advance(Duration::from_secs(9 * 60));
+    assert_eq!(
+        status(&plugin, &host, &bearer(&old)),
+        200,
+        "9 minutes later"
+    );
+    host.advance(Duration::from_secs(61));
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 401, "after grace");
+    assert_eq!(
+        status(&other, &host, &bearer(&old)),
+        401,
+        "after grace, other"
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&new)), 200);
+
+    // A forged token for the retired kid with another secret never passed.
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("new2", "x-secret-0123456789")], "10m"),
+    );
+    let forged = hs("new", "wrong-secret-0123456");
+    assert_eq!(status(&plugin, &host, &bearer(&forged)), 401);
+}
+
+#[test]
+fn a_bad_kv_entry_keeps_the_previous_keys() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let old = hs("old", "old-secret-0123456789");
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("old", "old-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 200);
+    host.kv_put("auth/keys", r#"{"keys":[{"kid":"x","alg":"none"}]}"#);
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 200);
+    assert!(
+        host.logs()
+            .iter()
+            .any(|(l, m)| *l == Level::Warn && m.contains("auth/keys"))
+    );
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let host = TestHost::new();
+    let cases = [
+        (json!({"keyz": []}), "unknown field `keyz`"),
+        (
+            json!({"keys": [{"kid": "k", "alg": "HS256", "secret": "s", "pem": RSA_PUBLIC}]}),
+            "keys[0]: give exactly one of secret, pem, jwk",
+        ),
+        (
+            json!({"keys": [{"kid": "k", "alg": "HS256", "pem": RSA_PUBLIC}]}),
+            "keys[0]: secret: required for HS256",
+        ),
+        (
+            json!({"keys": [{"kid": "k", "alg": "RS257", "pem": RSA_PUBLIC}]}),
+            "keys[0]: alg: unsupported algorithm `RS257`",
+        ),
+        (
+            json!({"keys": [{"kid": "k", "alg": "RS256", "pem": RSA_PRIVATE}]}),
+            "keys[0]: pem: must be a public key",
+        ),
+        (json!({"leeway": "30 seconds"}), "leeway"),
+    ];
+    for (config, want) in cases {
+        let err = host.init::<Auth>(config).unwrap_err();
+        assert!(
+            err.message().contains(want),
+            "{want}: got {}",
+            err.message()
+        );
+    }
+}

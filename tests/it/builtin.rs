@@ -1,0 +1,161 @@
+//! Built-in plugins: embedded in the binary, loaded when the config uses them, overridden by a
+//! file of the same name in the plugin directory, and back when that file goes.
+
+use http::Request;
+use jsonwebtoken::{EncodingKey, Header, encode};
+
+use crate::harness::*;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough";
+
+fn token(sub: &str, exp_in_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({ "sub": sub, "exp": now + exp_in_s, "iat": now });
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn config(upstream: std::net::SocketAddr, dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+[services.s]
+instances = ["{upstream}"]
+[[routes]]
+path = "/"
+service = "s"
+plugins = ["auth"]
+[plugin.auth]
+public_paths = ["/health"]
+forward_claims = {{ sub = "x-user-id" }}
+[[plugin.auth.keys]]
+kid = "k1"
+alg = "HS256"
+secret = "{SECRET}"
+"#,
+        dir.display(),
+        plugin_cache_dir().display()
+    )
+}
+
+fn source_of(plugins: &serde_json::Value) -> serde_json::Value {
+    plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "auth")
+        .unwrap()["source"]
+        .clone()
+}
+
+#[tokio::test]
+async fn the_built_in_auth_plugin_guards_a_route_and_a_file_overrides_it() {
+    let up = Upstream::named("upstream").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&config(up.addr, dir.path())).await;
+    let at = gw.listen_addr;
+
+    // The built-in: no token → 401 naming the scheme; a valid token → through, claim forwarded.
+    let (status, headers, _) = get(at, "/orders").await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let bad = Request::get("/orders")
+        .header("authorization", "Bearer not.a.jwt")
+        .body(full(""))
+        .unwrap();
+    let (status, headers, _) = send(at, bad).await;
+    assert_eq!(status, 401);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_token\"")
+    );
+    let good = Request::get("/orders")
+        .header("authorization", format!("Bearer {}", token("alice", 300)))
+        .header("x-user-id", "mallory")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(at, good).await.0, 200);
+    assert_eq!(
+        up.last().headers["x-user-id"],
+        "alice",
+        "the client's copy was replaced"
+    );
+    assert_eq!(get(at, "/health").await.0, 200, "public path");
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    assert_eq!(source_of(&plugins)["kind"], "built-in");
+
+    // A file of the same name overrides it (here: the test plugin, which lets everything by).
+    std::fs::copy(fixture("testbed"), dir.path().join("auth.wasm")).unwrap();
+    let reload = || {
+        send(
+            gw.admin_addr,
+            Request::post("/admin/plugins/reload")
+                .body(full(""))
+                .unwrap(),
+        )
+    };
+    assert_eq!(reload().await.0, 200);
+    assert_eq!(get(at, "/orders").await.0, 200);
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    assert_eq!(source_of(&plugins)["kind"], "file");
+
+    // Removing the file brings the built-in back.
+    std::fs::remove_file(dir.path().join("auth.wasm")).unwrap();
+    assert_eq!(reload().await.0, 200);
+    assert_eq!(get(at, "/orders").await.0, 401);
+    gw.shutdown().await;
+}
+
+/// The embedded default (what `sluice run` serves with no config) with the token the README
+/// gives: the quick start works as written.
+#[tokio::test]
+async fn the_embedded_default_guards_its_private_route_with_the_readme_token() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let token = readme
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the README shows a demo token");
+    let config = sluice::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("admin = \"127.0.0.1:9901\"", "admin = \"127.0.0.1:0\"");
+    let up = Upstream::recording(|_| http::Response::new(full("echo"))).await;
+    let config = config
+        .replace("[demo_upstream]\nlisten = \"127.0.0.1:9000\"\n", "")
+        .replace(
+            "instances = [\"127.0.0.1:9000\"]",
+            &format!("instances = [\"{}\"]", up.addr),
+        );
+    let gw = gateway(&config).await;
+    assert_eq!(get(gw.listen_addr, "/demo/private/").await.0, 401);
+    let req = Request::get("/demo/private/")
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(gw.listen_addr, req).await.0, 200);
+    assert_eq!(up.last().headers["x-user-id"], "demo-user");
+    assert_eq!(
+        get(gw.listen_addr, "/demo/open").await.0,
+        200,
+        "the public demo route needs no token"
+    );
+    gw.shutdown().await;
+}
