@@ -24,8 +24,11 @@ pub fn delete(key: &str) -> bool {
 /// Adds `delta` to a counter (a missing key counts as 0) and returns the new value. The TTL
 /// applies when the key is created.
 pub fn incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, Error> {
-    host_call!(wit => wit_state::incr(key, delta, ttl_ms), test |h| => h.state_incr(key, delta, ttl_ms))
-        .map_err(Error::from)
+    let result: Result<i64, String> = host_call!(
+        wit => wit_state::incr(key, delta, ttl_ms),
+        test |h| => h.state_incr(key, delta, ttl_ms)
+    );
+    result.map_err(Error::from)
 }
 
 /// Replaces the value only if it equals `expected` (`None` = absent); `new = None` deletes.

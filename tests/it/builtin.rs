@@ -266,7 +266,7 @@ async fn keys_rotate_under_load_without_dropping_valid_tokens() {
         task.await.unwrap();
     }
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         seen.iter().all(|(_, s)| *s == 200 || *s == 401),
         "only auth answers: {:?}",

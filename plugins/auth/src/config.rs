@@ -16,6 +16,12 @@ pub const DEFAULT_LEEWAY_MS: u64 = 30_000;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 /// Default `grace` of the `auth/keys` kv entry.
 pub const DEFAULT_GRACE_MS: u64 = 10 * 60 * 1000;
+/// Default `jwks_refresh`.
+pub const DEFAULT_JWKS_REFRESH_MS: u64 = 5 * 60 * 1000;
+/// Default `jwks_cooldown`.
+pub const DEFAULT_JWKS_COOLDOWN_MS: u64 = 30 * 1000;
+/// Default `jwks_max_stale`.
+pub const DEFAULT_JWKS_MAX_STALE_MS: u64 = 60 * 60 * 1000;
 
 const ALGORITHMS: &str =
     "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
@@ -41,6 +47,21 @@ pub struct AuthConfig {
     pub max_token_bytes: usize,
     /// Keys from the configuration, by kid.
     pub keys: BTreeMap<String, Rc<Key>>,
+    /// Keys fetched from a JWKS URL, when configured.
+    pub jwks: Option<JwksConfig>,
+}
+
+/// Where and how often to fetch a JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    /// The `http://` URL of the key set.
+    pub url: String,
+    /// The cached copy is refetched once it is this old.
+    pub refresh_ms: u64,
+    /// Minimum time between fetches triggered by an unknown kid.
+    pub cooldown_ms: u64,
+    /// How long the last good copy keeps serving while the endpoint fails.
+    pub max_stale_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +80,10 @@ struct RawConfig {
     max_token_bytes: Option<usize>,
     #[serde(default)]
     keys: Vec<Value>,
+    jwks_url: Option<String>,
+    jwks_refresh: Option<String>,
+    jwks_cooldown: Option<String>,
+    jwks_max_stale: Option<String>,
 }
 
 /// A verification key: pinned to one algorithm.
@@ -145,6 +170,7 @@ impl AuthConfig {
             }
         }
         let keys = parse_keys(&raw.keys, "keys").map_err(|e| format!("invalid config: {e}"))?;
+        let jwks = parse_jwks(&raw).map_err(|e| format!("invalid config: {e}"))?;
         Ok(Self {
             issuer: raw.issuer,
             audience: raw.audience,
@@ -155,6 +181,7 @@ impl AuthConfig {
             max_age_ms,
             max_token_bytes,
             keys,
+            jwks,
         })
     }
 
@@ -174,6 +201,70 @@ impl AuthConfig {
                     && (prefix.ends_with('/') || path.as_bytes()[prefix.len()] == b'/'))
         })
     }
+}
+
+/// The `jwks_*` fields: all optional, but the durations need `jwks_url`.
+fn parse_jwks(raw: &RawConfig) -> Result<Option<JwksConfig>, String> {
+    let duration = |field: &str, text: &Option<String>, default: u64| -> Result<u64, String> {
+        let ms = match text {
+            Some(text) => parse_duration(text).map_err(|e| format!("{field}: {e}"))?,
+            None => default,
+        };
+        if ms == 0 {
+            return Err(format!("{field}: must be greater than 0"));
+        }
+        Ok(ms)
+    };
+    let refresh_ms = duration("jwks_refresh", &raw.jwks_refresh, DEFAULT_JWKS_REFRESH_MS)?;
+    let cooldown_ms = duration(
+        "jwks_cooldown",
+        &raw.jwks_cooldown,
+        DEFAULT_JWKS_COOLDOWN_MS,
+    )?;
+    let max_stale_ms = duration(
+        "jwks_max_stale",
+        &raw.jwks_max_stale,
+        DEFAULT_JWKS_MAX_STALE_MS,
+    )?;
+    let Some(url) = &raw.jwks_url else {
+        for (field, value) in [
+            ("jwks_refresh", &raw.jwks_refresh),
+            ("jwks_cooldown", &raw.jwks_cooldown),
+            ("jwks_max_stale", &raw.jwks_max_stale),
+        ] {
+            if value.is_some() {
+                return Err(format!("{field}: needs jwks_url"));
+            }
+        }
+        return Ok(None);
+    };
+    if !is_http_url(url) {
+        return Err(format!(
+            "jwks_url: `{url}` is not an http:// URL with a host (the gateway's outbound HTTP \
+             is http only)"
+        ));
+    }
+    if max_stale_ms < refresh_ms {
+        return Err("jwks_max_stale: must be at least jwks_refresh".into());
+    }
+    Ok(Some(JwksConfig {
+        url: url.clone(),
+        refresh_ms,
+        cooldown_ms,
+        max_stale_ms,
+    }))
+}
+
+/// `http://host[:port][/path][?query]`, without whitespace or control characters.
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !host.is_empty()
+        && !host.contains('@')
+        && !host.starts_with(':')
+        && url.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Parses a list of keys (`what` names the field in errors); kids must be unique.
@@ -396,6 +487,61 @@ mod tests {
         assert!(e.contains("forward_claims.sub"), "{e}");
         let e = err(json!({"max_token_bytes": 0}));
         assert!(e.contains("max_token_bytes"), "{e}");
+    }
+
+    #[test]
+    fn jwks_fields() {
+        let c = AuthConfig::parse(&json!({})).unwrap();
+        assert_eq!(c.jwks, None);
+        let c = AuthConfig::parse(&json!({"jwks_url": "http://idp:8080/jwks.json"})).unwrap();
+        assert_eq!(
+            c.jwks,
+            Some(JwksConfig {
+                url: "http://idp:8080/jwks.json".into(),
+                refresh_ms: 300_000,
+                cooldown_ms: 30_000,
+                max_stale_ms: 3_600_000,
+            })
+        );
+        let c = AuthConfig::parse(&json!({"jwks_url": "http://idp/k", "jwks_refresh": "1m",
+            "jwks_cooldown": "5s", "jwks_max_stale": "2h"}))
+        .unwrap();
+        let j = c.jwks.unwrap();
+        assert_eq!(
+            (j.refresh_ms, j.cooldown_ms, j.max_stale_ms),
+            (60_000, 5_000, 7_200_000)
+        );
+        for (config, want) in [
+            (
+                json!({"jwks_url": "https://idp/k"}),
+                "jwks_url: `https://idp/k`",
+            ),
+            (json!({"jwks_url": "http:///k"}), "jwks_url"),
+            (json!({"jwks_url": "http://a b/k"}), "jwks_url"),
+            (
+                json!({"jwks_url": "http://idp/k", "jwks_refresh": "soon"}),
+                "jwks_refresh: `soon`",
+            ),
+            (
+                json!({"jwks_url": "http://idp/k", "jwks_cooldown": "0s"}),
+                "jwks_cooldown: must be",
+            ),
+            (
+                json!({"jwks_url": "http://idp/k", "jwks_max_stale": "1m"}),
+                "jwks_max_stale: must be at least",
+            ),
+            (
+                json!({"jwks_refresh": "1m"}),
+                "jwks_refresh: needs jwks_url",
+            ),
+            (
+                json!({"jwks_url": "http://idp/k", "jwks_refesh": "1m"}),
+                "unknown field `jwks_refesh`",
+            ),
+        ] {
+            let e = err(config);
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]

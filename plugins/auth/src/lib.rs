@@ -4,6 +4,7 @@
 //! tokens. See README.md for the configuration.
 
 pub mod config;
+pub mod jwks;
 pub mod verify;
 
 use std::cell::RefCell;
@@ -15,6 +16,7 @@ use sluice_plugin_sdk::host::{self, Level};
 use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, kv, state};
 
 use crate::config::{AuthConfig, Key, KvKeys, parse_key};
+use crate::jwks::JwksCache;
 use crate::verify::{Reject, TokenHeader};
 
 /// The watched kv entry with rotating keys.
@@ -25,6 +27,7 @@ pub const KV_KEYS: &str = "auth/keys";
 pub struct Auth {
     config: AuthConfig,
     kv: RefCell<KvCache>,
+    jwks: RefCell<JwksCache>,
 }
 
 /// The last parsed `auth/keys` entry.
@@ -109,7 +112,8 @@ impl Auth {
     }
 
     /// The key for a token's kid: config keys, then kv keys, then kv keys still in their
-    /// grace period. Without a kid, only when exactly one key is active.
+    /// grace period, then JWKS keys. Without a kid, only when exactly one config or kv key is
+    /// active (JWKS keys are only ever selected by kid).
     fn key_for(&self, header: &TokenHeader) -> Result<Rc<Key>, Reject> {
         let cache = self.kv.borrow();
         let Some(kid) = &header.kid else {
@@ -128,7 +132,15 @@ impl Auth {
         if let Some(key) = self.config.keys.get(kid).or_else(|| cache.keys.get(kid)) {
             return Ok(Rc::clone(key));
         }
-        retired(kid).ok_or_else(|| Reject::invalid("unknown key"))
+        drop(cache);
+        if let Some(key) = retired(kid) {
+            return Ok(key);
+        }
+        self.config
+            .jwks
+            .as_ref()
+            .and_then(|jwks| self.jwks.borrow_mut().key(jwks, kid))
+            .ok_or_else(|| Reject::invalid("unknown key"))
     }
 
     fn check(&self, request: &Request<'_>) -> Result<serde_json::Map<String, Value>, Reject> {
@@ -169,6 +181,7 @@ impl Plugin for Auth {
         Ok(Self {
             config,
             kv: RefCell::default(),
+            jwks: RefCell::default(),
         })
     }
 
