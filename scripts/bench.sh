@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests). Figures and how to read them: docs/benchmarks.md.
 #   scripts/bench.sh proxy [seconds] [connections]   gateway vs nginx/haproxy/caddy, 3 runs
-#   scripts/bench.sh plugins                          plugin runtime costs
+#   scripts/bench.sh plugins                          plugin runtime costs (+ auth verify cost)
+#   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -33,6 +34,38 @@ TOML
   done
   rm -f "$cfg"
   ;;
+auth)
+  secs=${2:-8}; conns=${3:-64}
+  command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
+  cargo build --release -p sluice
+  cfg=$(mktemp --suffix=.toml)
+  cat > "$cfg" <<TOML
+[server]
+listen = "127.0.0.1:18080"
+admin = "127.0.0.1:18081"
+workers = 1
+[log]
+access = false
+level = "warn"
+[services.up]
+instances = ["127.0.0.1:19001"]
+[[routes]]
+path = "/"
+service = "up"
+plugins = ["auth"]
+[plugin.auth]
+[[plugin.auth.keys]]
+kid = "demo"
+alg = "HS256"
+secret = "sluice-demo-secret-change-me"
+TOML
+  # The README's demo token (HS256, kid "demo", expires in 2100).
+  token=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
+  WRK_HEADER="Authorization: Bearer $token" \
+    GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
+    GATEWAY_URL=http://127.0.0.1:18080/ bash ../shared/bench/peers.sh "$secs" "$conns"
+  rm -f "$cfg"
+  ;;
 plugins)
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
   (cd tests/fixtures && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-fixtures" cargo build --release --quiet)
@@ -51,5 +84,5 @@ plugins)
     cargo bench -p sluice --bench plugins
   rm -rf "$t"
   ;;
-*) echo "usage: $0 proxy|plugins" >&2; exit 2 ;;
+*) echo "usage: $0 proxy|plugins|auth" >&2; exit 2 ;;
 esac

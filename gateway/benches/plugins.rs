@@ -48,6 +48,9 @@ fn main() {
         if run("drop") {
             drop_to_serving(&plugin).await;
         }
+        if run("auth") {
+            auth_verify_cost().await;
+        }
         // SLUICE_BENCH_LANGS="rust=a.wasm,python=b.wasm,js=c.wasm": the same trivial plugin
         // (`sluice plugin new`'s template) in each language.
         if let Ok(langs) = std::env::var("SLUICE_BENCH_LANGS") {
@@ -107,6 +110,96 @@ async fn language(lang: &str, plugin: &Path) {
     println!(
         "template plugin, {lang}: {per_request:.1} µs per request pooled (on-request + on-response); load cold {cold_ms:.0} ms, from cache {warm_ms:.1} ms"
     );
+}
+
+/// The built-in `auth` plugin's verify cost per request (HS256, RS256, ES256) against the
+/// same check done natively with jsonwebtoken.
+async fn auth_verify_cost() {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/auth/tests/keys");
+    let read = |f: &str| std::fs::read_to_string(keys.join(f)).unwrap();
+    let secret = "bench-secret-0123456789abcdef0123";
+    let config_text = format!(
+        "[plugin.auth]\n[[plugin.auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n\
+         [[plugin.auth.keys]]\nkid = \"rs\"\nalg = \"RS256\"\npem = '''{}'''\n\
+         [[plugin.auth.keys]]\nkid = \"es\"\nalg = \"ES256\"\npem = '''{}'''\n",
+        read("rsa_public.pem"),
+        read("ec256_public.pem")
+    );
+    let mut config = sluice::config::Config::parse(&config_text, "bench").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    config.plugins.cache_dir = Some(cache.path().to_owned());
+    let metrics = Metrics::new();
+    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let report = rt.reload().await;
+    assert_eq!(report.loaded, ["auth"], "{report:?}");
+    let set = rt.current();
+    let chain = ["auth".to_owned()];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({ "sub": "bench", "exp": now + 3600 });
+    let cases = [
+        (
+            "HS256",
+            "hs",
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret.as_bytes()),
+            DecodingKey::from_secret(secret.as_bytes()),
+        ),
+        (
+            "RS256",
+            "rs",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(read("rsa_private.pem").as_bytes()).unwrap(),
+            DecodingKey::from_rsa_pem(read("rsa_public.pem").as_bytes()).unwrap(),
+        ),
+        (
+            "ES256",
+            "es",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(read("ec256_private.pem").as_bytes()).unwrap(),
+            DecodingKey::from_ec_pem(read("ec256_public.pem").as_bytes()).unwrap(),
+        ),
+    ];
+    let n = 5_000u32;
+    for (name, kid, alg, encoding, decoding) in cases {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        let call = || {
+            let mut r = request();
+            r.parts
+                .headers
+                .insert(http::header::AUTHORIZATION, bearer.clone());
+            r
+        };
+        for _ in 0..200 {
+            let out = rt.on_request(&set, &chain, call()).await;
+            assert!(out.response.is_none(), "{name}: the token was refused");
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            let out = rt.on_request(&set, &chain, call()).await;
+            assert!(out.response.is_none());
+            std::hint::black_box(out.request);
+        }
+        let in_plugin = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
+        let validation = Validation::new(alg);
+        let started = Instant::now();
+        for _ in 0..n {
+            let data =
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();
+            std::hint::black_box(data);
+        }
+        let native = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
+        println!(
+            "auth {name}: {in_plugin:.1} µs per request in the plugin (on-request), native jsonwebtoken {native:.1} µs: {:.2}x",
+            in_plugin / native
+        );
+    }
 }
 
 fn config_for(dir: &Path, cache: &Path, mode: InstanceMode) -> Config {

@@ -295,3 +295,93 @@ async fn keys_rotate_under_load_without_dropping_valid_tokens() {
     assert_eq!(send(gw.listen_addr, with(&new)).await.0, 200);
     gw.shutdown().await;
 }
+
+const RSA_PRIVATE: &str = include_str!("../../plugins/auth/tests/keys/rsa_private.pem");
+/// The JWK form of plugins/auth/tests/keys/rsa_public.pem.
+const RSA_N: &str = "vPNuxYlqPJU9PV1UDm9ps4Suu8vVi_IdzKLXWSVNpg_-KDu5LdQhq3p-EfD1UwR-OhCRCq-QMySVKoUKBBBZw1g4rPpJ4xohOY7RHBdNOSIJ7M2zVyesRy7FSYErGAaCzwqW1f4-opPSIjGukFoPTs_4jbEsc8BNub7Lk3dNTbJGHG-_g6oVGv1tb90hDkV6nfKiUk3m3tMRqPRQJcqrcR7Io2zgF_E6FicAPsnlMFQb7AdGSz91CyB7Y0yN-WkG2A9wLHOkWvUkXmE24pv5n68V5ZSBkSdgzDobKua4tSIulwO78rWd3AKl8YOxu4LdZgbuY2sVXdS9aC101_VSZw";
+
+fn rs256(kid: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    let claims = serde_json::json!({ "sub": kid, "exp": now + 600 });
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Keys from a real JWKS endpoint on 127.0.0.1: fetched through the gateway's outbound HTTP,
+/// a flood of unknown kids causes a bounded number of fetches, and known keys keep working
+/// while the endpoint is down.
+#[tokio::test]
+async fn jwks_keys_are_fetched_bounded_and_survive_the_endpoint_going_down() {
+    let jwks = serde_json::json!({ "keys": [
+        { "kty": "RSA", "kid": "idp-1", "alg": "RS256", "use": "sig", "n": RSA_N, "e": "AQAB" }
+    ]})
+    .to_string();
+    let idp = Upstream::recording(move |_| {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(jwks.clone()))
+            .unwrap()
+    })
+    .await;
+    let up = Upstream::named("upstream").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&format!(
+        r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+[plugins.override.auth]
+allowed_hosts = ["{idp}"]
+[services.s]
+instances = ["{}"]
+[[routes]]
+path = "/"
+service = "s"
+plugins = ["auth"]
+[plugin.auth]
+jwks_url = "http://{idp}/.well-known/jwks.json"
+jwks_cooldown = "1h"
+"#,
+        dir.path().display(),
+        plugin_cache_dir().display(),
+        up.addr,
+        idp = idp.addr,
+    ))
+    .await;
+    let at = gw.listen_addr;
+    let with = |token: String| {
+        Request::get("/r")
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(""))
+            .unwrap()
+    };
+    assert_eq!(send(at, with(rs256("idp-1"))).await.0, 200);
+    assert_eq!(idp.hits(), 1, "one fetch");
+    assert_eq!(idp.last().uri.path(), "/.well-known/jwks.json");
+    assert_eq!(send(at, with(rs256("idp-1"))).await.0, 200);
+    assert_eq!(idp.hits(), 1, "served from the cache");
+
+    // A flood of tokens with kids the JWKS does not have: all refused, fetches bounded.
+    for i in 0..50 {
+        assert_eq!(send(at, with(rs256(&format!("random-{i}")))).await.0, 401);
+    }
+    assert!(
+        idp.hits() <= 2,
+        "{} fetches for 50 unknown kids",
+        idp.hits()
+    );
+
+    // The endpoint goes away: the cached keys keep working.
+    drop(idp);
+    assert_eq!(send(at, with(rs256("idp-1"))).await.0, 200);
+    gw.shutdown().await;
+}
