@@ -7,13 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 what=${1:-proxy}
-case "$what" in
-proxy)
-  secs=${2:-8}; conns=${3:-64}
-  command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
-  cargo build --release -p sluice
-  cfg=$(mktemp --suffix=.toml)
-  cat > "$cfg" <<TOML
+
+# The gateway in front of peers.sh's upstream (127.0.0.1:19001): one worker, no access log,
+# one route with the plugins named in $1 (space-separated, may be empty).
+bench_config() {
+  local plugins=""
+  for p in $1; do plugins="$plugins\"$p\", "; done
+  cat <<TOML
 [server]
 listen = "127.0.0.1:18080"
 admin = "127.0.0.1:18081"
@@ -26,7 +26,16 @@ instances = ["127.0.0.1:19001"]
 [[routes]]
 path = "/"
 service = "up"
+plugins = [${plugins%, }]
 TOML
+}
+case "$what" in
+proxy)
+  secs=${2:-8}; conns=${3:-64}
+  command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
+  cargo build --release -p sluice
+  cfg=$(mktemp --suffix=.toml)
+  bench_config "" > "$cfg"
   for run in 1 2 3; do
     echo "== run $run"
     GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
@@ -39,20 +48,8 @@ auth)
   command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
   cargo build --release -p sluice
   cfg=$(mktemp --suffix=.toml)
-  cat > "$cfg" <<TOML
-[server]
-listen = "127.0.0.1:18080"
-admin = "127.0.0.1:18081"
-workers = 1
-[log]
-access = false
-level = "warn"
-[services.up]
-instances = ["127.0.0.1:19001"]
-[[routes]]
-path = "/"
-service = "up"
-plugins = ["auth"]
+  bench_config auth > "$cfg"
+  cat >> "$cfg" <<TOML
 [plugin.auth]
 [[plugin.auth.keys]]
 kid = "demo"

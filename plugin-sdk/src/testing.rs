@@ -320,7 +320,7 @@ pub struct TestRequest {
     method: RefCell<String>,
     path: RefCell<String>,
     query: RefCell<Option<String>>,
-    headers: RefCell<Vec<(String, Vec<u8>)>>,
+    headers: HeaderList,
     client: String,
     route: String,
     request_id: String,
@@ -338,7 +338,7 @@ impl TestRequest {
             method: RefCell::new(method.to_owned()),
             path: RefCell::new(path),
             query: RefCell::new(query),
-            headers: RefCell::default(),
+            headers: HeaderList::default(),
             client: "127.0.0.1".into(),
             route: "test".into(),
             request_id: "test-request".into(),
@@ -353,9 +353,7 @@ impl TestRequest {
 
     /// Adds a header.
     pub fn with_header(self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers.push(name, value.as_ref());
         self
     }
 
@@ -422,58 +420,27 @@ impl TestRequest {
 
     /// The first value of a header (after the plugin ran).
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .borrow()
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+        self.headers.first(name)
     }
 
     pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .borrow()
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.headers.all(name)
     }
 
     pub(crate) fn headers(&self) -> Vec<Header> {
-        self.headers
-            .borrow()
-            .iter()
-            .map(|(name, value)| Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect()
+        self.headers.list()
     }
 
     pub(crate) fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
-        check_header(name, value)?;
-        self.remove_header(name);
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.to_vec()));
-        Ok(())
+        self.headers.set(name, value)
     }
 
     pub(crate) fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
-        check_header(name, value)?;
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.to_vec()));
-        Ok(())
+        self.headers.append(name, value)
     }
 
     pub(crate) fn remove_header(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
-        let mut headers = self.headers.borrow_mut();
-        let before = headers.len();
-        headers.retain(|(n, _)| *n != name);
-        headers.len() != before
+        self.headers.remove(name)
     }
 
     pub(crate) fn client_addr(&self) -> String {
@@ -509,7 +476,7 @@ impl TestRequest {
 #[derive(Debug, Clone)]
 pub struct TestResponseHead {
     status: RefCell<u16>,
-    headers: RefCell<Vec<(String, Vec<u8>)>>,
+    headers: HeaderList,
     body: RefCell<Option<Vec<u8>>>,
 }
 
@@ -518,7 +485,7 @@ impl TestResponseHead {
     pub fn new(status: u16) -> Self {
         Self {
             status: RefCell::new(status),
-            headers: RefCell::default(),
+            headers: HeaderList::default(),
             body: RefCell::new(None),
         }
     }
@@ -547,9 +514,7 @@ impl TestResponseHead {
 
     /// Adds a header.
     pub fn with_header(self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers.push(name, value.as_ref());
         self
     }
 
@@ -568,12 +533,7 @@ impl TestResponseHead {
 
     /// The first value of a header (after the plugin ran).
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .borrow()
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+        self.headers.first(name)
     }
 
     /// The first value of a header, if UTF-8.
@@ -582,8 +542,50 @@ impl TestResponseHead {
     }
 
     pub(crate) fn headers(&self) -> Vec<Header> {
-        self.headers
+        self.headers.list()
+    }
+
+    pub(crate) fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        self.headers.set(name, value)
+    }
+
+    pub(crate) fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        self.headers.append(name, value)
+    }
+
+    pub(crate) fn remove_header(&self, name: &str) -> bool {
+        self.headers.remove(name)
+    }
+}
+
+/// Headers of a test request or response: lower-case names, byte values, in order.
+#[derive(Debug, Clone, Default)]
+struct HeaderList(RefCell<Vec<(String, Vec<u8>)>>);
+
+impl HeaderList {
+    fn push(&self, name: &str, value: &[u8]) {
+        self.0
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), value.to_vec()));
+    }
+
+    fn first(&self, name: &str) -> Option<Vec<u8>> {
+        self.all(name).into_iter().next()
+    }
+
+    fn all(&self, name: &str) -> Vec<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.0
             .borrow()
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn list(&self) -> Vec<Header> {
+        let headers = self.0.borrow();
+        headers
             .iter()
             .map(|(name, value)| Header {
                 name: name.clone(),
@@ -592,26 +594,22 @@ impl TestResponseHead {
             .collect()
     }
 
-    pub(crate) fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+    fn set(&self, name: &str, value: &[u8]) -> Result<(), String> {
         check_header(name, value)?;
-        self.remove_header(name);
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.to_vec()));
+        self.remove(name);
+        self.push(name, value);
         Ok(())
     }
 
-    pub(crate) fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+    fn append(&self, name: &str, value: &[u8]) -> Result<(), String> {
         check_header(name, value)?;
-        self.headers
-            .borrow_mut()
-            .push((name.to_ascii_lowercase(), value.to_vec()));
+        self.push(name, value);
         Ok(())
     }
 
-    pub(crate) fn remove_header(&self, name: &str) -> bool {
+    fn remove(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        let mut headers = self.headers.borrow_mut();
+        let mut headers = self.0.borrow_mut();
         let before = headers.len();
         headers.retain(|(n, _)| *n != name);
         headers.len() != before

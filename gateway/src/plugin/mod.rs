@@ -473,11 +473,7 @@ impl PluginRuntime {
                 FailurePolicy::FailClosed => {
                     return fail(request, plugin_error(name, failure), ran);
                 }
-                FailurePolicy::FailOpen => {
-                    tracing::warn!(plugin = &**name, "plugin skipped (fail-open): {failure}");
-                    self.metrics
-                        .record_call(plugin.name(), "on_request", "skipped", 0.0);
-                }
+                FailurePolicy::FailOpen => self.skipped(plugin.name(), "on_request", &failure),
             }
         }
         RequestChain {
@@ -539,14 +535,7 @@ impl PluginRuntime {
                         let error = plugin_error(plugin.name(), failure);
                         return (error.to_response(), Some(error));
                     }
-                    FailurePolicy::FailOpen => {
-                        tracing::warn!(
-                            plugin = &**plugin.name(),
-                            "plugin skipped (fail-open): {failure}"
-                        );
-                        self.metrics
-                            .record_call(plugin.name(), "on_response", "skipped", 0.0);
-                    }
+                    FailurePolicy::FailOpen => self.skipped(plugin.name(), "on_response", &failure),
                 }
             }
         }
@@ -561,6 +550,16 @@ impl PluginRuntime {
             (None, None) => ResponseBody::full(Bytes::new()),
         };
         (Response::from_parts(head.parts, body), None)
+    }
+
+    /// A failed call of a fail-open plugin: logged, counted, and the request goes on.
+    fn skipped(&self, plugin: &Arc<str>, phase: &'static str, failure: &PluginFailure) {
+        tracing::warn!(
+            plugin = &**plugin,
+            phase,
+            "plugin skipped (fail-open): {failure}"
+        );
+        self.metrics.record_call(plugin, phase, "skipped", 0.0);
     }
 
     /// What `GET /admin/plugins` shows.
