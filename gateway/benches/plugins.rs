@@ -228,8 +228,7 @@ fn request() -> RequestState {
         client: SocketAddr::from(([127, 0, 0, 1], 1234)),
         route: RouteName::new("bench"),
         request_id: HeaderValue::from_static("0123456789abcdef"),
-        body: None,
-        body_visible: false,
+        body: Default::default(),
     }
 }
 

@@ -136,17 +136,11 @@ fn run(file: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
     sluice::logging::init(log_format.unwrap_or(config.log.format), &config.log.level);
     // The control runtime runs the admin listener and background work; the data plane runs
     // on its own worker threads (see `server`).
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("sluice-control")
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).thread_name("sluice-control");
+    let runtime = match build_runtime(builder) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let gateway = match Gateway::start(config).await {
@@ -163,19 +157,22 @@ fn run(file: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
     })
 }
 
+fn build_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("sluice: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn check_plugin(file: &std::path::Path) -> ExitCode {
     let mut config = Config::default();
     // A throw-away runtime: no plugin directory, no compile cache.
     config.plugins.cache_dir = Some(PathBuf::new());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let metrics = sluice::metrics::Metrics::new();

@@ -19,7 +19,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::plugin::host::RequestState;
+use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::{PluginRuntime, PluginSet};
 use crate::routing::Route;
 use crate::server::AmbiguousFraming;
@@ -187,8 +187,7 @@ impl Proxy {
             client,
             route: route.name.clone(),
             request_id,
-            body: buffered,
-            body_visible: false,
+            body: PluginBody::new(buffered),
         };
         let chain = self.plugins.on_request(&set, &route.plugins, state).await;
         let mut request = chain.request;
@@ -199,13 +198,19 @@ impl Proxy {
             }
             None => {
                 // 4. Upstream, with the request as the plugins left it.
-                let forwarded = copy_head(&request);
-                let body = match (request.body.take(), streaming) {
+                let body = match (request.body.bytes.take(), streaming) {
                     (Some(bytes), _) => RequestBody::full(bytes),
                     (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes),
                     (None, None) => RequestBody::full(Bytes::new()),
                 };
-                let parts = std::mem::replace(&mut request.parts, forwarded);
+                // `on-response` needs the request head after it went upstream: keep a copy
+                // only when some plugin will look at it.
+                let parts = if chain.ran.is_empty() {
+                    std::mem::replace(&mut request.parts, Request::new(()).into_parts().0)
+                } else {
+                    let forwarded = copy_head(&request);
+                    std::mem::replace(&mut request.parts, forwarded)
+                };
                 match self
                     .forward(snapshot, route, parts, body, client, outcome)
                     .await

@@ -236,25 +236,15 @@ pub fn raw_status(text: &str) -> u16 {
 pub fn fixture(name: &str) -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let dir = BUILT.get_or_init(|| {
+        // The fixtures workspace sets its own target (wasm32-wasip2) in .cargo/config.toml,
+        // which cargo finds from the working directory.
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
         let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-fixtures");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // The fixtures workspace sets its own target (wasm32-wasip2) in .cargo/config.toml,
-        // which cargo finds from the working directory. A nested cargo needs its own target
-        // dir (the outer one is locked) and none of the outer build's flags.
-        let out = std::process::Command::new(cargo)
-            .args(["build", "--release", "--quiet"])
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .output()
-            .expect("running cargo for the wasm fixtures");
-        assert!(
-            out.status.success(),
-            "building tests/fixtures failed (is the wasm32-wasip2 target installed?):\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        cargo_build_wasm(
+            &root,
+            &target,
+            &[],
+            "tests/fixtures (is the wasm32-wasip2 target installed?)",
         );
         target.join("wasm32-wasip2/release")
     });
@@ -275,24 +265,39 @@ pub fn rust_example(name: &str) -> std::path::PathBuf {
     let dir = BUILT.get_or_init(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-examples");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
-            .args(["-p", "rust-header-rewrite", "-p", "rust-rate-limit"])
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .output()
-            .expect("running cargo for the Rust example plugins");
-        assert!(
-            out.status.success(),
-            "building the Rust examples failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = [
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "rust-header-rewrite",
+            "-p",
+            "rust-rate-limit",
+        ];
+        cargo_build_wasm(&root, &target, &args, "the Rust examples");
         target.join("wasm32-wasip2/release")
     });
     let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
     assert!(path.exists(), "no example plugin {}", path.display());
     path
+}
+
+/// `cargo build --release ARGS` in `dir` into `target`. A nested cargo needs its own target
+/// dir (the outer one is locked) and none of the outer build's flags.
+fn cargo_build_wasm(dir: &std::path::Path, target: &std::path::Path, args: &[&str], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo for {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

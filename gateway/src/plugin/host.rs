@@ -152,10 +152,8 @@ pub struct RequestState {
     pub route: RouteName,
     /// `x-request-id`.
     pub request_id: HeaderValue,
-    /// The buffered body, when a plugin on the route opted in.
-    pub body: Option<Bytes>,
-    /// Whether the plugin being called may read and replace the body.
-    pub body_visible: bool,
+    /// The body, when a plugin on the route opted in to request bodies.
+    pub body: PluginBody,
 }
 
 /// The response head as plugins see and change it.
@@ -163,10 +161,48 @@ pub struct RequestState {
 pub struct ResponseState {
     /// Status and headers.
     pub parts: http::response::Parts,
-    /// The buffered body, when a plugin on the route opted in to response bodies.
-    pub body: Option<Bytes>,
-    /// Whether the plugin being called may read and replace the body.
-    pub body_visible: bool,
+    /// The body, when a plugin on the route opted in to response bodies.
+    pub body: PluginBody,
+}
+
+/// A body buffered for the plugins that opted in to it (`request_body` / `response_body`):
+/// only the plugin being called, if it opted in, may read or replace it.
+#[derive(Debug, Default)]
+pub struct PluginBody {
+    /// The buffered bytes; `None` when no plugin on the route wants the body.
+    pub bytes: Option<Bytes>,
+    /// Whether the plugin being called opted in.
+    pub visible: bool,
+}
+
+impl PluginBody {
+    /// A buffered body (or none), visible to no plugin yet.
+    pub fn new(bytes: Option<Bytes>) -> Self {
+        Self {
+            bytes,
+            visible: false,
+        }
+    }
+
+    fn read(&self) -> Option<Vec<u8>> {
+        self.visible
+            .then(|| self.bytes.as_ref().map(|b| b.to_vec()))
+            .flatten()
+    }
+
+    /// `setting` names the opt-in in the error (`request_body` or `response_body`).
+    fn replace(&mut self, body: Vec<u8>, max: usize, setting: &str) -> Result<(), String> {
+        if !self.visible {
+            return Err(format!(
+                "this plugin did not opt in to bodies ({setting} = true)"
+            ));
+        }
+        if body.len() > max {
+            return Err(format!("body larger than max_body_bytes ({max})"));
+        }
+        self.bytes = Some(Bytes::from(body));
+        Ok(())
+    }
 }
 
 fn header_list(headers: &HeaderMap) -> Vec<types::Header> {
@@ -351,12 +387,7 @@ impl types::HostRequest for HostState {
     }
 
     fn body(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let req = self.request(&r)?;
-        Ok(if req.body_visible {
-            req.body.as_ref().map(|b| b.to_vec())
-        } else {
-            None
-        })
+        Ok(self.request(&r)?.body.read())
     }
 
     fn set_body(
@@ -365,17 +396,10 @@ impl types::HostRequest for HostState {
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
         let max = self.plugin.settings.max_body_bytes;
-        let req = self.request(&r)?;
-        if !req.body_visible {
-            return Ok(Err(
-                "this plugin did not opt in to request bodies (request_body = true)".into(),
-            ));
-        }
-        if body.len() > max {
-            return Ok(Err(format!("body larger than max_body_bytes ({max})")));
-        }
-        req.body = Some(Bytes::from(body));
-        Ok(Ok(()))
+        Ok(self
+            .request(&r)?
+            .body
+            .replace(body, max, "request bodies (request_body = true)"))
     }
 
     fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
@@ -454,12 +478,7 @@ impl types::HostResponseHead for HostState {
     }
 
     fn body(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let resp = self.response(&r)?;
-        Ok(if resp.body_visible {
-            resp.body.as_ref().map(|b| b.to_vec())
-        } else {
-            None
-        })
+        Ok(self.response(&r)?.body.read())
     }
 
     fn set_body(
@@ -468,17 +487,10 @@ impl types::HostResponseHead for HostState {
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
         let max = self.plugin.settings.max_body_bytes;
-        let resp = self.response(&r)?;
-        if !resp.body_visible {
-            return Ok(Err(
-                "this plugin did not opt in to response bodies (response_body = true)".into(),
-            ));
-        }
-        if body.len() > max {
-            return Ok(Err(format!("body larger than max_body_bytes ({max})")));
-        }
-        resp.body = Some(Bytes::from(body));
-        Ok(Ok(()))
+        Ok(self
+            .response(&r)?
+            .body
+            .replace(body, max, "response bodies (response_body = true)"))
     }
 
     fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {

@@ -30,7 +30,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use self::bindings::types;
-use self::host::{HostState, PluginShared, RequestState, ResponseState};
+use self::host::{HostState, PluginBody, PluginShared, RequestState, ResponseState};
 use self::kv::KvStore;
 use self::loaded::{LoadedPlugin, PluginFailure, PluginSource, WORLD};
 use self::loader::LoadError;
@@ -317,22 +317,30 @@ impl PluginRuntime {
                 return Ok(false);
             }
         }
+        let (plugin, _) = self.build(name, source, bytes, config_json).await?;
+        self.install(Arc::new(plugin));
+        Ok(true)
+    }
+
+    /// Compiles (off the event loop), checks the world and runs `init`: a plugin ready to
+    /// install, and what the component imports and exports.
+    async fn build(
+        &self,
+        name: &str,
+        source: PluginSource,
+        bytes: Vec<u8>,
+        config_json: String,
+    ) -> Result<(LoadedPlugin, (Vec<String>, Vec<String>)), LoadError> {
         let compiled =
             loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
         self.ensure_ticker();
-        let plugin = LoadedPlugin::new(
-            self.shared_for(name),
-            source,
-            compiled.digest,
-            config_json,
-            compiled.pre,
-        );
+        let shared = self.shared_for(name);
+        let plugin = LoadedPlugin::new(shared, source, compiled.digest, config_json, compiled.pre);
         plugin
             .activate()
             .await
             .map_err(|e| LoadError::Activate(e.to_string()))?;
-        self.install(Arc::new(plugin));
-        Ok(true)
+        Ok((plugin, (compiled.imports, compiled.exports)))
     }
 
     /// Everything a load does, without serving: header, compile, world, `init` with the
@@ -345,21 +353,9 @@ impl PluginRuntime {
             .to_owned();
         let bytes = loader::read(path)?;
         let config_json = self.config_json(&name, Some(path))?;
-        let compiled =
-            loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
-        self.ensure_ticker();
-        let plugin = LoadedPlugin::new(
-            self.shared_for(&name),
-            PluginSource::File(path.to_owned()),
-            compiled.digest,
-            config_json,
-            compiled.pre,
-        );
-        plugin
-            .activate()
-            .await
-            .map_err(|e| LoadError::Activate(e.to_string()))?;
-        Ok((compiled.imports, compiled.exports))
+        let source = PluginSource::File(path.to_owned());
+        let (_, imports_and_exports) = self.build(&name, source, bytes, config_json).await?;
+        Ok(imports_and_exports)
     }
 
     fn shared_for(&self, name: &str) -> Arc<PluginShared> {
@@ -447,10 +443,10 @@ impl PluginRuntime {
                     }
                 }
             };
-            request.body_visible = plugin.shared.settings.request_body;
+            request.body.visible = plugin.shared.settings.request_body;
             let (req, result) = plugin.on_request(request).await;
             request = req;
-            request.body_visible = false;
+            request.body.visible = false;
             let failure = match result {
                 Ok(types::Action::Continue) => {
                     ran.push(plugin.clone());
@@ -522,11 +518,10 @@ impl PluginRuntime {
         };
         let mut head = ResponseState {
             parts,
-            body: buffered,
-            body_visible: false,
+            body: PluginBody::new(buffered),
         };
         for plugin in ran.iter().rev() {
-            head.body_visible = plugin.shared.settings.response_body;
+            head.body.visible = plugin.shared.settings.response_body;
             let (req, resp, result) = plugin.on_response(request, head).await;
             (request, head) = (req, resp);
             if let Err(failure) = result {
@@ -539,7 +534,7 @@ impl PluginRuntime {
                 }
             }
         }
-        let body = match (head.body.take(), streaming.take()) {
+        let body = match (head.body.bytes.take(), streaming.take()) {
             (Some(bytes), _) => {
                 // The length changed, perhaps: hyper sets it from the new body.
                 head.parts.headers.remove(http::header::CONTENT_LENGTH);
