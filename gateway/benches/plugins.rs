@@ -97,13 +97,13 @@ async fn language(lang: &str, plugin: &Path) {
     let ok = || http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
     for _ in 0..500 {
         let out = rt.on_request(&set, &chain, request()).await;
-        let _ = rt.on_response(&out.ran, out.request, ok()).await;
+        let _ = rt.on_response(&out.ran, out.request, ok(), None).await;
     }
     let started = Instant::now();
     for _ in 0..n {
         let out = rt.on_request(&set, &chain, request()).await;
         assert!(out.response.is_none() && out.error.is_none(), "{lang}");
-        let (_, e) = rt.on_response(&out.ran, out.request, ok()).await;
+        let (_, e) = rt.on_response(&out.ran, out.request, ok(), None).await;
         assert!(e.is_none(), "{lang}");
     }
     let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
@@ -223,13 +223,13 @@ fn request() -> RequestState {
     ] {
         parts.headers.insert(k, HeaderValue::from_static(v));
     }
-    RequestState {
+    RequestState::new(
         parts,
-        client: SocketAddr::from(([127, 0, 0, 1], 1234)),
-        route: RouteName::new("bench"),
-        request_id: HeaderValue::from_static("0123456789abcdef"),
-        body: Default::default(),
-    }
+        SocketAddr::from(([127, 0, 0, 1], 1234)),
+        RouteName::new("bench"),
+        HeaderValue::from_static("0123456789abcdef"),
+        Default::default(),
+    )
 }
 
 async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
@@ -254,7 +254,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, _) = rt.on_response(&out.ran, out.request, resp).await;
+        let (r, _) = rt.on_response(&out.ran, out.request, resp, None).await;
         head = r.into_parts().0;
     }
     // The same work without the plugin calls: building the request and response values.
@@ -276,7 +276,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, e) = rt.on_response(&out.ran, out.request, resp).await;
+        let (r, e) = rt.on_response(&out.ran, out.request, resp, None).await;
         assert!(e.is_none());
         std::hint::black_box(r);
     }

@@ -125,6 +125,19 @@ impl ProxyError {
         }
     }
 
+    /// What `on-response` is told about a response the gateway made because the upstream
+    /// failed; `None` for every other error.
+    pub fn upstream_failure(&self) -> Option<crate::plugin::bindings::types::UpstreamFailure> {
+        use crate::plugin::bindings::types::UpstreamFailure;
+        match self {
+            Self::NoInstance { .. } => Some(UpstreamFailure::NoInstance),
+            Self::UpstreamConnect { .. } => Some(UpstreamFailure::ConnectFailed),
+            Self::UpstreamTimeout { .. } => Some(UpstreamFailure::TimedOut),
+            Self::UpstreamFailed { .. } => Some(UpstreamFailure::Failed),
+            _ => None,
+        }
+    }
+
     /// The client-facing body: one line saying what happened. Upstream failures name the
     /// service but not the instance address (internal topology stays internal).
     fn body(&self) -> String {

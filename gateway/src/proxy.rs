@@ -145,7 +145,7 @@ impl Proxy {
         if route.plugins.is_empty() {
             let body = RequestBody::limited(body, self.max_body_bytes);
             return match self
-                .forward(&snapshot, route, parts, body, client, outcome)
+                .forward(&snapshot, route, parts, body, client, None, outcome)
                 .await
             {
                 Ok(response) => response,
@@ -182,13 +182,13 @@ impl Proxy {
             Ok(pair) => pair,
             Err(e) => return outcome.fail(e),
         };
-        let state = RequestState {
+        let state = RequestState::new(
             parts,
             client,
-            route: route.name.clone(),
+            route.name.clone(),
             request_id,
-            body: PluginBody::new(buffered),
-        };
+            PluginBody::new(buffered),
+        );
         let chain = self.plugins.on_request(&set, &route.plugins, state).await;
         let mut request = chain.request;
         let response = match chain.response {
@@ -211,8 +211,9 @@ impl Proxy {
                     let forwarded = copy_head(&request);
                     std::mem::replace(&mut request.parts, forwarded)
                 };
+                let timeout = request.upstream_timeout;
                 match self
-                    .forward(snapshot, route, parts, body, client, outcome)
+                    .forward(snapshot, route, parts, body, client, timeout, outcome)
                     .await
                 {
                     Ok(response) => response,
@@ -225,9 +226,13 @@ impl Proxy {
         }
 
         // 5. Plugins on the way out, in reverse.
+        let failure = outcome
+            .error
+            .as_ref()
+            .and_then(ProxyError::upstream_failure);
         let (response, error) = self
             .plugins
-            .on_response(&chain.ran, request, response)
+            .on_response(&chain.ran, request, response, failure)
             .await;
         if error.is_some() {
             outcome.error = error;
@@ -270,6 +275,11 @@ impl Proxy {
     }
 
     /// Picks an instance and sends the request; the upstream's response head, or why not.
+    /// `timeout` is a plugin's cap on the upstream wait, below the service's.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request path's state, passed once"
+    )]
     async fn forward(
         &self,
         snapshot: &Snapshot,
@@ -277,6 +287,7 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: RequestBody,
         client: SocketAddr,
+        timeout: Option<std::time::Duration>,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let service =
@@ -302,7 +313,7 @@ impl Proxy {
         headers::add_forwarded(&mut parts.headers, client.ip());
 
         let (response, connection) = service
-            .send(instance, Request::from_parts(parts, body))
+            .send(instance, Request::from_parts(parts, body), timeout)
             .await?;
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);

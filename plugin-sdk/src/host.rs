@@ -1,4 +1,4 @@
-//! Logging, clocks, metrics and the current trace span.
+//! Logging, clocks, metrics and the current request's trace.
 
 use crate::backend::host_call;
 #[cfg(target_arch = "wasm32")]
@@ -70,4 +70,49 @@ pub fn span_add_event(name: &str, attributes: &[(&str, &str)]) {
         },
         test |h| => h.span_add_event(name, attributes)
     )
+}
+
+/// The trace a request continues, as read from its caller's headers. Ids are lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 hex digits, not all zero: the caller's span.
+    pub span_id: String,
+    /// The caller's sampling decision, if it made one.
+    pub sampled: Option<bool>,
+    /// W3C `tracestate`, passed on unchanged (empty if none).
+    pub trace_state: String,
+}
+
+/// Names the current request's server span (by default `METHOD route`).
+pub fn span_set_name(name: &str) {
+    host_call!(wit => wit_host::span_set_name(name), test |h| => h.span_name = Some(name.to_owned()))
+}
+
+/// Makes the request's trace continue the caller's. Fails on malformed or all-zero ids.
+pub fn trace_continue(parent: &TraceParent) -> Result<(), crate::Error> {
+    host_call!(
+        wit => {
+            let parent = wit_host::TraceParent {
+                trace_id: parent.trace_id.clone(),
+                span_id: parent.span_id.clone(),
+                sampled: parent.sampled,
+                trace_state: parent.trace_state.clone(),
+            };
+            wit_host::trace_continue(&parent).map_err(crate::Error::from)
+        },
+        test |h| => h.trace_continue(parent).map_err(crate::Error::from)
+    )
+}
+
+/// Decides whether the request's trace is exported; the last call wins (call it again from
+/// `on_response`, e.g. to keep the trace of a failed request).
+pub fn trace_set_sampled(sampled: bool) {
+    host_call!(wit => wit_host::trace_set_sampled(sampled), test |h| => h.trace_sampled = Some(sampled))
+}
+
+/// The request's trace id, or `None` when the gateway exports no traces.
+pub fn trace_id() -> Option<String> {
+    host_call!(wit => wit_host::trace_id(), test |h| => h.trace_id())
 }

@@ -135,6 +135,50 @@ impl<'a> Request<'a> {
     pub fn set_body(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
         on_request!(self, r => r.set_body(body.as_ref())).map_err(Error::from)
     }
+
+    /// Caps how long the gateway waits for the upstream's response head (each try); the
+    /// service's own timeout still applies when shorter. When it passes the client gets 504
+    /// and [`ResponseHead::upstream_failure`] is [`UpstreamFailure::TimedOut`].
+    pub fn set_upstream_timeout(&self, timeout: std::time::Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        on_request!(self, r => r.set_upstream_timeout(ms))
+    }
+
+    /// What this plugin attached to this request with [`Request::set_plugin_data`], e.g. in
+    /// `on_request`, to read in `on_response` (which may run in another instance).
+    pub fn plugin_data(&self) -> Option<Vec<u8>> {
+        on_request!(self, r => r.plugin_data())
+    }
+
+    /// Attaches bytes (at most 4 KiB) to this request for this plugin only.
+    pub fn set_plugin_data(&self, data: impl AsRef<[u8]>) -> Result<(), Error> {
+        on_request!(self, r => r.set_plugin_data(data.as_ref())).map_err(Error::from)
+    }
+}
+
+/// Why the gateway itself answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection could be made.
+    ConnectFailed,
+    /// The upstream did not answer in time (504).
+    TimedOut,
+    /// The exchange failed after the request was sent (reset, malformed response).
+    Failed,
+    /// The service had no live instance.
+    NoInstance,
+}
+
+impl UpstreamFailure {
+    fn from_wit(f: bindings::types::UpstreamFailure) -> Self {
+        use bindings::types::UpstreamFailure as W;
+        match f {
+            W::ConnectFailed => Self::ConnectFailed,
+            W::TimedOut => Self::TimedOut,
+            W::Failed => Self::Failed,
+            W::NoInstance => Self::NoInstance,
+        }
+    }
 }
 
 /// The response head on its way back to the client.
@@ -223,6 +267,16 @@ impl<'a> ResponseHead<'a> {
     /// Replaces the response body (opted-in plugins only).
     pub fn set_body(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
         on_response!(self, r => r.set_body(body.as_ref())).map_err(Error::from)
+    }
+
+    /// Set when the gateway made this response because the upstream failed (502/503/504);
+    /// `None` when the status came from the upstream or a plugin.
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match &self.inner {
+            ResponseInner::Wit(r) => r.upstream_failure().map(UpstreamFailure::from_wit),
+            #[cfg(feature = "testing")]
+            ResponseInner::Test(r) => r.upstream_failure(),
+        }
     }
 }
 

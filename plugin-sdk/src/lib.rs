@@ -62,7 +62,7 @@ pub mod state;
 pub mod testing;
 
 pub use crate::config::Config;
-pub use crate::http::{Request, Response, ResponseHead};
+pub use crate::http::{Request, Response, ResponseHead, UpstreamFailure};
 
 /// What `on_request` decides.
 #[derive(Debug)]

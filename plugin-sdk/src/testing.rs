@@ -35,9 +35,10 @@ use std::time::Duration;
 
 use crate::bindings::types::Header;
 use crate::host::Level;
+use crate::host::TraceParent;
 use crate::kv::Entry;
 use crate::outbound::{HttpError, HttpRequest, HttpResponse};
-use crate::{Action, Config, Error, Plugin, Request, ResponseHead};
+use crate::{Action, Config, Error, Plugin, Request, ResponseHead, UpstreamFailure};
 
 thread_local! {
     static HOST: RefCell<Option<FakeHost>> = const { RefCell::new(None) };
@@ -61,6 +62,10 @@ pub(crate) struct FakeHost {
     histograms: HashMap<String, Vec<f64>>,
     span_attributes: Vec<(String, String)>,
     span_events: Vec<(String, Vec<(String, String)>)>,
+    pub(crate) span_name: Option<String>,
+    trace_parent: Option<TraceParent>,
+    pub(crate) trace_sampled: Option<bool>,
+    trace_id: Option<String>,
     state: HashMap<String, (Vec<u8>, Option<u64>)>,
     kv: HashMap<String, Entry>,
     kv_version: u64,
@@ -103,6 +108,29 @@ impl FakeHost {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         self.span_events.push((name.to_owned(), attributes));
+    }
+
+    pub(crate) fn trace_continue(&mut self, parent: &TraceParent) -> Result<(), String> {
+        let hex_id = |id: &str, len: usize| {
+            id.len() == len
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && id.bytes().any(|b| b != b'0')
+        };
+        if !hex_id(&parent.trace_id, 32) {
+            return Err(format!("invalid trace id `{}`", parent.trace_id));
+        }
+        if !hex_id(&parent.span_id, 16) {
+            return Err(format!("invalid span id `{}`", parent.span_id));
+        }
+        self.trace_id = Some(parent.trace_id.clone());
+        self.trace_parent = Some(parent.clone());
+        Ok(())
+    }
+
+    pub(crate) fn trace_id(&mut self) -> Option<String> {
+        self.trace_id.clone()
     }
 
     fn live(&self, key: &str) -> Option<&Vec<u8>> {
@@ -312,6 +340,26 @@ impl TestHost {
     pub fn span_events(&self) -> Vec<(String, Vec<(String, String)>)> {
         with_host(|h| h.span_events.clone())
     }
+
+    /// The server span's name, if the plugin set one.
+    pub fn span_name(&self) -> Option<String> {
+        with_host(|h| h.span_name.clone())
+    }
+
+    /// The caller's trace the plugin continued, if any.
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        with_host(|h| h.trace_parent.clone())
+    }
+
+    /// The last sampling decision the plugin made, if any.
+    pub fn trace_sampled(&self) -> Option<bool> {
+        with_host(|h| h.trace_sampled)
+    }
+
+    /// Sets the trace id `trace_id()` reports (as a gateway that exports traces would).
+    pub fn set_trace_id(&self, trace_id: Option<&str>) {
+        with_host(|h| h.trace_id = trace_id.map(str::to_owned));
+    }
 }
 
 /// A request for tests; read it back after the plugin ran to see what it changed.
@@ -325,6 +373,8 @@ pub struct TestRequest {
     route: String,
     request_id: String,
     body: RefCell<Option<Vec<u8>>>,
+    upstream_timeout_ms: RefCell<Option<u64>>,
+    plugin_data: RefCell<Option<Vec<u8>>>,
 }
 
 impl TestRequest {
@@ -343,6 +393,8 @@ impl TestRequest {
             route: "test".into(),
             request_id: "test-request".into(),
             body: RefCell::new(None),
+            upstream_timeout_ms: RefCell::new(None),
+            plugin_data: RefCell::new(None),
         }
     }
 
@@ -470,7 +522,35 @@ impl TestRequest {
         *slot = Some(body.to_vec());
         Ok(())
     }
+
+    /// The upstream timeout the plugin set, in ms, if any.
+    pub fn upstream_timeout_ms(&self) -> Option<u64> {
+        *self.upstream_timeout_ms.borrow()
+    }
+
+    pub(crate) fn set_upstream_timeout(&self, ms: u64) {
+        *self.upstream_timeout_ms.borrow_mut() = Some(ms);
+    }
+
+    /// What the plugin attached with `set_plugin_data`.
+    pub fn plugin_data(&self) -> Option<Vec<u8>> {
+        self.plugin_data.borrow().clone()
+    }
+
+    pub(crate) fn set_plugin_data(&self, data: &[u8]) -> Result<(), String> {
+        if data.len() > MAX_PLUGIN_DATA {
+            return Err(format!(
+                "plugin data is {} bytes; at most {MAX_PLUGIN_DATA} are kept",
+                data.len()
+            ));
+        }
+        *self.plugin_data.borrow_mut() = Some(data.to_vec());
+        Ok(())
+    }
 }
+
+/// The gateway's cap on `set-plugin-data`.
+const MAX_PLUGIN_DATA: usize = 4096;
 
 /// A response head for tests.
 #[derive(Debug, Clone)]
@@ -478,6 +558,7 @@ pub struct TestResponseHead {
     status: RefCell<u16>,
     headers: HeaderList,
     body: RefCell<Option<Vec<u8>>>,
+    upstream_failure: Option<UpstreamFailure>,
 }
 
 impl TestResponseHead {
@@ -487,7 +568,18 @@ impl TestResponseHead {
             status: RefCell::new(status),
             headers: HeaderList::default(),
             body: RefCell::new(None),
+            upstream_failure: None,
         }
+    }
+
+    /// Marks the response as made by the gateway because the upstream failed.
+    pub fn with_upstream_failure(mut self, failure: UpstreamFailure) -> Self {
+        self.upstream_failure = Some(failure);
+        self
+    }
+
+    pub(crate) fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        self.upstream_failure
     }
 
     /// Sets the body (as a plugin with `response_body = true` would see it).

@@ -57,13 +57,79 @@ pub fn outbound_client() -> OutboundClient {
         .build(connector)
 }
 
-/// Span attributes and events a plugin recorded during one call.
+/// Most attributes, events (and plugin-data entries) a request keeps from its plugins.
+const MAX_TRACE_ITEMS: usize = 64;
+/// Largest `set-plugin-data` value.
+const MAX_PLUGIN_DATA: usize = 4096;
+
+/// The caller's trace a plugin asked the request to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// The caller's span id.
+    pub span_id: [u8; 8],
+    /// The caller's sampling decision.
+    pub sampled: Option<bool>,
+    /// W3C `tracestate`, passed on.
+    pub trace_state: String,
+}
+
+/// What plugins asked of a request's trace (the `host` span functions). Telemetry reads it
+/// when the request ends; without telemetry it is kept and dropped.
 #[derive(Debug, Default)]
-pub struct SpanRecord {
-    /// `(key, value)` attributes.
+pub struct PluginTrace {
+    /// The request's trace id (hex) once telemetry assigned one; `trace-id` reports it.
+    pub trace_id: Option<String>,
+    /// `span-set-name`.
+    pub name: Option<String>,
+    /// `trace-continue`.
+    pub parent: Option<TraceParent>,
+    /// `trace-set-sampled`, the last call.
+    pub sampled: Option<bool>,
+    /// `span-set-attribute`.
     pub attributes: Vec<(String, String)>,
-    /// `(name, attributes)` events.
-    pub events: Vec<(String, Vec<(String, String)>)>,
+    /// `span-add-event`.
+    pub events: Vec<SpanEvent>,
+}
+
+/// An event a plugin added to the request's span.
+#[derive(Debug)]
+pub struct SpanEvent {
+    /// Its name.
+    pub name: String,
+    /// Its attributes.
+    pub attributes: Vec<(String, String)>,
+    /// When, in ns since the Unix epoch.
+    pub unix_ns: u64,
+}
+
+fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
+    let invalid = || {
+        format!(
+            "invalid {what} `{text}`: expected {} lower-case hex digits, not all zero",
+            N * 2
+        )
+    };
+    if text.len() != N * 2 {
+        return Err(invalid());
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
+            _ => return Err(invalid()),
+        }
+    }
+    if out.iter().all(|&b| b == 0) {
+        return Err(invalid());
+    }
+    Ok(out)
 }
 
 /// The data of one plugin instance's `Store`.
@@ -78,8 +144,9 @@ pub struct HostState {
     pub host_time: Duration,
     /// When the current call started.
     pub call_started: Instant,
-    /// What the plugin recorded on the current span.
-    pub span: SpanRecord,
+    /// The table handle of the request being served by the current call, so the `host`
+    /// span functions can reach its trace.
+    pub current_request: Option<u32>,
 }
 
 impl WasiView for HostState {
@@ -108,18 +175,28 @@ impl HostState {
             plugin,
             host_time: Duration::ZERO,
             call_started: Instant::now(),
-            span: SpanRecord::default(),
+            current_request: None,
         }
     }
 
     /// Puts the request into this store's table for the duration of a call.
     pub fn push_request(&mut self, r: RequestState) -> wasmtime::Result<Resource<RequestState>> {
-        Ok(self.table.push(r)?)
+        let handle = self.table.push(r)?;
+        self.current_request = Some(handle.rep());
+        Ok(handle)
     }
 
     /// Takes the request back after a call.
     pub fn take_request(&mut self, r: Resource<RequestState>) -> wasmtime::Result<RequestState> {
+        self.current_request = None;
         Ok(self.table.delete(r)?)
+    }
+
+    /// The trace of the request the current call serves (none during `init`).
+    fn trace(&mut self) -> Option<&mut PluginTrace> {
+        let rep = self.current_request?;
+        let request: &mut RequestState = self.table.get_mut(&Resource::new_borrow(rep)).ok()?;
+        Some(&mut request.trace)
     }
 
     /// Puts the response head into this store's table for the duration of a call.
@@ -154,6 +231,34 @@ pub struct RequestState {
     pub request_id: HeaderValue,
     /// The body, when a plugin on the route opted in to request bodies.
     pub body: PluginBody,
+    /// A plugin's cap on the upstream wait (`set-upstream-timeout`), the smallest set.
+    pub upstream_timeout: Option<Duration>,
+    /// `set-plugin-data`, per plugin name.
+    pub plugin_data: Vec<(Arc<str>, Vec<u8>)>,
+    /// What plugins asked of the request's trace.
+    pub trace: PluginTrace,
+}
+
+impl RequestState {
+    /// A request as it enters the plugin chain.
+    pub fn new(
+        parts: http::request::Parts,
+        client: SocketAddr,
+        route: RouteName,
+        request_id: HeaderValue,
+        body: PluginBody,
+    ) -> Self {
+        Self {
+            parts,
+            client,
+            route,
+            request_id,
+            body,
+            upstream_timeout: None,
+            plugin_data: Vec::new(),
+            trace: PluginTrace::default(),
+        }
+    }
 }
 
 /// The response head as plugins see and change it.
@@ -163,6 +268,8 @@ pub struct ResponseState {
     pub parts: http::response::Parts,
     /// The body, when a plugin on the route opted in to response bodies.
     pub body: PluginBody,
+    /// Why the gateway made this response itself, if it did.
+    pub upstream_failure: Option<types::UpstreamFailure>,
 }
 
 /// A body buffered for the plugins that opted in to it (`request_body` / `response_body`):
@@ -402,6 +509,44 @@ impl types::HostRequest for HostState {
             .replace(body, max, "request bodies (request_body = true)"))
     }
 
+    fn set_upstream_timeout(&mut self, r: Resource<RequestState>, ms: u64) -> wasmtime::Result<()> {
+        let request = self.request(&r)?;
+        let timeout = Duration::from_millis(ms);
+        request.upstream_timeout =
+            Some(request.upstream_timeout.map_or(timeout, |t| t.min(timeout)));
+        Ok(())
+    }
+
+    fn plugin_data(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let name = self.plugin.name.clone();
+        Ok(self
+            .request(&r)?
+            .plugin_data
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, data)| data.clone()))
+    }
+
+    fn set_plugin_data(
+        &mut self,
+        r: Resource<RequestState>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if data.len() > MAX_PLUGIN_DATA {
+            return Ok(Err(format!(
+                "plugin data is {} bytes; at most {MAX_PLUGIN_DATA} are kept",
+                data.len()
+            )));
+        }
+        let name = self.plugin.name.clone();
+        let slots = &mut self.request(&r)?.plugin_data;
+        match slots.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, slot)) => *slot = data,
+            None => slots.push((name, data)),
+        }
+        Ok(Ok(()))
+    }
+
     fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
         // The gateway owns requests; a guest only ever borrows them. Nothing to free.
         let _ = r;
@@ -493,6 +638,13 @@ impl types::HostResponseHead for HostState {
             .replace(body, max, "response bodies (response_body = true)"))
     }
 
+    fn upstream_failure(
+        &mut self,
+        r: Resource<ResponseState>,
+    ) -> wasmtime::Result<Option<types::UpstreamFailure>> {
+        Ok(self.response(&r)?.upstream_failure)
+    }
+
     fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
         let _ = r;
         Ok(())
@@ -535,8 +687,10 @@ impl host::Host for HostState {
     }
 
     fn span_set_attribute(&mut self, key: String, value: String) -> wasmtime::Result<()> {
-        if self.span.attributes.len() < 64 {
-            self.span.attributes.push((key, value));
+        if let Some(trace) = self.trace()
+            && trace.attributes.len() < MAX_TRACE_ITEMS
+        {
+            trace.attributes.push((key, value));
         }
         Ok(())
     }
@@ -546,10 +700,59 @@ impl host::Host for HostState {
         name: String,
         attributes: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        if self.span.events.len() < 64 {
-            self.span.events.push((name, attributes));
+        if let Some(trace) = self.trace()
+            && trace.events.len() < MAX_TRACE_ITEMS
+        {
+            trace.events.push(SpanEvent {
+                name,
+                attributes,
+                unix_ns: super::state::unix_ns(),
+            });
         }
         Ok(())
+    }
+
+    fn span_set_name(&mut self, name: String) -> wasmtime::Result<()> {
+        if let Some(trace) = self.trace() {
+            trace.name = Some(name);
+        }
+        Ok(())
+    }
+
+    fn trace_continue(
+        &mut self,
+        parent: host::TraceParent,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let parsed = parse_hex::<16>(&parent.trace_id, "trace id").and_then(|trace_id| {
+            Ok(TraceParent {
+                trace_id,
+                span_id: parse_hex::<8>(&parent.span_id, "span id")?,
+                sampled: parent.sampled,
+                trace_state: parent.trace_state,
+            })
+        });
+        let parent = match parsed {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(trace) = self.trace() {
+            if trace.trace_id.is_some() {
+                trace.trace_id = Some(parent.trace_id.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            trace.parent = Some(parent);
+        }
+        Ok(Ok(()))
+    }
+
+    fn trace_set_sampled(&mut self, sampled: bool) -> wasmtime::Result<()> {
+        if let Some(trace) = self.trace() {
+            trace.sampled = Some(sampled);
+        }
+        Ok(())
+    }
+
+    fn trace_id(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.trace().and_then(|t| t.trace_id.clone()))
     }
 }
 

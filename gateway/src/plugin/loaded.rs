@@ -497,8 +497,6 @@ fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration) {
     let data = store.data_mut();
     data.host_time = Duration::ZERO;
     data.call_started = Instant::now();
-    data.span.attributes.clear();
-    data.span.events.clear();
     store.set_epoch_deadline(ticks(cpu_timeout));
 }
 

@@ -486,6 +486,7 @@ impl PluginRuntime {
         ran: &[Arc<LoadedPlugin>],
         mut request: RequestState,
         response: Response<ResponseBody>,
+        upstream_failure: Option<types::UpstreamFailure>,
     ) -> (Response<ResponseBody>, Option<ProxyError>) {
         let (parts, body) = response.into_parts();
         // A plugin that opted in to response bodies gets the body buffered (bounded by the
@@ -519,6 +520,7 @@ impl PluginRuntime {
         let mut head = ResponseState {
             parts,
             body: PluginBody::new(buffered),
+            upstream_failure,
         };
         for plugin in ran.iter().rev() {
             head.body.visible = plugin.shared.settings.response_body;

@@ -94,12 +94,13 @@ impl Service {
     }
 
     /// Sends a request to `instance` and waits for the response head, within the request
-    /// timeout. Returns the connection with the response: it goes back to the pool once the
+    /// timeout (or `cap`, when shorter). Returns the connection with the response: it goes back to the pool once the
     /// body has been relayed. Failures are classified for the client's status and metrics.
     pub async fn send(
         &self,
         instance: &Instance,
         request: http::Request<RequestBody>,
+        cap: Option<Duration>,
     ) -> Result<(http::Response<Incoming>, Pooled), ProxyError> {
         let exchange = async {
             let mut conn = instance
@@ -126,7 +127,8 @@ impl Service {
                 Err((e, _)) => Err(self.classify(instance, &e)),
             }
         };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
+        let timeout = cap.map_or(self.request_timeout, |c| c.min(self.request_timeout));
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 service: self.name.clone(),
