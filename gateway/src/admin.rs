@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::proxy::Proxy;
+use crate::registry::{RegisterRequest, RegistryError};
 
 /// Builds the admin router.
 pub fn router(proxy: Arc<Proxy>) -> Router {
@@ -25,6 +26,12 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/admin/services", get(services))
         .route("/admin/plugins", get(plugins))
         .route("/admin/plugins/reload", post(reload_plugins))
+        .route("/registry/services", get(registry_services))
+        .route("/registry/services/{service}", get(registry_service))
+        .route(
+            "/registry/services/{service}/instances/{id}",
+            axum::routing::put(register).delete(deregister),
+        )
         .route("/admin/kv", get(kv_list))
         .route(
             "/admin/kv/{*key}",
@@ -53,10 +60,79 @@ async fn routes(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
 }
 
 async fn services(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
-    let snapshot = proxy.snapshot.load();
-    let mut services: Vec<_> = snapshot.services.values().map(|s| s.view()).collect();
-    services.sort_by(|a, b| a.name().cmp(b.name()));
-    Json(json!({ "services": services }))
+    Json(json!({
+        "registry": proxy.registry.status(),
+        "services": proxy.registry.views(None),
+    }))
+}
+
+async fn registry_services(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    services(State(proxy)).await
+}
+
+async fn registry_service(
+    State(proxy): State<Arc<Proxy>>,
+    Path(service): Path<String>,
+) -> impl IntoResponse {
+    match proxy.registry.views(Some(&service)).pop() {
+        Some(view) => Json(json!(view)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no service named {service}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `PUT /registry/services/{service}/instances/{id}`: registers or renews.
+async fn register(
+    State(proxy): State<Arc<Proxy>>,
+    Path((service, id)): Path<(String, String)>,
+    body: Bytes,
+) -> impl IntoResponse {
+    let request: RegisterRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!(
+                "invalid registration for {service}/{id}: {e} (expected JSON like {{\"address\": \"127.0.0.1:9001\", \"ttl\": \"15s\"}})\n"
+            );
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        }
+    };
+    match proxy.registry.register(&service, &id, request).await {
+        Ok(registration) => Json(json!({
+            "service": service,
+            "id": id,
+            "address": registration.request.address,
+            "weight": registration.request.weight,
+            "ttl_ms": registration.ttl.as_millis() as u64,
+        }))
+        .into_response(),
+        Err(e) => registry_error(&service, &id, e),
+    }
+}
+
+async fn deregister(
+    State(proxy): State<Arc<Proxy>>,
+    Path((service, id)): Path<(String, String)>,
+) -> impl IntoResponse {
+    match proxy.registry.deregister(&service, &id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            format!("no instance {id} registered for service {service}\n"),
+        )
+            .into_response(),
+        Err(e) => registry_error(&service, &id, e),
+    }
+}
+
+fn registry_error(service: &str, id: &str, error: RegistryError) -> axum::response::Response {
+    let status = match error {
+        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, format!("{service}/{id}: {error}\n")).into_response()
 }
 
 async fn plugins(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {

@@ -48,6 +48,12 @@ pub struct Config {
     /// `[demo_upstream]`: an optional built-in upstream that echoes what it receives.
     #[serde(default)]
     pub demo_upstream: Option<DemoUpstreamConfig>,
+    /// `[registry]`: where registered instances are kept (embedded or etcd).
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// `[resolver]`: routing `/{service}/...` to a service by name.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
 }
 
 /// `[server]`
@@ -300,16 +306,224 @@ impl PluginSettingsPatch {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// `instances = ["127.0.0.1:9001"]`: `host:port` of each instance.
+    /// `instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]`: static
+    /// instances. May be empty: the registry API (or etcd) fills it.
     #[serde(default)]
-    pub instances: Vec<Spanned<String>>,
-    /// `connect_timeout = "2s"`: a TCP connect slower than this fails the attempt (504).
+    pub instances: Vec<Spanned<InstanceConfig>>,
+    /// `connect_timeout = "2s"`: a TCP connect slower than this fails the attempt.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// `request_timeout = "30s"`: time from sending the request to the upstream's response
-    /// head; past it the client gets 504.
+    /// `request_timeout = "30s"`: the overall time from sending the request to the upstream's
+    /// response head, every retry included; past it the client gets 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// `per_try_timeout = "10s"`: the same limit for one attempt (default: `request_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
+    /// `balancer = "round_robin"` (weighted), `"random"`, `"least_request"` (power of two
+    /// choices on outstanding requests) or `"hash"` (consistent hash on `hash_on`).
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// `hash_on = "header:x-user-id"` or `"cookie:session"`: the key of the `hash` balancer.
+    /// Requests without it are balanced round robin.
+    #[serde(default)]
+    pub hash_on: Option<Spanned<String>>,
+    /// `retries = 1`: how many times a failed attempt is retried (on another instance when
+    /// there is one). 0 disables retries.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `[services.NAME.retry]`: which failures are retried, backoff and budget.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// `[services.NAME.passive_health]`: eject instances that keep failing.
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    /// `[services.NAME.active_health]`: probe instances with an HTTP GET.
+    #[serde(default)]
+    pub active_health: Option<ActiveHealthConfig>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            instances: Vec::new(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            per_try_timeout: None,
+            balancer: BalancerKind::default(),
+            hash_on: None,
+            retries: default_retries(),
+            retry: RetryConfig::default(),
+            passive_health: PassiveHealthConfig::default(),
+            active_health: None,
+        }
+    }
+}
+
+/// One static instance: `"host:port"` or `{ address = "host:port", weight = 2 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum InstanceConfig {
+    /// Just the address (weight 1).
+    Address(String),
+    /// Address and weight.
+    Weighted {
+        /// `host:port`.
+        address: String,
+        /// Relative share of traffic (1..=1000).
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+impl InstanceConfig {
+    /// `host:port`.
+    pub fn address(&self) -> &str {
+        match self {
+            Self::Address(a) | Self::Weighted { address: a, .. } => a,
+        }
+    }
+
+    /// Its weight.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Self::Address(_) => 1,
+            Self::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// How a service picks an instance.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on outstanding requests (divided by weight).
+    LeastRequest,
+    /// Consistent hash (a ring with virtual nodes) on a header or cookie.
+    Hash,
+}
+
+/// `[services.NAME.retry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// `on = ["connect"]`: which failures retry: `connect` (no connection could be made),
+    /// `reset` (the connection failed before any response byte), `timeout` (a try ran out of
+    /// `per_try_timeout`), and status codes as strings (`"502"`, `"503"`, `"504"`).
+    pub on: Vec<Spanned<String>>,
+    /// `methods = [...]`: methods that may be retried (default: the idempotent ones).
+    pub methods: Vec<Spanned<String>>,
+    /// `backoff = "25ms"`: the first backoff; each next one doubles, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// `max_backoff = "250ms"`: the largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// `budget_percent = 20`: retries may add at most this share of the service's requests
+    /// over the last 10 s, so retries never amplify an outage.
+    pub budget_percent: u32,
+    /// `min_retries_per_second = 5`: retries always allowed regardless of the budget (so a
+    /// quiet service can still retry).
+    pub min_retries_per_second: u32,
+    /// `max_replay_body_bytes = 65536`: a request body is kept for replay only up to this
+    /// size; larger bodies are retried only when they never left (connect failures).
+    pub max_replay_body_bytes: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            on: vec![Spanned::new(0..0, "connect".to_string())],
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+                .into_iter()
+                .map(|m| Spanned::new(0..0, m.to_string()))
+                .collect(),
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(250),
+            budget_percent: 20,
+            min_retries_per_second: 5,
+            max_replay_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[services.NAME.passive_health]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// `consecutive_failures = 5`: connect failures, resets or 5xx in a row that eject an
+    /// instance. 0 disables ejection.
+    pub consecutive_failures: u32,
+    /// `ejection_time = "10s"`: the first ejection; each next one of the same instance
+    /// doubles, up to `max_ejection_time`.
+    #[serde(with = "humantime_serde")]
+    pub ejection_time: Duration,
+    /// `max_ejection_time = "5m"`.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// `max_ejected_percent = 50`: never eject more than this share of the service's
+    /// instances.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `[services.NAME.active_health]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealthConfig {
+    /// `path = "/health"`: probed with GET; 2xx is healthy.
+    pub path: Spanned<String>,
+    /// `interval = "5s"`.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// `timeout = "1s"`.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `healthy_threshold = 2`: passes in a row that bring an instance back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// `unhealthy_threshold = 3`: failures in a row that take it out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
 }
 
 fn default_connect_timeout() -> Duration {
@@ -318,6 +532,81 @@ fn default_connect_timeout() -> Duration {
 
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// `[registry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `backend = "embedded"` (in-process) or `"etcd"` (shared by every gateway on it).
+    pub backend: RegistryBackend,
+    /// `endpoints = ["127.0.0.1:2379"]`: etcd client endpoints.
+    pub endpoints: Vec<String>,
+    /// `prefix = "/sluice/registry/"`: where instances live in etcd
+    /// (`PREFIX{service}/{id}`).
+    pub prefix: String,
+    /// `default_ttl = "15s"`: the TTL of a registration that names none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// `max_ttl = "1h"`: the longest TTL accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// `dial_timeout = "2s"`: connecting to etcd, and each etcd call.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            backend: RegistryBackend::Embedded,
+            endpoints: vec!["127.0.0.1:2379".into()],
+            prefix: "/sluice/registry/".into(),
+            default_ttl: Duration::from_secs(15),
+            max_ttl: Duration::from_secs(3600),
+            dial_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where registrations are kept.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryBackend {
+    /// In this process only.
+    Embedded,
+    /// In etcd, under leases.
+    Etcd,
+}
+
+/// `[resolver]`: routing by service name, as `micro api` did.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverConfig {
+    /// `enabled = false`: when no route matches, `PREFIX/{service}/rest` goes to service
+    /// `NAMESPACE{service}`, if such a service exists.
+    pub enabled: bool,
+    /// `prefix = "/"`: where service names start in the path.
+    pub prefix: String,
+    /// `namespace = ""`: prepended to the path segment to make the service name (e.g.
+    /// `"go.micro.api."`).
+    pub namespace: String,
+    /// `strip = false`: remove `PREFIX/{service}` from the path sent upstream.
+    pub strip: bool,
+    /// `plugins = []`: plugins run on resolved requests.
+    pub plugins: Vec<String>,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "/".into(),
+            namespace: String::new(),
+            strip: false,
+            plugins: Vec::new(),
+        }
+    }
 }
 
 /// `[[routes]]`
@@ -455,14 +744,59 @@ impl Config {
             err(None, "server.max_header_count: must be at least 1".into());
         }
         for (name, service) in &self.services {
-            for (i, instance) in service.instances.iter().enumerate() {
-                if let Err(why) = check_authority(instance.get_ref()) {
+            if let Err(why) = crate::registry::check_service_name(name) {
+                err(None, format!("services.{name}: {why}"));
+            }
+            for (i, spanned) in service.instances.iter().enumerate() {
+                let instance = spanned.get_ref();
+                if let Err(why) = check_authority(instance.address()) {
                     err(
-                        Some(instance.span()),
+                        Some(spanned.span()),
                         format!("services.{name}.instances[{i}]: {why}"),
                     );
                 }
+                if !(1..=1000).contains(&instance.weight()) {
+                    err(
+                        Some(spanned.span()),
+                        format!(
+                            "services.{name}.instances[{i}].weight: {} is outside 1..=1000",
+                            instance.weight()
+                        ),
+                    );
+                }
             }
+            self.validate_service(name, service, &mut err);
+        }
+        if self.registry.backend == RegistryBackend::Etcd && self.registry.endpoints.is_empty() {
+            err(
+                None,
+                "registry.endpoints: etcd needs at least one endpoint".into(),
+            );
+        }
+        if !self.registry.prefix.ends_with('/') {
+            err(
+                None,
+                format!(
+                    "registry.prefix: `{}` must end with `/`",
+                    self.registry.prefix
+                ),
+            );
+        }
+        if self.registry.default_ttl.is_zero() || self.registry.default_ttl > self.registry.max_ttl
+        {
+            err(
+                None,
+                "registry.default_ttl: must be above 0 and at most max_ttl".into(),
+            );
+        }
+        if !self.resolver.prefix.starts_with('/') {
+            err(
+                None,
+                format!(
+                    "resolver.prefix: `{}` must start with `/`",
+                    self.resolver.prefix
+                ),
+            );
         }
         for (i, route) in self.routes.iter().enumerate() {
             let path = route.path.get_ref();
@@ -505,8 +839,96 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_service(
+        &self,
+        name: &str,
+        service: &ServiceConfig,
+        err: &mut impl FnMut(Option<std::ops::Range<usize>>, String),
+    ) {
+        for on in &service.retry.on {
+            let what = on.get_ref().as_str();
+            let known = matches!(what, "connect" | "reset" | "timeout")
+                || what.parse::<u16>().is_ok_and(|s| (500..=599).contains(&s));
+            if !known {
+                err(
+                    Some(on.span()),
+                    format!(
+                        "services.{name}.retry.on: `{what}` is not one of connect, reset, timeout or a 5xx status"
+                    ),
+                );
+            }
+        }
+        for method in &service.retry.methods {
+            if http::Method::from_bytes(method.get_ref().as_bytes()).is_err() {
+                err(
+                    Some(method.span()),
+                    format!(
+                        "services.{name}.retry.methods: `{}` is not an HTTP method",
+                        method.get_ref()
+                    ),
+                );
+            }
+        }
+        if service.retry.budget_percent > 100 {
+            err(
+                None,
+                format!("services.{name}.retry.budget_percent: must be at most 100"),
+            );
+        }
+        if service.passive_health.max_ejected_percent > 100 {
+            err(
+                None,
+                format!("services.{name}.passive_health.max_ejected_percent: must be at most 100"),
+            );
+        }
+        match (&service.hash_on, service.balancer) {
+            (None, BalancerKind::Hash) => err(
+                None,
+                format!(
+                    "services.{name}.hash_on: the hash balancer needs `hash_on = \"header:NAME\"` or `\"cookie:NAME\"`"
+                ),
+            ),
+            (Some(on), _) => {
+                if crate::upstream::balancer::HashOn::parse(on.get_ref()).is_none() {
+                    err(
+                        Some(on.span()),
+                        format!(
+                            "services.{name}.hash_on: `{}` must be `header:NAME` or `cookie:NAME`",
+                            on.get_ref()
+                        ),
+                    );
+                }
+            }
+            (None, _) => {}
+        }
+        if let Some(active) = &service.active_health {
+            if !active.path.get_ref().starts_with('/') {
+                err(
+                    Some(active.path.span()),
+                    format!(
+                        "services.{name}.active_health.path: `{}` must start with `/`",
+                        active.path.get_ref()
+                    ),
+                );
+            }
+            if active.interval.is_zero()
+                || active.healthy_threshold == 0
+                || active.unhealthy_threshold == 0
+            {
+                err(
+                    None,
+                    format!(
+                        "services.{name}.active_health: interval and thresholds must be above 0"
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// `host:port`, where host is an IP or a DNS name.
-fn check_authority(value: &str) -> Result<(), String> {
+pub(crate) fn check_authority(value: &str) -> Result<(), String> {
     if value.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }

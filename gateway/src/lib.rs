@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod registry;
 pub mod routing;
 pub mod scaffold;
 pub mod server;
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugin::PluginRuntime;
 use crate::proxy::Proxy;
+use crate::registry::Registry;
 use crate::snapshot::Snapshot;
 
 /// A running gateway: its bound addresses and the handle to stop it.
@@ -86,8 +88,22 @@ impl Gateway {
         warn_about_missing_plugins(&config, &plugins);
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
 
+        let registry = Registry::new(&config, metrics.clone());
+        control_tasks.push(registry.spawn(shutdown.clone()));
+        for service in registry.services() {
+            if let Some(active) = &service.active {
+                control_tasks.push(upstream::health::spawn_active_checks(
+                    service.clone(),
+                    active.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
+            registry,
+            resolver: routing::Resolver::from_config(&config.resolver),
             unmatched: metrics.route(&metrics::RouteName::unmatched()),
             plugins,
             metrics,

@@ -62,6 +62,24 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    service: Label,
+}
+
+/// One service's metric handles, resolved when the service is created.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceMetrics {
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries refused by the retry budget.
+    pub budget_exhausted: Counter,
+    /// Instances ejected by passive health.
+    pub ejections: Counter,
+    /// Instances known (static and registered).
+    pub instances: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamErrorLabels {
     service: Label,
     kind: &'static str,
@@ -107,6 +125,12 @@ pub struct Metrics {
     duration: Family<RouteLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     connections: Gauge,
+    retries: Family<ServiceLabels, Counter>,
+    budget_exhausted: Family<ServiceLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
+    instances: Family<ServiceLabels, Gauge>,
+    /// 1 while the registry backend (etcd) is reachable; always 1 for the embedded one.
+    pub registry_connected: Gauge,
     /// Plugin calls and plugin-defined metrics.
     pub plugins: Arc<crate::plugin::metrics::PluginMetrics>,
 }
@@ -148,6 +172,36 @@ impl Metrics {
             "Client connections currently open",
             connections.clone(),
         );
+        let retries = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries sent to a service (attempts after the first)",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not sent because the service's retry budget was used up",
+            budget_exhausted.clone(),
+        );
+        let ejections = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Instances ejected by passive health checking",
+            ejections.clone(),
+        );
+        let instances = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "registry_instances",
+            "Instances of a service (static and registered)",
+            instances.clone(),
+        );
+        let registry_connected = Gauge::default();
+        registry.register(
+            "registry_backend_connected",
+            "1 while the registry backend is reachable (etcd); 0 while the gateway routes on its last view",
+            registry_connected.clone(),
+        );
         let plugins = crate::plugin::metrics::PluginMetrics::register(&mut registry);
         Self {
             registry,
@@ -155,6 +209,11 @@ impl Metrics {
             duration,
             upstream_errors,
             connections,
+            retries,
+            budget_exhausted,
+            ejections,
+            instances,
+            registry_connected,
             plugins,
         }
     }
@@ -187,6 +246,19 @@ impl Metrics {
                 route: route.clone(),
             })
             .observe(seconds);
+    }
+
+    /// The metric handles of one service.
+    pub fn service(&self, name: &Arc<str>) -> ServiceMetrics {
+        let labels = ServiceLabels {
+            service: Label(name.clone()),
+        };
+        ServiceMetrics {
+            retries: self.retries.get_or_create(&labels).clone(),
+            budget_exhausted: self.budget_exhausted.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            instances: self.instances.get_or_create(&labels).clone(),
+        }
     }
 
     /// Records one failed upstream attempt.

@@ -20,16 +20,23 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
+use crate::plugin::state::monotonic_ns;
 use crate::plugin::{PluginRuntime, PluginSet};
-use crate::routing::Route;
+use crate::registry::Registry;
+use crate::routing::{Resolver, Route};
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
+use crate::upstream::{AttemptError, Service};
 
 /// Everything a data-plane worker needs to answer requests; shared by all workers.
 #[derive(Debug)]
 pub struct Proxy {
-    /// Routes and services; swapped whole on reload.
+    /// Routes; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
+    /// Services and their instances.
+    pub registry: Arc<Registry>,
+    /// Routing by service name, when `[resolver]` enables it.
+    pub resolver: Option<Resolver>,
     /// The plugin runtime.
     pub plugins: Arc<PluginRuntime>,
     /// Metrics registry.
@@ -92,11 +99,6 @@ impl Proxy {
             .as_ref()
             .map_or(&self.unmatched, |r| &r.metrics);
         route_metrics.record(status, elapsed.as_secs_f64());
-        if let Some(e) = &outcome.error
-            && let Some(service) = upstream_error_service(e)
-        {
-            self.metrics.record_upstream_error(service, e.kind());
-        }
         if let Some((method, path)) = request_line {
             log_access(
                 &method,
@@ -131,21 +133,29 @@ impl Proxy {
         outcome.request_id = Some(request_id.clone());
 
         // 2. Route. One snapshot of routes (and below, of plugins) for the whole request.
-        let snapshot = self.snapshot.load_full();
+        let snapshot = self.snapshot.load();
         let host = host_of(&parts);
-        let Some(route) = snapshot.routes.find(host, &parts.method, parts.uri.path()) else {
-            let error = ProxyError::NoRoute {
-                method: parts.method.clone(),
-                path: parts.uri.path().to_owned(),
-            };
-            return outcome.fail(error);
+        let found = snapshot.routes.find(host, &parts.method, parts.uri.path());
+        let route = match found {
+            Some(route) => route.clone(),
+            None => match self.resolve(parts.uri.path()) {
+                Some(route) => route,
+                None => {
+                    let error = ProxyError::NoRoute {
+                        method: parts.method.clone(),
+                        path: parts.uri.path().to_owned(),
+                    };
+                    return outcome.fail(error);
+                }
+            },
         };
+        drop(snapshot);
         outcome.route = Some(route.clone());
 
         if route.plugins.is_empty() {
             let body = RequestBody::limited(body, self.max_body_bytes);
             return match self
-                .forward(&snapshot, route, parts, body, client, None, outcome)
+                .forward(&route, parts, body, client, None, outcome)
                 .await
             {
                 Ok(response) => response,
@@ -155,10 +165,7 @@ impl Proxy {
 
         // 3.-5. The plugin path lives in its own (boxed) future, so requests on routes
         // without plugins do not carry its state around.
-        Box::pin(
-            self.forward_with_plugins(&snapshot, route, parts, body, request_id, client, outcome),
-        )
-        .await
+        Box::pin(self.forward_with_plugins(&route, parts, body, request_id, client, outcome)).await
     }
 
     /// The request path of a route with plugins: plugins in → upstream → plugins out.
@@ -168,7 +175,6 @@ impl Proxy {
     )]
     async fn forward_with_plugins(
         &self,
-        snapshot: &Snapshot,
         route: &Arc<Route>,
         parts: http::request::Parts,
         body: Incoming,
@@ -208,12 +214,12 @@ impl Proxy {
                 let parts = if chain.ran.is_empty() {
                     std::mem::replace(&mut request.parts, Request::new(()).into_parts().0)
                 } else {
-                    let forwarded = copy_head(&request);
+                    let forwarded = copy_parts(&request.parts);
                     std::mem::replace(&mut request.parts, forwarded)
                 };
                 let timeout = request.upstream_timeout;
                 match self
-                    .forward(snapshot, route, parts, body, client, timeout, outcome)
+                    .forward(route, parts, body, client, timeout, outcome)
                     .await
                 {
                     Ok(response) => response,
@@ -274,64 +280,230 @@ impl Proxy {
         }
     }
 
-    /// Picks an instance and sends the request; the upstream's response head, or why not.
-    /// `timeout` is a plugin's cap on the upstream wait, below the service's.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the request path's state, passed once"
-    )]
+    /// The route of a path that names a service, when `[resolver]` is on.
+    fn resolve(&self, path: &str) -> Option<Arc<Route>> {
+        self.resolver
+            .as_ref()?
+            .resolve(path, &self.registry, &self.metrics)
+    }
+
+    /// Picks an instance and sends the request, retrying on another instance as the service's
+    /// policy and retry budget allow; the upstream's response head, or why not. `cap` is a
+    /// plugin's limit on each try.
     async fn forward(
         &self,
-        snapshot: &Snapshot,
         route: &Route,
         mut parts: http::request::Parts,
         body: RequestBody,
         client: SocketAddr,
-        timeout: Option<std::time::Duration>,
+        cap: Option<std::time::Duration>,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let service =
-            snapshot
-                .services
-                .get(&route.service)
-                .ok_or_else(|| ProxyError::NoInstance {
-                    service: route.service.clone(),
-                })?;
-        let instance = service.pick()?;
-        outcome.upstream = Some(instance.address.clone());
+        let no_instance = || ProxyError::NoInstance {
+            service: route.service.clone(),
+        };
+        let service = self
+            .registry
+            .service(&route.service)
+            .ok_or_else(no_instance)?;
 
-        // Absolute URI for the pool key; hop-by-hop headers off, X-Forwarded-* on.
+        // Origin-form URI; hop-by-hop headers off, X-Forwarded-* on.
         parts.uri = upstream_uri(route, &parts.uri)?;
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
-            parts
-                .headers
-                .insert(header::HOST, instance.host_header.clone());
-        }
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client.ip());
+        // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
+        let add_host = !parts.headers.contains_key(header::HOST);
 
-        let (response, connection) = service
-            .send(instance, Request::from_parts(parts, body), timeout)
-            .await?;
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, connection),
-        ))
+        let policy = &service.retry;
+        let retryable = policy.allows(&parts.method);
+        service
+            .budget
+            .record_request(monotonic_ns() / 1_000_000_000);
+        // A copy to send again is kept only when a failure after sending may be retried
+        // (connect failures give the request back unsent).
+        let (body, replay) = if retryable && policy.needs_replay() {
+            keep_for_replay(&parts.headers, body, policy.max_replay_body_bytes).await?
+        } else {
+            (body, None)
+        };
+        let replay = replay.map(|bytes| (copy_parts(&parts), bytes));
+
+        let endpoints = service.endpoints();
+        let deadline = Instant::now() + service.request_timeout;
+        let mut tried = Tried::default();
+        let mut next = Some(Request::from_parts(parts, body));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = next.take().expect("a request for every attempt");
+            let Some(index) = service.pick(&endpoints, request.headers(), tried.as_slice()) else {
+                return Err(no_instance());
+            };
+            tried.push(index);
+            let endpoint = &endpoints.endpoints[index as usize];
+            outcome.upstream = Some(endpoint.address.clone());
+            if add_host {
+                request
+                    .headers_mut()
+                    .insert(header::HOST, endpoint.host_header.clone());
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout = cap.map_or(service.per_try_timeout, |c| c.min(service.per_try_timeout));
+            let result = service
+                .send(endpoint, request, timeout.min(remaining))
+                .await;
+            let may_retry = retryable && attempt <= policy.retries && Instant::now() < deadline;
+
+            let failure = match result {
+                Ok((response, connection)) => {
+                    let status = response.status().as_u16();
+                    service.record_attempt(endpoint, status >= 500, monotonic_ns());
+                    let resend = match &replay {
+                        Some(copy) if may_retry && policy.retries_status(status) => copy,
+                        _ => return Ok(relay(response, connection)),
+                    };
+                    if !self.take_retry(&service) {
+                        return Ok(relay(response, connection));
+                    }
+                    self.metrics
+                        .record_upstream_error(&service.name, "retried_status");
+                    // The answer is dropped unread: its connection closes instead of going back
+                    // to the pool.
+                    drop((response, connection));
+                    next = Some(Request::from_parts(
+                        copy_parts(&resend.0),
+                        RequestBody::full(resend.1.clone()),
+                    ));
+                    tokio::time::sleep(policy.backoff(attempt).min(remaining)).await;
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            let AttemptError { error, unsent } = failure;
+            if !matches!(
+                error,
+                ProxyError::UpstreamConnect { .. }
+                    | ProxyError::UpstreamTimeout { .. }
+                    | ProxyError::UpstreamFailed { .. }
+            ) {
+                // The client's own body failed (too large, aborted): nothing to retry.
+                return Err(error);
+            }
+            self.metrics
+                .record_upstream_error(&service.name, error.kind());
+            service.record_attempt(endpoint, true, monotonic_ns());
+            let resend = unsent.or_else(|| {
+                replay.as_ref().map(|(parts, bytes)| {
+                    Request::from_parts(copy_parts(parts), RequestBody::full(bytes.clone()))
+                })
+            });
+            match resend {
+                Some(request)
+                    if may_retry && policy.retries_error(&error) && self.take_retry(&service) =>
+                {
+                    tracing::debug!(
+                        service = &*service.name,
+                        instance = &*endpoint.address,
+                        attempt,
+                        "retrying after: {error}"
+                    );
+                    next = Some(request);
+                    let pause = policy
+                        .backoff(attempt)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Takes a retry from the service's budget, counting it either way.
+    fn take_retry(&self, service: &Service) -> bool {
+        if service.budget.try_retry(monotonic_ns() / 1_000_000_000) {
+            service.metrics.retries.inc();
+            true
+        } else {
+            service.metrics.budget_exhausted.inc();
+            false
+        }
     }
 }
 
-/// A copy of the request head, for `on-response` after the original went upstream.
-fn copy_head(request: &RequestState) -> http::request::Parts {
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = request.parts.method.clone();
-    parts.uri = request.parts.uri.clone();
-    parts.version = request.parts.version;
-    parts.headers = request.parts.headers.clone();
-    parts
+/// Instances a request already tried (the first few: enough to spread retries out).
+#[derive(Default)]
+struct Tried {
+    indices: [u32; 8],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, index: u32) {
+        if self.len < self.indices.len() {
+            self.indices[self.len] = index;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        &self.indices[..self.len]
+    }
+}
+
+/// The upstream's response on its way to the client: hop-by-hop headers off, the connection
+/// riding along in the body until it has been relayed.
+fn relay(
+    response: http::Response<Incoming>,
+    connection: crate::upstream::pool::Pooled,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::upstream(body, connection))
+}
+
+/// Reads a request body into memory when it may have to be sent again: an absent body, or
+/// one whose declared length is at most `max`. Anything else streams on and is not replayed.
+async fn keep_for_replay(
+    headers: &http::HeaderMap,
+    body: RequestBody,
+    max: u64,
+) -> Result<(RequestBody, Option<Bytes>), ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let small = match declared {
+        Some(len) => len <= max,
+        // No Content-Length and no Transfer-Encoding: an HTTP/1.1 request without a body.
+        None => !headers.contains_key(header::TRANSFER_ENCODING),
+    };
+    if !small {
+        return Ok((body, None));
+    }
+    match body.collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            Ok((RequestBody::full(bytes.clone()), Some(bytes)))
+        }
+        Err(crate::body::RequestBodyError::TooLarge { limit }) => {
+            Err(ProxyError::PayloadTooLarge { limit })
+        }
+        Err(crate::body::RequestBodyError::Client(_)) => {
+            Err(ProxyError::BadRequest("request body aborted"))
+        }
+    }
+}
+
+/// A copy of a request head, to send again or for `on-response` after the original went
+/// upstream (extensions are not copied: nothing downstream reads them).
+fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 const BOTH_FRAMING_HEADERS: &str = "both Content-Length and Transfer-Encoding are set";
@@ -382,16 +554,6 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
     Ok(Uri::from(path_and_query))
-}
-
-fn upstream_error_service(e: &ProxyError) -> Option<&Arc<str>> {
-    match e {
-        ProxyError::NoInstance { service }
-        | ProxyError::UpstreamConnect { service, .. }
-        | ProxyError::UpstreamTimeout { service, .. }
-        | ProxyError::UpstreamFailed { service, .. } => Some(service),
-        _ => None,
-    }
 }
 
 fn log_access(

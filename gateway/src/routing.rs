@@ -124,6 +124,72 @@ impl Route {
     }
 }
 
+/// Routing by service name (`[resolver]`), as `micro api` did: `PREFIX/{name}/rest` goes to
+/// the service `NAMESPACE{name}` when no explicit route matched and such a service exists
+/// (configured or registered).
+#[derive(Debug)]
+pub struct Resolver {
+    prefix: String,
+    namespace: String,
+    strip: bool,
+    plugins: Vec<String>,
+    /// One route per service resolved so far (for its metrics and plugin chain); bounded by
+    /// the number of services, since only existing services get one.
+    routes: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Route>>>,
+}
+
+impl Resolver {
+    /// The resolver of `[resolver]`, if enabled.
+    pub fn from_config(config: &crate::config::ResolverConfig) -> Option<Self> {
+        config.enabled.then(|| Self {
+            prefix: config.prefix.trim_end_matches('/').to_owned(),
+            namespace: config.namespace.clone(),
+            strip: config.strip,
+            plugins: config.plugins.clone(),
+            routes: Default::default(),
+        })
+    }
+
+    /// The service name a path asks for, and the path prefix that named it.
+    pub fn service_of<'a>(&self, path: &'a str) -> Option<(String, &'a str)> {
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        let name = rest.strip_prefix('/')?.split('/').next()?;
+        if name.is_empty() {
+            return None;
+        }
+        let matched = &path[..self.prefix.len() + 1 + name.len()];
+        Some((format!("{}{name}", self.namespace), matched))
+    }
+
+    /// The route for a path, if it names an existing service.
+    pub fn resolve(
+        &self,
+        path: &str,
+        registry: &crate::registry::Registry,
+        metrics: &Metrics,
+    ) -> Option<Arc<Route>> {
+        let (service, matched) = self.service_of(path)?;
+        registry.service(&service)?;
+        let mut routes = self.routes.lock().expect("resolver lock");
+        if let Some(route) = routes.get(service.as_str()) {
+            return Some(route.clone());
+        }
+        let name = RouteName::new(&format!("resolver:{service}"));
+        let route = Arc::new(Route {
+            metrics: metrics.route(&name),
+            name,
+            path: matched.to_owned(),
+            host: None,
+            methods: Vec::new(),
+            service: Arc::from(service.as_str()),
+            strip_prefix: self.strip,
+            plugins: self.plugins.clone(),
+        });
+        routes.insert(route.service.clone(), route.clone());
+        Some(route)
+    }
+}
+
 /// `/users` matches `/users`, `/users/` and `/users/1`, but not `/usersx`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
@@ -216,6 +282,29 @@ mod tests {
         let r = &t.routes()[0];
         assert_eq!(r.upstream_path("/api"), "/");
         assert_eq!(r.upstream_path("/api/users"), "/users");
+    }
+
+    #[test]
+    fn resolver_takes_the_service_from_the_first_segment_after_the_prefix() {
+        let config = |prefix: &str| crate::config::ResolverConfig {
+            enabled: true,
+            prefix: prefix.into(),
+            namespace: "go.micro.api.".into(),
+            ..Default::default()
+        };
+        let root = Resolver::from_config(&config("/")).unwrap();
+        assert_eq!(
+            root.service_of("/greeter/say/hello"),
+            Some(("go.micro.api.greeter".into(), "/greeter"))
+        );
+        assert_eq!(root.service_of("/"), None);
+        let api = Resolver::from_config(&config("/api/")).unwrap();
+        assert_eq!(
+            api.service_of("/api/users/1"),
+            Some(("go.micro.api.users".into(), "/api/users"))
+        );
+        assert_eq!(api.service_of("/apix/users"), None);
+        assert_eq!(api.service_of("/api"), None);
     }
 
     #[test]

@@ -29,7 +29,10 @@ async fn metrics_count_requests_by_route_and_status_and_upstream_errors() {
         r#"sluice_requests_total{route="down",status="502"} 1"#,
         r#"sluice_requests_total{route="",status="404"} 1"#,
         r#"sluice_request_duration_seconds_count{route="ok"} 3"#,
-        r#"sluice_upstream_errors_total{service="dead",kind="connect"} 1"#,
+        // One retry by default, on connect failure: two failed attempts, one request.
+        r#"sluice_upstream_errors_total{service="dead",kind="connect"} 2"#,
+        r#"sluice_upstream_retries_total{service="dead"} 1"#,
+        r#"sluice_registry_instances{service="dead"} 1"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -52,6 +55,10 @@ async fn health_routes_and_services_are_served() {
     let services: serde_json::Value =
         serde_json::from_str(&get(gw.admin_addr, "/admin/services").await.2).unwrap();
     assert_eq!(services["services"][0]["name"], "s");
-    assert_eq!(services["services"][0]["instances"][0], up.addr.to_string());
+    let instance = &services["services"][0]["instances"][0];
+    assert_eq!(instance["address"], up.addr.to_string());
+    assert_eq!(instance["source"], "static");
+    assert_eq!(instance["health"]["available"], true);
+    assert_eq!(services["registry"]["backend"], "embedded");
     gw.shutdown().await;
 }

@@ -1,146 +1,370 @@
-//! Upstream services: their instances, instance choice, and forwarding a request over a
-//! pooled keep-alive connection (`pool`).
+//! Upstream services: their instances (static from config, or registered with a TTL), how one
+//! is chosen (`balancer`), their health (`health`), retries (`retry`), and forwarding a request
+//! over a pooled keep-alive connection (`pool`).
 
+pub mod balancer;
+pub mod health;
 pub mod pool;
+pub mod retry;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use self::balancer::{Exclude, HashOn, Tables};
+use self::health::{EndpointHealth, HealthView};
 use self::pool::{ConnectError, InstancePool, Pooled};
-
+use self::retry::{RetryBudget, RetryPolicy};
 use crate::body::{RequestBody, RequestBodyError};
-use crate::config::ServiceConfig;
+use crate::config::{ActiveHealthConfig, BalancerKind, PassiveHealthConfig, ServiceConfig};
 use crate::error::ProxyError;
+use crate::metrics::ServiceMetrics;
+use crate::plugin::state::monotonic_ns;
 
-/// One upstream instance.
+/// Where an instance came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `[services.NAME] instances`.
+    Static,
+    /// The registry API or etcd.
+    Registered,
+}
+
+/// What an instance is, as configured or registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Unique within the service (the address for static instances).
+    pub id: Arc<str>,
+    /// `host:port`.
+    pub address: Arc<str>,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Free-form labels from the registration.
+    pub metadata: BTreeMap<String, String>,
+    /// Static or registered.
+    pub source: Source,
+    /// Monotonic ns after which it takes no traffic (0 = never).
+    pub expires_at: u64,
+}
+
+/// One upstream instance and what the gateway knows about it.
 #[derive(Debug)]
-pub struct Instance {
-    /// `host:port` as configured.
+pub struct Endpoint {
+    /// Unique within the service.
+    pub id: Arc<str>,
+    /// `host:port`.
     pub address: Arc<str>,
     /// The same as a `Host` header value, for requests that came without one.
     pub host_header: http::HeaderValue,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Labels from the registration.
+    pub metadata: BTreeMap<String, String>,
+    /// Static or registered.
+    pub source: Source,
+    /// Monotonic ns after which it takes no traffic (0 = never). Renewals move it.
+    expires_at: AtomicU64,
+    /// Requests sent and not yet answered (for `least_request`).
+    pub outstanding: AtomicUsize,
+    /// Passive and active health.
+    pub health: EndpointHealth,
     /// Keep-alive connections to it.
     pub pool: Arc<InstancePool>,
 }
 
-/// A service: its instances, timeouts, and the connection pool to them.
+impl Endpoint {
+    fn new(spec: &EndpointSpec, workers: usize) -> Option<Self> {
+        Some(Self {
+            id: spec.id.clone(),
+            host_header: http::HeaderValue::from_str(&spec.address).ok()?,
+            address: spec.address.clone(),
+            weight: spec.weight.max(1),
+            metadata: spec.metadata.clone(),
+            source: spec.source,
+            expires_at: AtomicU64::new(spec.expires_at),
+            outstanding: AtomicUsize::new(0),
+            health: EndpointHealth::default(),
+            pool: InstancePool::new(spec.address.clone(), workers),
+        })
+    }
+
+    /// Not past its TTL at `now` (ns).
+    pub fn live(&self, now: u64) -> bool {
+        let expires = self.expires_at.load(Ordering::Relaxed);
+        expires == 0 || now < expires
+    }
+
+    /// Takes traffic at `now`: live and healthy.
+    pub fn available(&self, now: u64) -> bool {
+        self.live(now) && self.health.available(now)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight to an endpoint (see [`Endpoint::track`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The instances of a service at one moment, with the balancer's tables for them.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    /// The instances.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    tables: Tables,
+}
+
+/// A service: its instances, how to choose and reach them, and what to do when that fails.
 #[derive(Debug)]
 pub struct Service {
     /// The service name.
     pub name: Arc<str>,
-    /// Its instances.
-    pub instances: Vec<Instance>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Time allowed from sending the request to the response head.
+    /// Overall time for the response head, retries included.
     pub request_timeout: Duration,
+    /// Time for one attempt.
+    pub per_try_timeout: Duration,
+    /// How instances are chosen.
+    pub balancer: BalancerKind,
+    hash_on: Option<HashOn>,
+    /// Which failures are retried.
+    pub retry: RetryPolicy,
+    /// Retries allowed over the last 10 s.
+    pub budget: RetryBudget,
+    /// Ejection rules.
+    pub passive: PassiveHealthConfig,
+    /// Active check rules.
+    pub active: Option<ActiveHealthConfig>,
+    /// Whether `[services.NAME]` defines it (otherwise registration created it).
+    pub configured: bool,
+    /// Metric handles.
+    pub metrics: ServiceMetrics,
+    endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
+    workers: usize,
 }
 
 /// What `/admin/services` shows of a service.
 #[derive(Debug, Serialize)]
-pub struct ServiceView<'a> {
-    name: &'a str,
-    instances: Vec<&'a str>,
+pub struct ServiceView {
+    name: String,
+    configured: bool,
+    balancer: BalancerKind,
+    retries: u32,
     connect_timeout_ms: u128,
     request_timeout_ms: u128,
+    instances: Vec<InstanceView>,
 }
 
-impl ServiceView<'_> {
+impl ServiceView {
     /// The service name.
     pub fn name(&self) -> &str {
-        self.name
+        &self.name
     }
+}
+
+/// What the admin API shows of an instance.
+#[derive(Debug, Serialize)]
+pub struct InstanceView {
+    id: String,
+    address: String,
+    weight: u32,
+    source: Source,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    /// Time left before the registration expires (`None`: does not expire).
+    expires_in_ms: Option<u64>,
+    outstanding: usize,
+    health: HealthView,
+}
+
+/// Why an attempt failed, with the request back when it never left (so it can be sent again
+/// without a copy).
+#[derive(Debug)]
+pub struct AttemptError {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The request, if it was never sent.
+    pub unsent: Option<http::Request<RequestBody>>,
 }
 
 impl Service {
-    /// Builds a service from its config (instances already validated as `host:port`), with
-    /// a connection pool per instance for `workers` data-plane workers.
-    pub fn from_config(name: &str, config: &ServiceConfig, workers: usize) -> Self {
-        let instances = config
-            .instances
-            .iter()
-            .filter_map(|i| {
-                let address: Arc<str> = Arc::from(i.get_ref().as_str());
-                Some(Instance {
-                    host_header: http::HeaderValue::from_str(&address).ok()?,
-                    pool: InstancePool::new(address.clone(), workers),
-                    address,
-                })
-            })
-            .collect();
-        Self {
+    /// Builds a service from its config, with a connection pool per instance for `workers`
+    /// data-plane workers. `configured` says whether `[services.NAME]` defines it.
+    pub fn new(
+        name: &str,
+        config: &ServiceConfig,
+        workers: usize,
+        configured: bool,
+        metrics: ServiceMetrics,
+    ) -> Self {
+        let service = Self {
             name: Arc::from(name),
-            instances,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            per_try_timeout: config
+                .per_try_timeout
+                .unwrap_or(config.request_timeout)
+                .min(config.request_timeout),
+            balancer: config.balancer,
+            hash_on: config
+                .hash_on
+                .as_ref()
+                .and_then(|h| HashOn::parse(h.get_ref())),
+            retry: RetryPolicy::from_config(config.retries, &config.retry),
+            budget: RetryBudget::new(
+                config.retry.budget_percent,
+                config.retry.min_retries_per_second,
+            ),
+            passive: config.passive_health.clone(),
+            active: config.active_health.clone(),
+            configured,
+            metrics,
+            endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             next: AtomicUsize::new(0),
-        }
+            workers,
+        };
+        service.set_endpoints(&static_specs(config));
+        service
     }
 
-    /// The next instance in round-robin order.
-    pub fn pick(&self) -> Result<&Instance, ProxyError> {
-        match self.instances.len() {
-            0 => Err(ProxyError::NoInstance {
-                service: self.name.clone(),
-            }),
-            1 => Ok(&self.instances[0]),
-            n => Ok(&self.instances[self.next.fetch_add(1, Ordering::Relaxed) % n]),
-        }
+    /// The instances now.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
     }
 
-    /// Sends a request to `instance` and waits for the response head, within the request
-    /// timeout (or `cap`, when shorter). Returns the connection with the response: it goes back to the pool once the
-    /// body has been relayed. Failures are classified for the client's status and metrics.
+    /// Replaces the instances. An instance whose id and address did not change keeps its
+    /// connections and health; only its expiry moves.
+    pub fn set_endpoints(&self, specs: &[EndpointSpec]) {
+        let old = self.endpoints.load();
+        let endpoints: Vec<Arc<Endpoint>> = specs
+            .iter()
+            .filter_map(|spec| {
+                let kept = old.endpoints.iter().find(|e| {
+                    e.id == spec.id
+                        && e.address == spec.address
+                        && e.weight == spec.weight.max(1)
+                        && e.metadata == spec.metadata
+                });
+                match kept {
+                    Some(e) => {
+                        e.expires_at.store(spec.expires_at, Ordering::Relaxed);
+                        Some(e.clone())
+                    }
+                    None => Endpoint::new(spec, self.workers).map(Arc::new),
+                }
+            })
+            .collect();
+        let tables = Tables::build(self.balancer, &endpoints);
+        self.metrics.instances.set(endpoints.len() as i64);
+        self.endpoints
+            .store(Arc::new(EndpointSet { endpoints, tables }));
+    }
+
+    /// Picks an instance for an attempt, avoiding the ones in `tried` when another is
+    /// available.
+    pub fn pick(&self, set: &EndpointSet, headers: &http::HeaderMap, tried: &[u32]) -> Option<u32> {
+        let key = self.hash_on.as_ref().and_then(|h| h.key(headers));
+        let exclude = Exclude {
+            tried,
+            now: monotonic_ns(),
+        };
+        balancer::pick(
+            self.balancer,
+            &set.endpoints,
+            &set.tables,
+            &self.next,
+            key,
+            &exclude,
+        )
+    }
+
+    /// Sends a request to `endpoint` and waits for the response head, within `timeout`.
+    /// Returns the connection with the response: it goes back to the pool once the body has
+    /// been relayed. Failures are classified for the client's status, retries and metrics.
     pub async fn send(
         &self,
-        instance: &Instance,
+        endpoint: &Arc<Endpoint>,
         request: http::Request<RequestBody>,
-        cap: Option<Duration>,
-    ) -> Result<(http::Response<Incoming>, Pooled), ProxyError> {
+        timeout: Duration,
+    ) -> Result<(http::Response<Incoming>, Pooled), AttemptError> {
+        let in_flight = endpoint.track();
         let exchange = async {
-            let mut conn = instance
-                .pool
-                .checkout(self.connect_timeout)
-                .await
-                .map_err(|e| self.connect_error(instance, e))?;
+            let mut conn = match endpoint.pool.checkout(self.connect_timeout).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    return Err(AttemptError {
+                        error: self.connect_error(endpoint, e),
+                        unsent: Some(request),
+                    });
+                }
+            };
             match conn.send(request).await {
                 Ok(response) => Ok((response, conn)),
                 // An idle connection the upstream had closed: the request never left, so it
                 // is safe to send it once more on a fresh connection.
                 Err((_, Some(request))) if conn.reused() => {
                     drop(conn);
-                    let mut fresh = instance
-                        .pool
-                        .connect(self.connect_timeout)
-                        .await
-                        .map_err(|e| self.connect_error(instance, e))?;
+                    let mut fresh = match endpoint.pool.connect(self.connect_timeout).await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            return Err(AttemptError {
+                                error: self.connect_error(endpoint, e),
+                                unsent: Some(request),
+                            });
+                        }
+                    };
                     match fresh.send(request).await {
                         Ok(response) => Ok((response, fresh)),
-                        Err((e, _)) => Err(self.classify(instance, &e)),
+                        Err((e, unsent)) => Err(AttemptError {
+                            error: self.classify(endpoint, &e),
+                            unsent,
+                        }),
                     }
                 }
-                Err((e, _)) => Err(self.classify(instance, &e)),
+                Err((e, unsent)) => Err(AttemptError {
+                    error: self.classify(endpoint, &e),
+                    unsent,
+                }),
             }
         };
-        let timeout = cap.map_or(self.request_timeout, |c| c.min(self.request_timeout));
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                service: self.name.clone(),
-                instance: instance.address.clone(),
-                phase: "response",
+            Err(_) => Err(AttemptError {
+                error: ProxyError::UpstreamTimeout {
+                    service: self.name.clone(),
+                    instance: endpoint.address.clone(),
+                    phase: "response",
+                },
+                unsent: None,
             }),
-        }
+        };
+        result.map(|(response, mut conn)| {
+            conn.hold(in_flight);
+            (response, conn)
+        })
     }
 
-    fn connect_error(&self, instance: &Instance, error: ConnectError) -> ProxyError {
+    fn connect_error(&self, endpoint: &Endpoint, error: ConnectError) -> ProxyError {
         let service = self.name.clone();
-        let instance = instance.address.clone();
+        let instance = endpoint.address.clone();
         match error {
             ConnectError::Timeout => ProxyError::UpstreamTimeout {
                 service,
@@ -158,9 +382,9 @@ impl Service {
         }
     }
 
-    fn classify(&self, instance: &Instance, error: &hyper::Error) -> ProxyError {
+    fn classify(&self, endpoint: &Endpoint, error: &hyper::Error) -> ProxyError {
         let service = self.name.clone();
-        let instance = instance.address.clone();
+        let instance = endpoint.address.clone();
         // The client's body may be the cause: too large, or the client went away.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = source {
@@ -182,14 +406,56 @@ impl Service {
     }
 
     /// The admin view.
-    pub fn view(&self) -> ServiceView<'_> {
+    pub fn view(&self) -> ServiceView {
+        let now = monotonic_ns();
+        let set = self.endpoints();
         ServiceView {
-            name: &self.name,
-            instances: self.instances.iter().map(|i| &*i.address).collect(),
+            name: self.name.to_string(),
+            configured: self.configured,
+            balancer: self.balancer,
+            retries: self.retry.retries,
             connect_timeout_ms: self.connect_timeout.as_millis(),
             request_timeout_ms: self.request_timeout.as_millis(),
+            instances: set
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let expires = e.expires_at.load(Ordering::Relaxed);
+                    InstanceView {
+                        id: e.id.to_string(),
+                        address: e.address.to_string(),
+                        weight: e.weight,
+                        source: e.source,
+                        metadata: e.metadata.clone(),
+                        expires_in_ms: (expires != 0)
+                            .then(|| expires.saturating_sub(now) / 1_000_000),
+                        outstanding: e.outstanding.load(Ordering::Relaxed),
+                        health: e.health.view(now, e.live(now)),
+                    }
+                })
+                .collect(),
         }
     }
+}
+
+/// The static instances of a service's config.
+pub fn static_specs(config: &ServiceConfig) -> Vec<EndpointSpec> {
+    config
+        .instances
+        .iter()
+        .map(|i| {
+            let i = i.get_ref();
+            let address: Arc<str> = Arc::from(i.address());
+            EndpointSpec {
+                id: address.clone(),
+                address,
+                weight: i.weight(),
+                metadata: BTreeMap::new(),
+                source: Source::Static,
+                expires_at: 0,
+            }
+        })
+        .collect()
 }
 
 /// `outer: inner: innermost`, for logs.

@@ -76,6 +76,7 @@ impl InstancePool {
                     sender: Some(sender),
                     pool: self.clone(),
                     reused: true,
+                    in_flight: None,
                 });
             }
         }
@@ -108,6 +109,7 @@ impl InstancePool {
             sender: Some(sender),
             pool: self.clone(),
             reused: false,
+            in_flight: None,
         })
     }
 
@@ -127,6 +129,8 @@ pub struct Pooled {
     sender: Option<SendRequest<RequestBody>>,
     pool: Arc<InstancePool>,
     reused: bool,
+    /// Counts the request as outstanding on its instance until the body is relayed.
+    in_flight: Option<super::InFlight>,
 }
 
 impl Pooled {
@@ -134,6 +138,11 @@ impl Pooled {
     /// closed it while idle).
     pub fn reused(&self) -> bool {
         self.reused
+    }
+
+    /// Keeps the request counted as outstanding for as long as this connection is out.
+    pub fn hold(&mut self, in_flight: super::InFlight) {
+        self.in_flight = Some(in_flight);
     }
 
     /// Sends a request. On failure, the request comes back when it never left.

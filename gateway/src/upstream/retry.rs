@@ -1,0 +1,214 @@
+//! Retry policy (which failures, which methods, backoff) and the retry budget that keeps
+//! retries from amplifying an outage.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::Method;
+
+use crate::config::RetryConfig;
+use crate::error::ProxyError;
+
+/// One service's retry rules.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    on_connect: bool,
+    on_reset: bool,
+    on_timeout: bool,
+    statuses: Vec<u16>,
+    methods: Vec<Method>,
+    backoff: Duration,
+    max_backoff: Duration,
+    /// Largest request body kept for replay.
+    pub max_replay_body_bytes: u64,
+}
+
+impl RetryPolicy {
+    /// From `retries` and `[services.NAME.retry]` (already validated).
+    pub fn from_config(retries: u32, config: &RetryConfig) -> Self {
+        let on = |what: &str| config.on.iter().any(|o| o.get_ref() == what);
+        Self {
+            retries,
+            on_connect: on("connect"),
+            on_reset: on("reset"),
+            on_timeout: on("timeout"),
+            statuses: config
+                .on
+                .iter()
+                .filter_map(|o| o.get_ref().parse().ok())
+                .collect(),
+            methods: config
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.get_ref().as_bytes()).ok())
+                .collect(),
+            backoff: config.backoff,
+            max_backoff: config.max_backoff.max(config.backoff),
+            max_replay_body_bytes: config.max_replay_body_bytes,
+        }
+    }
+
+    /// Whether a request with this method may be retried at all.
+    pub fn allows(&self, method: &Method) -> bool {
+        self.retries > 0 && self.methods.contains(method)
+    }
+
+    /// Whether some retryable failure happens after the request was sent, so the request
+    /// (and its body) must be kept to send again. Connect failures need no copy: the request
+    /// comes back unsent.
+    pub fn needs_replay(&self) -> bool {
+        self.on_reset || self.on_timeout || !self.statuses.is_empty()
+    }
+
+    /// Whether an upstream answer with this status is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.statuses.contains(&status)
+    }
+
+    /// Whether this failed attempt is retried.
+    pub fn retries_error(&self, error: &ProxyError) -> bool {
+        match error {
+            ProxyError::UpstreamConnect { .. } => self.on_connect,
+            ProxyError::UpstreamTimeout { phase, .. } if *phase == "connect" => self.on_connect,
+            ProxyError::UpstreamTimeout { .. } => self.on_timeout,
+            ProxyError::UpstreamFailed { .. } => self.on_reset,
+            _ => false,
+        }
+    }
+
+    /// The pause before retry number `n` (1-based): exponential with full jitter.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let cap = self
+            .backoff
+            .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+            .min(self.max_backoff);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+/// Buckets of the budget window, one per second.
+const WINDOW_SECS: u64 = 10;
+
+/// Retries allowed over the last 10 s: `percent` of the requests, plus a floor of
+/// `min_per_second` per second. Counters are per-second buckets packed as
+/// `second << 32 | count` in one atomic each, so recording takes no lock.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u64,
+    min_per_second: u64,
+    requests: [AtomicU64; WINDOW_SECS as usize],
+    retries: [AtomicU64; WINDOW_SECS as usize],
+}
+
+impl RetryBudget {
+    /// A budget of `percent` % with a floor.
+    pub fn new(percent: u32, min_per_second: u32) -> Self {
+        Self {
+            percent: u64::from(percent),
+            min_per_second: u64::from(min_per_second),
+            requests: Default::default(),
+            retries: Default::default(),
+        }
+    }
+
+    /// Counts a request (not a retry) at `now_s` (seconds on any monotonic clock).
+    pub fn record_request(&self, now_s: u64) {
+        bump(&self.requests, now_s);
+    }
+
+    /// Takes one retry from the budget if there is room.
+    pub fn try_retry(&self, now_s: u64) -> bool {
+        let requests = window_sum(&self.requests, now_s);
+        let retries = window_sum(&self.retries, now_s);
+        let allowed = requests * self.percent / 100 + self.min_per_second * WINDOW_SECS;
+        if retries >= allowed {
+            return false;
+        }
+        bump(&self.retries, now_s);
+        true
+    }
+}
+
+fn bump(buckets: &[AtomicU64], now_s: u64) {
+    let slot = &buckets[(now_s % WINDOW_SECS) as usize];
+    let mut current = slot.load(Ordering::Relaxed);
+    loop {
+        let next = if current >> 32 == now_s & 0xffff_ffff {
+            current + 1
+        } else {
+            (now_s & 0xffff_ffff) << 32 | 1
+        };
+        match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+fn window_sum(buckets: &[AtomicU64], now_s: u64) -> u64 {
+    let now = now_s & 0xffff_ffff;
+    buckets
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .filter(|v| now.wrapping_sub(v >> 32) & 0xffff_ffff < WINDOW_SECS)
+        .map(|v| v & 0xffff_ffff)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_the_percentage_plus_the_floor() {
+        let budget = RetryBudget::new(20, 0);
+        for _ in 0..100 {
+            budget.record_request(5);
+        }
+        let granted = (0..50).filter(|_| budget.try_retry(5)).count();
+        assert_eq!(granted, 20);
+        // Ten seconds later the window has moved on: no requests, no retries.
+        assert!(!budget.try_retry(15));
+        let floor = RetryBudget::new(0, 2);
+        assert_eq!((0..50).filter(|_| floor.try_retry(1)).count(), 20);
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_the_doubling_cap() {
+        let config = RetryConfig {
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            ..RetryConfig::default()
+        };
+        let policy = RetryPolicy::from_config(3, &config);
+        for n in 1..6 {
+            let cap = Duration::from_millis((10u64 << (n - 1)).min(40));
+            for _ in 0..100 {
+                assert!(policy.backoff(n) <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_retry_connect_failures_of_idempotent_methods_only() {
+        let policy = RetryPolicy::from_config(1, &RetryConfig::default());
+        assert!(policy.allows(&Method::GET));
+        assert!(!policy.allows(&Method::POST));
+        assert!(!policy.needs_replay());
+        let service: std::sync::Arc<str> = "s".into();
+        let connect = ProxyError::UpstreamConnect {
+            service: service.clone(),
+            instance: service.clone(),
+        };
+        let reset = ProxyError::UpstreamFailed {
+            service: service.clone(),
+            instance: service,
+            reason: String::new(),
+        };
+        assert!(policy.retries_error(&connect));
+        assert!(!policy.retries_error(&reset));
+        assert!(!policy.retries_status(503));
+    }
+}
