@@ -32,7 +32,7 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-type BoxBody =
+pub type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>

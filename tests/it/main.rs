@@ -13,4 +13,5 @@ mod plugins;
 mod proxy;
 mod reload;
 mod scaffold;
+mod services;
 mod shutdown;

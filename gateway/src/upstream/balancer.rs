@@ -174,9 +174,18 @@ pub fn pick(
         |i: u32| !exclude.tried.contains(&i) && endpoints[i as usize].available(exclude.now);
     // Each strategy first looks among instances this request has not tried; if all were
     // tried, an available one may be used again (a retry on a one-instance service).
+    // A retry does not advance the shared round-robin position: otherwise a failing
+    // instance would shift the rotation and receive every next first attempt.
+    let start = |n: usize| {
+        if exclude.tried.is_empty() {
+            counter.fetch_add(1, Ordering::Relaxed)
+        } else {
+            fastrand::usize(0..n)
+        }
+    };
     let choose = |ok: &dyn Fn(u32) -> bool| match (kind, key) {
         (BalancerKind::Hash, Some(key)) => by_ring(tables, key, ok),
-        (BalancerKind::RoundRobin | BalancerKind::Hash, _) => by_schedule(tables, counter, ok),
+        (BalancerKind::RoundRobin | BalancerKind::Hash, _) => by_schedule(tables, &start, ok),
         (BalancerKind::Random, _) => by_weight(tables, ok),
         (BalancerKind::LeastRequest, _) => least_of_two(endpoints, tables, ok),
     };
@@ -189,12 +198,16 @@ pub fn pick(
     })
 }
 
-fn by_schedule(tables: &Tables, counter: &AtomicUsize, ok: &dyn Fn(u32) -> bool) -> Option<u32> {
+fn by_schedule(
+    tables: &Tables,
+    start: &dyn Fn(usize) -> usize,
+    ok: &dyn Fn(u32) -> bool,
+) -> Option<u32> {
     let n = tables.schedule.len();
     if n == 0 {
         return None;
     }
-    let start = counter.fetch_add(1, Ordering::Relaxed);
+    let start = start(n);
     (0..n)
         .map(|k| tables.schedule[(start + k) % n])
         .find(|&i| ok(i))
@@ -221,10 +234,8 @@ fn least_of_two(
     ok: &dyn Fn(u32) -> bool,
 ) -> Option<u32> {
     let first = by_weight(tables, ok)?;
-    let second = (0..4)
-        .filter_map(|_| by_weight(tables, ok))
-        .find(|&i| i != first);
-    let Some(second) = second else {
+    // A second, different one (by_weight falls back to a scan, so one is found if any).
+    let Some(second) = by_weight(tables, &|i| i != first && ok(i)) else {
         return Some(first);
     };
     // Compare outstanding / weight without dividing.
@@ -262,6 +273,71 @@ mod tests {
             vec![0, 0, 1, 0, 2, 0, 0]
         );
         assert_eq!(smooth_weighted_schedule(&[2, 2]), vec![0, 1]);
+    }
+
+    fn endpoints(outstanding: &[usize]) -> Vec<std::sync::Arc<Endpoint>> {
+        outstanding
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let spec = super::super::EndpointSpec {
+                    id: format!("e{i}").into(),
+                    address: format!("127.0.0.1:{}", 1000 + i).into(),
+                    weight: 1,
+                    metadata: Default::default(),
+                    source: super::super::Source::Static,
+                    expires_at: 0,
+                };
+                let e = std::sync::Arc::new(Endpoint::new(&spec, 1).unwrap());
+                e.outstanding.store(n, Ordering::Relaxed);
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn least_request_picks_the_less_loaded_of_two() {
+        let set = endpoints(&[3, 0]);
+        let tables = Tables::build(BalancerKind::LeastRequest, &set);
+        let counter = AtomicUsize::new(0);
+        let exclude = Exclude { tried: &[], now: 0 };
+        for _ in 0..100 {
+            let picked = pick(
+                BalancerKind::LeastRequest,
+                &set,
+                &tables,
+                &counter,
+                None,
+                &exclude,
+            );
+            assert_eq!(picked, Some(1));
+        }
+    }
+
+    #[test]
+    fn picks_skip_tried_instances_while_another_is_available() {
+        let set = endpoints(&[0, 0, 0]);
+        let counter = AtomicUsize::new(0);
+        for kind in [
+            BalancerKind::RoundRobin,
+            BalancerKind::Random,
+            BalancerKind::LeastRequest,
+        ] {
+            let tables = Tables::build(kind, &set);
+            let exclude = Exclude {
+                tried: &[0, 2],
+                now: 0,
+            };
+            for _ in 0..50 {
+                assert_eq!(pick(kind, &set, &tables, &counter, None, &exclude), Some(1));
+            }
+            // All tried: an available one is used again rather than none.
+            let all = Exclude {
+                tried: &[0, 1, 2],
+                now: 0,
+            };
+            assert!(pick(kind, &set, &tables, &counter, None, &all).is_some());
+        }
     }
 
     #[test]

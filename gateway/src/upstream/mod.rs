@@ -79,7 +79,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(spec: &EndpointSpec, workers: usize) -> Option<Self> {
+    pub(crate) fn new(spec: &EndpointSpec, workers: usize) -> Option<Self> {
         Some(Self {
             id: spec.id.clone(),
             host_header: http::HeaderValue::from_str(&spec.address).ok()?,
