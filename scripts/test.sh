@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: the Rust wasm target (test plugins and the
-# built-in plugins are built from source), the Python and JavaScript plugin toolchains
+# built-in plugins are built from source), Debian packages (protoc for the etcd client,
+# etcd-server for the registry tests), the Python and JavaScript plugin toolchains
 # (componentize-py, componentize-js), then `cargo test` for the whole workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "warning: could not add the wasm32-wasip2 target" >&2
+bash scripts/setup-system-packages.sh test
 bash scripts/setup-plugin-toolchains.sh
 cargo test --workspace --all-targets --all-features "$@"
 cargo test --workspace --doc --all-features

@@ -1,0 +1,293 @@
+//! The registry on etcd: two gateway processes on one real etcd (Debian `etcd-server`,
+//! started here on ports picked for the test) share registrations; losing etcd leaves routing
+//! on the last view, and the view converges when etcd returns.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::services::{metric, register};
+
+/// A free port on 127.0.0.1 (bound, then released).
+async fn free_port() -> u16 {
+    closed_port().await.port()
+}
+
+/// A real etcd with its own data directory, killed on drop.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+}
+
+impl Etcd {
+    async fn start() -> Self {
+        let mut etcd = Self {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port().await,
+            peer: free_port().await,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    /// Starts (or restarts, on the same data) the etcd process and waits until it serves.
+    async fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "sluice-test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("sluice-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd is installed (scripts/setup-system-packages.sh installs etcd-server)");
+        self.child = Some(child);
+        let health = SocketAddr::from(([127, 0, 0, 1], self.client));
+        wait_for(Duration::from_secs(15), "etcd to serve", || async move {
+            tokio::net::TcpStream::connect(health).await.is_ok()
+                && get(health, "/health").await.2.contains("true")
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `sluice run` process, killed on drop.
+struct GatewayProcess {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn gateway_process(etcd: &str, prefix: &str) -> GatewayProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+    let config = format!(
+        "[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n[log]\naccess = false\n\
+         [registry]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\n\
+         [services.users]\n[[routes]]\npath = \"/users\"\nservice = \"users\"\n"
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir.path()))
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "the gateway to serve",
+        || async move { tokio::net::TcpStream::connect(admin).await.is_ok() },
+    )
+    .await;
+    GatewayProcess {
+        child,
+        listen,
+        admin,
+        _dir: dir,
+    }
+}
+
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::File::create(dir.join("sluice.log")).unwrap()
+}
+
+/// Polls `check` every 100 ms until it holds; panics after `limit` naming what it waited for.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn unique_prefix() -> String {
+    format!(
+        "/sluice-test/{}/",
+        std::process::id() as u128 * 1000 + fastrand_like()
+    )
+}
+
+/// A small per-call number so two tests in one process use different prefixes.
+fn fastrand_like() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) as u128
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_etcd_share_instances_until_the_lease_expires() {
+    let etcd = Etcd::start().await;
+    let prefix = unique_prefix();
+    let a = gateway_process(&etcd.endpoint(), &prefix).await;
+    let b = gateway_process(&etcd.endpoint(), &prefix).await;
+    let up = Upstream::named("via-etcd").await;
+
+    // Registered through gateway a, with a 2 s lease.
+    let body = format!(r#"{{"address": "{}", "ttl": "2s"}}"#, up.addr);
+    let (status, text) = register(a.admin, "users", "u1", &body).await;
+    assert_eq!(status, 200, "{text}");
+    for gw in [&a, &b] {
+        let listen = gw.listen;
+        wait_for(
+            Duration::from_secs(5),
+            "both gateways to route to the instance",
+            || async move { get(listen, "/users").await.2 == "via-etcd" },
+        )
+        .await;
+    }
+    // Renewed through gateway b (a lease keep-alive): still there after the first TTL.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(register(b.admin, "users", "u1", &body).await.0, 200);
+    }
+    assert_eq!(get(a.listen, "/users").await.0, 200);
+    assert_eq!(get(b.listen, "/users").await.0, 200);
+
+    // Not renewed: etcd expires the lease and both gateways drop the instance.
+    for gw in [&a, &b] {
+        let listen = gw.listen;
+        wait_for(
+            Duration::from_secs(10),
+            "the expired instance to leave both gateways",
+            || async move { get(listen, "/users").await.0 == 503 },
+        )
+        .await;
+    }
+    let (_, _, view) = get(b.admin, "/registry/services/users").await;
+    assert!(view.contains(r#""instances":[]"#), "{view}");
+}
+
+#[tokio::test]
+async fn routing_survives_etcd_going_away_and_converges_when_it_returns() {
+    let mut etcd = Etcd::start().await;
+    let prefix = unique_prefix();
+    let a = gateway_process(&etcd.endpoint(), &prefix).await;
+    let b = gateway_process(&etcd.endpoint(), &prefix).await;
+    let x = Upstream::named("x").await;
+    let y = Upstream::named("y").await;
+
+    let body = |addr: SocketAddr| format!(r#"{{"address": "{addr}", "ttl": "60s"}}"#);
+    assert_eq!(register(a.admin, "users", "x", &body(x.addr)).await.0, 200);
+    let b_listen = b.listen;
+    wait_for(Duration::from_secs(5), "b to see x", || async move {
+        get(b_listen, "/users").await.0 == 200
+    })
+    .await;
+
+    etcd.kill();
+    for gw in [&a, &b] {
+        let admin = gw.admin;
+        wait_for(
+            Duration::from_secs(10),
+            "the gateway to notice etcd is gone",
+            || async move {
+                get(admin, "/registry/services")
+                    .await
+                    .2
+                    .contains(r#""connected":false"#)
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(gw.admin, "sluice_registry_backend_connected").await,
+            0
+        );
+        // Routing goes on with the last view.
+        for _ in 0..20 {
+            assert_eq!(get(gw.listen, "/users").await.2, "x");
+        }
+    }
+    let (status, text) = register(b.admin, "users", "y", &body(y.addr)).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("etcd"), "{text}");
+
+    etcd.spawn().await;
+    let b_admin = b.admin;
+    let y_body = body(y.addr);
+    wait_for(
+        Duration::from_secs(15),
+        "registration through b once etcd is back",
+        || {
+            let y_body = y_body.clone();
+            async move { register(b_admin, "users", "y", &y_body).await.0 == 200 }
+        },
+    )
+    .await;
+    let a_admin = a.admin;
+    let y_addr = y.addr.to_string();
+    wait_for(Duration::from_secs(15), "a to see y", || {
+        let y_addr = y_addr.clone();
+        async move {
+            get(a_admin, "/registry/services/users")
+                .await
+                .2
+                .contains(&y_addr)
+        }
+    })
+    .await;
+    assert!(
+        get(a.admin, "/registry/services")
+            .await
+            .2
+            .contains(r#""connected":true"#)
+    );
+    // Both instances now take a's traffic.
+    for _ in 0..10 {
+        get(a.listen, "/users").await;
+    }
+    assert!(x.hits() > 0 && y.hits() > 0);
+}
