@@ -149,6 +149,9 @@ async fn reload_plugins(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     (status, Json(report))
 }
 
+/// How long a kv write through etcd waits to see itself in this gateway's mirror.
+const KV_MIRROR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn kv_list(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     let keys: Vec<_> = proxy
         .plugins
@@ -178,6 +181,19 @@ async fn kv_put(
     value: Bytes,
 ) -> impl IntoResponse {
     let kv = proxy.plugins.kv().clone();
+    if let Some(remote) = kv.remote() {
+        return match remote.put(&key, value).await {
+            Ok(version) => {
+                kv.wait_for(&key, Some(version), KV_MIRROR_WAIT).await;
+                Json(json!({ "key": key, "version": version })).into_response()
+            }
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("kv backend etcd is unavailable: {e}\n"),
+            )
+                .into_response(),
+        };
+    }
     // The store writes its file synchronously; keep that off the event loop.
     let result = tokio::task::spawn_blocking(move || kv.put(&key, value).map(|v| (key, v))).await;
     match result {
@@ -193,6 +209,23 @@ async fn kv_put(
 
 async fn kv_delete(State(proxy): State<Arc<Proxy>>, Path(key): Path<String>) -> impl IntoResponse {
     let kv = proxy.plugins.kv().clone();
+    if let Some(remote) = kv.remote() {
+        return match remote.delete(&key).await {
+            Ok(existed) => {
+                kv.wait_for(&key, None, KV_MIRROR_WAIT).await;
+                if existed {
+                    StatusCode::NO_CONTENT.into_response()
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("kv backend etcd is unavailable: {e}\n"),
+            )
+                .into_response(),
+        };
+    }
     match tokio::task::spawn_blocking(move || kv.delete(&key)).await {
         Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
         Ok(Ok(false)) => StatusCode::NOT_FOUND.into_response(),

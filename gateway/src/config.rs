@@ -636,12 +636,39 @@ pub struct RouteConfig {
 }
 
 /// `[kv]`
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {
+    /// `backend = "local"` (this gateway, optionally persisted to `file`) or `"etcd"` (shared
+    /// by every gateway on the same etcd and prefix; uses `[registry]`'s `endpoints` and
+    /// `dial_timeout`).
+    pub backend: KvBackend,
     /// `file = "sluice-kv.json"`: where values set with `PUT /admin/kv/{key}` are persisted,
-    /// so a restart keeps them. Without it they live in memory only.
+    /// so a restart keeps them. Without it they live in memory only. Local backend only.
     pub file: Option<PathBuf>,
+    /// `prefix = "/sluice/kv/"`: where keys live in etcd.
+    pub prefix: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            backend: KvBackend::Local,
+            file: None,
+            prefix: "/sluice/kv/".into(),
+        }
+    }
+}
+
+/// Where the plugins' key-value store lives.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KvBackend {
+    /// In this gateway.
+    #[default]
+    Local,
+    /// In etcd.
+    Etcd,
 }
 
 /// `[demo_upstream]`
@@ -787,6 +814,18 @@ impl Config {
             err(
                 None,
                 "registry.default_ttl: must be above 0 and at most max_ttl".into(),
+            );
+        }
+        if self.kv.backend == KvBackend::Etcd && self.kv.file.is_some() {
+            err(
+                None,
+                "kv.file: only the local backend uses a file; etcd keeps the values".into(),
+            );
+        }
+        if self.kv.backend == KvBackend::Etcd && !self.kv.prefix.ends_with('/') {
+            err(
+                None,
+                format!("kv.prefix: `{}` must end with `/`", self.kv.prefix),
             );
         }
         if !self.resolver.prefix.starts_with('/') {

@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod etcd;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
@@ -88,7 +89,32 @@ impl Gateway {
         warn_about_missing_plugins(&config, &plugins);
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
 
-        let registry = Registry::new(&config, metrics.clone());
+        // One etcd connection for everything kept there (registry, kv).
+        let uses_etcd = config.registry.backend == config::RegistryBackend::Etcd
+            || config.kv.backend == config::KvBackend::Etcd;
+        let etcd = uses_etcd.then(|| {
+            etcd::EtcdConnection::new(
+                config.registry.endpoints.clone(),
+                config.registry.dial_timeout,
+            )
+        });
+        if let Some(conn) = etcd
+            .clone()
+            .filter(|_| config.kv.backend == config::KvBackend::Etcd)
+        {
+            let kv = plugins.kv().clone();
+            kv.attach_etcd(plugin::kv::EtcdKv::new(
+                conn.clone(),
+                config.kv.prefix.clone(),
+            ));
+            control_tasks.push(tokio::spawn(etcd::mirror(
+                conn,
+                config.kv.prefix.clone(),
+                Arc::new(plugin::kv::KvMirror(kv)),
+                shutdown.clone(),
+            )));
+        }
+        let registry = Registry::new(&config, metrics.clone(), etcd);
         control_tasks.push(registry.spawn(shutdown.clone()));
         for service in registry.services() {
             if let Some(active) = &service.active {

@@ -160,7 +160,7 @@ async fn the_embedded_default_guards_its_private_route_with_the_readme_token() {
     gw.shutdown().await;
 }
 
-fn hs256(kid: &str, secret: &str) -> String {
+pub fn hs256(kid: &str, secret: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

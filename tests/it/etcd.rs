@@ -101,14 +101,23 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A gateway process whose registry is on `etcd` under `prefix`, with a route `/users` to a
+/// service `users` without static instances.
 async fn gateway_process(etcd: &str, prefix: &str) -> GatewayProcess {
+    let config = format!(
+        "[registry]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\n\
+         [services.users]\n[[routes]]\npath = \"/users\"\nservice = \"users\"\n"
+    );
+    gateway_process_with(&config).await
+}
+
+/// A `sluice run` process with this config (listen and admin ports are added).
+async fn gateway_process_with(config: &str) -> GatewayProcess {
     let dir = tempfile::tempdir().unwrap();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port().await));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
     let config = format!(
-        "[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n[log]\naccess = false\n\
-         [registry]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\n\
-         [services.users]\n[[routes]]\npath = \"/users\"\nservice = \"users\"\n"
+        "[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n[log]\naccess = false\n{config}"
     );
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
@@ -290,4 +299,61 @@ async fn routing_survives_etcd_going_away_and_converges_when_it_returns() {
         get(a.listen, "/users").await;
     }
     assert!(x.hits() > 0 && y.hits() > 0);
+}
+
+/// The plugins' kv store on etcd: a JWT key published through one gateway verifies tokens on
+/// another (the seed's Consul-KV key rotation, on etcd).
+#[tokio::test]
+async fn kv_on_etcd_rotates_auth_keys_across_gateways() {
+    let etcd = Etcd::start().await;
+    let up = Upstream::named("protected").await;
+    let plugins = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[registry]\nendpoints = [\"{}\"]\n[kv]\nbackend = \"etcd\"\nprefix = \"{}\"\n\
+         [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n\
+         [services.s]\ninstances = [\"{}\"]\n[[routes]]\npath = \"/\"\nservice = \"s\"\nplugins = [\"auth\"]\n[plugin.auth]\n",
+        etcd.endpoint(),
+        unique_prefix(),
+        plugins.path().display(),
+        plugin_cache_dir().display(),
+        up.addr
+    );
+    let a = gateway_process_with(&config).await;
+    let b = gateway_process_with(&config).await;
+    let token = crate::builtin::hs256("etcd-key", "etcd-secret-0123456789abcdef");
+    let call = |addr: SocketAddr, token: String| async move {
+        let req = http::Request::get("/r")
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(""))
+            .unwrap();
+        send(addr, req).await.0.as_u16()
+    };
+    assert_eq!(
+        call(b.listen, token.clone()).await,
+        401,
+        "no key published yet"
+    );
+
+    let keys =
+        r#"{"keys":[{"kid":"etcd-key","alg":"HS256","secret":"etcd-secret-0123456789abcdef"}]}"#;
+    let put = http::Request::put("/admin/kv/auth/keys")
+        .body(full(keys))
+        .unwrap();
+    let (status, _, text) = send(a.admin, put).await;
+    assert_eq!(status, 200, "{text}");
+    // Written through a, read back at once from a's mirror.
+    assert_eq!(get(a.admin, "/admin/kv/auth/keys").await.2, keys);
+    assert_eq!(call(a.listen, token.clone()).await, 200);
+    let b_listen = b.listen;
+    let t = token.clone();
+    wait_for(
+        Duration::from_secs(5),
+        "b to accept the key published through a",
+        || {
+            let t = t.clone();
+            async move { call(b_listen, t).await == 200 }
+        },
+    )
+    .await;
+    assert_eq!(get(b.admin, "/admin/kv/auth/keys").await.2, keys);
 }

@@ -2,7 +2,7 @@
 //! 127.0.0.1:0 and stops them.
 
 mod admin;
-mod builtin;
+pub mod builtin;
 mod cli;
 mod config;
 mod etcd;

@@ -1,12 +1,15 @@
 //! The watched key-value store behind the `kv` interface: operators change values while the
 //! gateway runs (`PUT /admin/kv/{key}`), plugins read them with a version so they re-parse
-//! only on change. The embedded backend persists to a JSON file (written atomically), so a
-//! restart keeps the values.
+//! only on change. The local backend persists to a JSON file (written atomically), so a
+//! restart keeps the values. With `[kv] backend = "etcd"` the values live in etcd under a
+//! prefix, shared by every gateway on it: writes go to etcd, and the store mirrors the prefix
+//! (plugins still read memory; the version is etcd's revision of the key).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -46,6 +49,71 @@ pub struct KvStore {
     entries: RwLock<BTreeMap<String, (Bytes, u64)>>,
     version: AtomicU64,
     file: Option<PathBuf>,
+    remote: OnceLock<EtcdKv>,
+}
+
+/// The etcd side of the store: where writes go when `[kv] backend = "etcd"`.
+#[derive(Debug)]
+pub struct EtcdKv {
+    conn: Arc<crate::etcd::EtcdConnection>,
+    prefix: String,
+}
+
+impl EtcdKv {
+    /// Keys live at `prefix + key` on `conn`.
+    pub fn new(conn: Arc<crate::etcd::EtcdConnection>, prefix: String) -> Self {
+        Self { conn, prefix }
+    }
+
+    /// Writes a value; its new version (etcd's revision).
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, String> {
+        let key = format!("{}{key}", self.prefix);
+        self.conn
+            .call(|mut client| async move {
+                let response = client
+                    .put(key, value.to_vec(), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(response.header().map_or(0, |h| h.revision()) as u64)
+            })
+            .await
+    }
+
+    /// Deletes a key; whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, String> {
+        let key = format!("{}{key}", self.prefix);
+        self.conn
+            .call(|mut client| async move {
+                let response = client.delete(key, None).await.map_err(|e| e.to_string())?;
+                Ok(response.deleted() > 0)
+            })
+            .await
+    }
+}
+
+/// Applies what etcd holds under the kv prefix to the store.
+pub struct KvMirror(pub Arc<KvStore>);
+
+impl crate::etcd::Mirror for KvMirror {
+    fn reset(&self, entries: Vec<(String, Vec<u8>, i64)>) {
+        let mut map = self.0.entries.write().expect("kv lock");
+        *map = entries
+            .into_iter()
+            .map(|(k, v, revision)| (k, (Bytes::from(v), revision as u64)))
+            .collect();
+    }
+
+    fn change(&self, key: &str, value: Option<&[u8]>, revision: i64) {
+        let mut map = self.0.entries.write().expect("kv lock");
+        match value {
+            Some(v) => {
+                map.insert(key.to_owned(), (Bytes::copy_from_slice(v), revision as u64));
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
 }
 
 impl KvStore {
@@ -86,7 +154,39 @@ impl KvStore {
             entries: RwLock::new(entries),
             version: AtomicU64::new(max_version),
             file: Some(file.to_owned()),
+            remote: OnceLock::new(),
         })
+    }
+
+    /// Sends writes to etcd from now on (`[kv] backend = "etcd"`).
+    pub fn attach_etcd(&self, remote: EtcdKv) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The etcd side, when the store lives in etcd.
+    pub fn remote(&self) -> Option<&EtcdKv> {
+        self.remote.get()
+    }
+
+    /// Waits (up to `limit`) until the mirror holds `key` at `version` or later, or (with
+    /// `None`) no longer holds it: a write through this gateway is then visible to its
+    /// plugins when the admin call returns.
+    pub async fn wait_for(&self, key: &str, version: Option<u64>, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let current = self.get(key).map(|(_, v)| v);
+            let done = match version {
+                Some(want) => current.is_some_and(|v| v >= want),
+                None => current.is_none(),
+            };
+            if done {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The value and version of a key.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RegistryBackend, RegistryConfig, ServiceConfig};
+use crate::etcd::{EtcdConnection, EtcdStatus};
 use crate::metrics::Metrics;
 use crate::plugin::state::monotonic_ns;
 use crate::upstream::{EndpointSpec, Service, ServiceView, Source, static_specs};
@@ -86,18 +87,13 @@ pub enum RegistryError {
 pub struct BackendStatus {
     /// `embedded` or `etcd`.
     pub backend: RegistryBackend,
-    /// Whether the backend is reachable now (always true for `embedded`).
-    pub connected: bool,
-    /// The last error talking to the backend, if it is unreachable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Since when it has been unreachable (seconds ago).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disconnected_for_s: Option<u64>,
+    /// Whether it is reachable (always true for `embedded`), and since when not.
+    #[serde(flatten)]
+    pub status: EtcdStatus,
 }
 
 /// Registered instances by service, then by id.
-type Registrations = HashMap<Arc<str>, BTreeMap<Arc<str>, Registration>>;
+pub(crate) type Registrations = HashMap<Arc<str>, BTreeMap<Arc<str>, Registration>>;
 
 /// Services and their instances.
 #[derive(Debug)]
@@ -114,8 +110,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The registry of a validated config: its services with their static instances.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// The registry of a validated config: its services with their static instances. With
+    /// the etcd backend, `etcd` is the connection to use.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        etcd: Option<Arc<EtcdConnection>>,
+    ) -> Arc<Self> {
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -133,8 +134,12 @@ impl Registry {
             services: ArcSwap::from_pointee(services),
             registered: Mutex::default(),
             statics,
-            etcd: (config.registry.backend == RegistryBackend::Etcd)
-                .then(|| etcd::EtcdBackend::new(config.registry.clone())),
+            etcd: etcd
+                .filter(|_| config.registry.backend == RegistryBackend::Etcd)
+                .map(|conn| etcd::EtcdBackend {
+                    conn,
+                    prefix: config.registry.prefix.clone(),
+                }),
             config: config.registry.clone(),
             workers,
             metrics,
@@ -144,7 +149,12 @@ impl Registry {
     /// Starts what keeps the registry current: expiry of TTLs (embedded) or the etcd watch.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         match &self.etcd {
-            Some(_) => tokio::spawn(etcd::watch(self.clone(), shutdown)),
+            Some(backend) => tokio::spawn(crate::etcd::mirror(
+                backend.conn.clone(),
+                backend.prefix.clone(),
+                Arc::new(etcd::RegistryMirror(self.clone())),
+                shutdown,
+            )),
             None => {
                 let registry = self.clone();
                 tokio::spawn(async move {
@@ -175,12 +185,17 @@ impl Registry {
     /// The backend's state.
     pub fn status(&self) -> BackendStatus {
         match &self.etcd {
-            Some(etcd) => etcd.status(),
+            Some(etcd) => BackendStatus {
+                backend: RegistryBackend::Etcd,
+                status: etcd.conn.status(),
+            },
             None => BackendStatus {
                 backend: RegistryBackend::Embedded,
-                connected: true,
-                last_error: None,
-                disconnected_for_s: None,
+                status: EtcdStatus {
+                    connected: true,
+                    last_error: None,
+                    disconnected_for_s: None,
+                },
             },
         }
     }
@@ -391,7 +406,7 @@ mod tests {
 
     fn registry() -> Arc<Registry> {
         let config = Config::parse("[services.users]\n", "test").unwrap();
-        Registry::new(&config, Arc::new(Metrics::new()))
+        Registry::new(&config, Arc::new(Metrics::new()), None)
     }
 
     fn request(address: &str) -> RegisterRequest {
