@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod hystrix;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;
@@ -86,6 +87,13 @@ impl Gateway {
         warn_about_missing_plugins(&config, &plugins);
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
 
+        let _ = metrics
+            .breaker_state
+            .set(plugins.shared_state(hystrix::PLUGIN));
+        let hystrix_hub = hystrix::Hub::new(
+            plugins.shared_state(hystrix::PLUGIN),
+            config.server.hystrix_stream_max_clients,
+        );
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
             unmatched: metrics.route(&metrics::RouteName::unmatched()),
@@ -101,7 +109,7 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         control_tasks.push(serve_axum(
             admin_listener,
-            admin::router(proxy.clone()),
+            admin::router(proxy.clone()).merge(hystrix::router(hystrix_hub)),
             shutdown.clone(),
         ));
 
