@@ -460,33 +460,47 @@ async fn dashboard_tile_turns_open_in_chromium() {
     let flaky = Flaky::start().await;
     let gw = gateway_with(flaky.up.addr, r#"sleep_window = "60s""#, 1).await;
     let at = gw.listen_addr;
-    let url = format!("http://{}/", gw.admin_addr);
-    let artifacts =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let artifacts = artifacts.canonicalize().unwrap();
-
     get(at, "/api/x").await;
-    let dom = headless(&chromium, &["--dump-dom", &url]).await;
-    let tile = tile_state(&dom, "api GET");
-    assert_eq!(tile.as_deref(), Some("closed"), "{dom}");
-    assert!(dom.contains(r#"data-plugin="breaker""#), "plugin list: {dom}");
 
+    let browser = Browser::launch(&chromium).await;
+    let mut page = browser.page().await;
+    page = page
+        .call(
+            "Page.navigate",
+            serde_json::json!({ "url": format!("http://{}/", gw.admin_addr) }),
+        )
+        .await
+        .0;
+    let (page, state) = page.wait_for_tile("api GET", "closed").await;
+    assert_eq!(state.as_deref(), Some("closed"));
+    let (page, plugins) = page
+        .eval("[...document.querySelectorAll('tr[data-plugin]')].map(r => r.dataset.plugin).join(',')")
+        .await;
+    assert_eq!(plugins, "breaker", "the plugin list from /admin/plugins");
+
+    // The page stays open; the upstream fails and the tile must turn open from the stream.
     flaky.set(500);
     for _ in 0..20 {
         get(at, "/api/x").await;
     }
     assert_eq!(get(at, "/api/x").await.0, 503);
-    let dom = headless(&chromium, &["--dump-dom", &url]).await;
-    assert_eq!(tile_state(&dom, "api GET").as_deref(), Some("open"), "{dom}");
-
-    let png = artifacts.join("dashboard-open.png");
-    let _ = std::fs::remove_file(&png);
-    let shot = format!("--screenshot={}", png.display());
-    headless(&chromium, &[&shot, "--window-size=1280,800", &url]).await;
-    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
-    assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
-    println!("dashboard screenshot: {}", png.display());
+    let (page, state) = page.wait_for_tile("api GET", "open").await;
+    assert_eq!(state.as_deref(), Some("open"), "the tile turned open live");
+    let (page, shot) = page
+        .call("Page.captureScreenshot", serde_json::json!({ "format": "png" }))
+        .await;
+    drop(page);
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("screenshot data"))
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let path = artifacts.canonicalize().unwrap().join("dashboard-open.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("dashboard screenshot: {}", path.display());
+    drop(browser);
     gw.shutdown().await;
 }
 
@@ -498,41 +512,133 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// Runs headless Chromium against the page and returns its stdout; fails the test after 60 s.
-async fn headless(chromium: &std::path::Path, args: &[&str]) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(chromium);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--virtual-time-budget=3000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .kill_on_drop(true)
-    .stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("chromium finished within 60 s")
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Headless Chromium driven over the DevTools protocol (a page's WebSocket), so a test can
+/// keep one page open and watch it change.
+struct Browser {
+    _child: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    port: u16,
 }
 
-/// The `data-state` of the tile whose `data-command` is `command`.
-fn tile_state(dom: &str, command: &str) -> Option<String> {
-    let at = dom.find(&format!(r#"data-command="{command}""#))?;
-    let start = dom[..at].rfind('<')?;
-    let end = at + dom[at..].find('>')?;
-    let tag = &dom[start..end];
-    let state = tag.split("data-state=\"").nth(1)?;
-    Some(state[..state.find('"')?].to_owned())
+impl Browser {
+    async fn launch(chromium: &std::path::Path) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--window-size=1280,800",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        // Chromium writes the port it chose to DevToolsActivePort in the profile.
+        let file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<u16>().ok())
+            {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        Self {
+            _child: child,
+            _profile: profile,
+            port,
+        }
+    }
+
+    /// The first page target.
+    async fn page(&self) -> Page {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let (_, _, body) = get(addr, "/json/list").await;
+        let targets: Value = serde_json::from_str(&body).unwrap();
+        let ws = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (socket, _) = tungstenite::connect(ws.as_str()).expect("DevTools WebSocket");
+            Page { socket, next: 0 }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+struct Page {
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next: u64,
+}
+
+impl Page {
+    /// One DevTools call (off the test's runtime, which serves the admin listener).
+    async fn call(self, method: &'static str, params: Value) -> (Self, Value) {
+        tokio::task::spawn_blocking(move || {
+            let mut page = self;
+            page.next += 1;
+            let id = page.next;
+            let msg = serde_json::json!({ "id": id, "method": method, "params": params });
+            page.socket
+                .send(tungstenite::Message::text(msg.to_string()))
+                .unwrap();
+            loop {
+                let reply = page.socket.read().expect("DevTools reply");
+                let Ok(text) = reply.to_text() else { continue };
+                let value: Value = serde_json::from_str(text).unwrap();
+                if value["id"] == id {
+                    assert!(value.get("error").is_none(), "{method}: {value}");
+                    return (page, value["result"].clone());
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn eval(self, expression: &str) -> (Self, Value) {
+        let (page, result) = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({ "expression": expression, "returnByValue": true }),
+            )
+            .await;
+        (page, result["result"]["value"].clone())
+    }
+
+    /// Polls the tile's `data-state` until it is `want` (10 s at most); returns the last seen.
+    async fn wait_for_tile(self, command: &str, want: &str) -> (Self, Option<String>) {
+        let expression = format!(
+            "(() => {{ const t = document.querySelector('[data-command=\"{command}\"]'); return t ? t.dataset.state : null; }})()"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut page = self;
+        loop {
+            let (p, value) = page.eval(&expression).await;
+            page = p;
+            let state = value.as_str().map(str::to_owned);
+            if state.as_deref() == Some(want) || Instant::now() > deadline {
+                return (page, state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
