@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: the Rust wasm target (test plugins and the
 # built-in plugins are built from source), the Python and JavaScript plugin toolchains
-# (componentize-py, componentize-js), then `cargo test` for the whole workspace.
+# (componentize-py, componentize-js), headless Chromium for the breaker dashboard test, then
+# `cargo test` for the whole workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "warning: could not add the wasm32-wasip2 target" >&2
 bash scripts/setup-plugin-toolchains.sh
+bash scripts/setup-chromium.sh
 cargo test --workspace --all-targets --all-features "$@"
 cargo test --workspace --doc --all-features
