@@ -269,7 +269,10 @@ pub fn hystrix_json(s: &CommandSnapshot, now_unix_ms: u64) -> Value {
         ("name", json!(r.name)),
         ("group", json!(r.group)),
         ("currentTime", json!(now_unix_ms)),
-        ("isCircuitBreakerOpen", json!(s.state != CircuitState::Closed)),
+        (
+            "isCircuitBreakerOpen",
+            json!(s.state != CircuitState::Closed),
+        ),
         ("errorPercentage", json!(c.error_percent())),
         ("errorCount", json!(c.errors())),
         ("requestCount", json!(c.total())),
@@ -295,20 +298,56 @@ pub fn hystrix_json(s: &CommandSnapshot, now_unix_ms: u64) -> Value {
         ("latencyExecute", json!(latency)),
         ("latencyTotal_mean", json!(s.mean_ms)),
         ("latencyTotal", json!(latency)),
-        ("propertyValue_circuitBreakerRequestVolumeThreshold", json!(r.request_volume_threshold)),
-        ("propertyValue_circuitBreakerSleepWindowInMilliseconds", json!(r.sleep_window_ms)),
-        ("propertyValue_circuitBreakerErrorThresholdPercentage", json!(r.error_threshold_percent)),
+        (
+            "propertyValue_circuitBreakerRequestVolumeThreshold",
+            json!(r.request_volume_threshold),
+        ),
+        (
+            "propertyValue_circuitBreakerSleepWindowInMilliseconds",
+            json!(r.sleep_window_ms),
+        ),
+        (
+            "propertyValue_circuitBreakerErrorThresholdPercentage",
+            json!(r.error_threshold_percent),
+        ),
         ("propertyValue_circuitBreakerForceOpen", json!(r.force_open)),
-        ("propertyValue_circuitBreakerForceClosed", json!(r.force_closed)),
+        (
+            "propertyValue_circuitBreakerForceClosed",
+            json!(r.force_closed),
+        ),
         ("propertyValue_circuitBreakerEnabled", json!(true)),
-        ("propertyValue_executionIsolationStrategy", json!("SEMAPHORE")),
-        ("propertyValue_executionIsolationThreadTimeoutInMilliseconds", json!(r.timeout_ms)),
-        ("propertyValue_executionTimeoutInMilliseconds", json!(r.timeout_ms)),
-        ("propertyValue_executionIsolationThreadInterruptOnTimeout", json!(true)),
-        ("propertyValue_executionIsolationThreadPoolKeyOverride", json!(Value::Null)),
-        ("propertyValue_executionIsolationSemaphoreMaxConcurrentRequests", json!(r.max_concurrent_requests)),
-        ("propertyValue_fallbackIsolationSemaphoreMaxConcurrentRequests", json!(r.max_concurrent_requests)),
-        ("propertyValue_metricsRollingStatisticalWindowInMilliseconds", json!(r.rolling_window_ms)),
+        (
+            "propertyValue_executionIsolationStrategy",
+            json!("SEMAPHORE"),
+        ),
+        (
+            "propertyValue_executionIsolationThreadTimeoutInMilliseconds",
+            json!(r.timeout_ms),
+        ),
+        (
+            "propertyValue_executionTimeoutInMilliseconds",
+            json!(r.timeout_ms),
+        ),
+        (
+            "propertyValue_executionIsolationThreadInterruptOnTimeout",
+            json!(true),
+        ),
+        (
+            "propertyValue_executionIsolationThreadPoolKeyOverride",
+            json!(Value::Null),
+        ),
+        (
+            "propertyValue_executionIsolationSemaphoreMaxConcurrentRequests",
+            json!(r.max_concurrent_requests),
+        ),
+        (
+            "propertyValue_fallbackIsolationSemaphoreMaxConcurrentRequests",
+            json!(r.max_concurrent_requests),
+        ),
+        (
+            "propertyValue_metricsRollingStatisticalWindowInMilliseconds",
+            json!(r.rolling_window_ms),
+        ),
         ("propertyValue_requestCacheEnabled", json!(false)),
         ("propertyValue_requestLogEnabled", json!(false)),
         ("reportingHosts", json!(1)),
@@ -498,10 +537,7 @@ impl Collector for BreakerCollector {
                     CircuitState::Open,
                     CircuitState::HalfOpen,
                 ] {
-                    let labels = [
-                        ("command", c.record.name.as_str()),
-                        ("state", s.as_str()),
-                    ];
+                    let labels = [("command", c.record.name.as_str()), ("state", s.as_str())];
                     ConstGauge::new(i64::from(c.state == s))
                         .encode(family.encode_family(&labels)?)?;
                 }

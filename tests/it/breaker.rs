@@ -93,7 +93,10 @@ health_snapshot_interval = "0ms"
 }
 
 fn assert_short_circuit(status: StatusCode, headers: &http::HeaderMap, body: &str, cmd: &str) {
-    assert_eq!(status, 503, "an open circuit answers 503, never 200: {body}");
+    assert_eq!(
+        status, 503,
+        "an open circuit answers 503, never 200: {body}"
+    );
     assert_eq!(headers["x-sluice-breaker"], "open");
     assert_eq!(headers["content-type"], "application/json");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -128,7 +131,11 @@ async fn circuit_opens_with_503_body_and_retry_after_then_recovers() {
         let (status, headers, body) = get(at, "/api/users").await;
         assert_short_circuit(status, &headers, &body, "api GET");
     }
-    assert_eq!(flaky.up.hits(), hits, "short-circuited requests never reach the upstream");
+    assert_eq!(
+        flaky.up.hits(),
+        hits,
+        "short-circuited requests never reach the upstream"
+    );
     // Another method is another command, still closed.
     let post = Request::post("/api/users").body(full("x")).unwrap();
     assert_eq!(send(at, post).await.0, 500);
@@ -164,7 +171,11 @@ async fn four_xx_do_not_open_it_and_refused_connections_do() {
         flaky.set(status);
         assert_eq!(get(at, "/api/x").await.0, status);
     }
-    assert_eq!(get(at, "/api/x").await.0, 429, "40 4xx answers: still closed");
+    assert_eq!(
+        get(at, "/api/x").await.0,
+        429,
+        "40 4xx answers: still closed"
+    );
 
     for _ in 0..20 {
         let status = get(at, "/down").await.0;
@@ -190,7 +201,10 @@ async fn timeout_answers_504_and_counts_as_timeout() {
     );
     let state = gw.proxy.plugins.shared_state("breaker");
     let snapshot = sluice::hystrix::snapshot(&state);
-    let api = snapshot.iter().find(|c| c.record.name == "api GET").unwrap();
+    let api = snapshot
+        .iter()
+        .find(|c| c.record.name == "api GET")
+        .unwrap();
     assert_eq!((api.counts.timeout, api.counts.failure), (1, 0));
     gw.shutdown().await;
 }
@@ -224,7 +238,10 @@ async fn bulkhead_rejects_over_max_concurrent_at_once() {
                 assert_eq!(headers["x-sluice-breaker"], "rejected");
                 let json: Value = serde_json::from_str(&body).unwrap();
                 assert_eq!(json["error"], "bulkhead_full");
-                assert!(took < Duration::from_millis(500), "rejected at once, took {took:?}");
+                assert!(
+                    took < Duration::from_millis(500),
+                    "rejected at once, took {took:?}"
+                );
             }
             other => panic!("unexpected {other}: {body}"),
         }
@@ -236,7 +253,10 @@ async fn bulkhead_rejects_over_max_concurrent_at_once() {
         assert_eq!(get(at, "/api/x").await.0, 200);
     }
     let snapshot = sluice::hystrix::snapshot(&gw.proxy.plugins.shared_state("breaker"));
-    let api = snapshot.iter().find(|c| c.record.name == "api GET").unwrap();
+    let api = snapshot
+        .iter()
+        .find(|c| c.record.name == "api GET")
+        .unwrap();
     assert_eq!(api.counts.rejected, 7);
     assert_eq!(api.concurrent, 0, "no slot leaked");
     gw.shutdown().await;
@@ -380,15 +400,27 @@ async fn hystrix_stream_carries_every_field_the_dashboard_reads() {
     assert_eq!(api["group"], "api");
     assert!(api["threadPool"].is_string());
     for field in NUMBER_FIELDS {
-        assert!(api[field].is_u64(), "{field} should be a number: {}", api[field]);
+        assert!(
+            api[field].is_u64(),
+            "{field} should be a number: {}",
+            api[field]
+        );
     }
     for field in BOOL_FIELDS {
-        assert!(api[field].is_boolean(), "{field} should be a boolean: {}", api[field]);
+        assert!(
+            api[field].is_boolean(),
+            "{field} should be a boolean: {}",
+            api[field]
+        );
     }
     assert!(api["propertyValue_executionIsolationStrategy"].is_string());
     for object in ["latencyExecute", "latencyTotal"] {
         for key in PERCENTILE_KEYS {
-            assert!(api[object][key].is_u64(), "{object}[{key}]: {}", api[object]);
+            assert!(
+                api[object][key].is_u64(),
+                "{object}[{key}]: {}",
+                api[object]
+            );
         }
     }
     assert_eq!(api["requestCount"], 10);
@@ -398,9 +430,15 @@ async fn hystrix_stream_carries_every_field_the_dashboard_reads() {
     assert_eq!(api["errorPercentage"], 40);
     assert_eq!(api["isCircuitBreakerOpen"], false);
     assert_eq!(api["reportingHosts"], 1);
-    assert_eq!(api["propertyValue_circuitBreakerRequestVolumeThreshold"], 20);
+    assert_eq!(
+        api["propertyValue_circuitBreakerRequestVolumeThreshold"],
+        20
+    );
     assert_eq!(api["propertyValue_executionTimeoutInMilliseconds"], 1000);
-    assert!(api["latencyExecute"]["100"].as_u64().unwrap() >= api["latencyExecute"]["0"].as_u64().unwrap());
+    assert!(
+        api["latencyExecute"]["100"].as_u64().unwrap()
+            >= api["latencyExecute"]["0"].as_u64().unwrap()
+    );
     gw.shutdown().await;
 }
 
@@ -453,6 +491,62 @@ async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
 }
 
 #[tokio::test]
+async fn hystrix_stream_drops_a_client_that_stops_reading() {
+    let flaky = Flaky::start().await;
+    let gw = gateway_with(flaky.up.addr, "", 1).await;
+    get(gw.listen_addr, "/api/x").await;
+    // Many commands make each sample large (about 250 KB), so a client that reads nothing fills
+    // the socket buffers within a second or two and its 8-sample buffer right after.
+    let state = gw.proxy.plugins.shared_state("breaker");
+    let record = state
+        .get("cmd|api GET")
+        .expect("the plugin announced its command");
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    for i in 0..100 {
+        let mut r = record.clone();
+        r["name"] = Value::from(format!("filler {i}"));
+        state.set(format!("cmd|filler {i}"), r.to_string().into(), None);
+    }
+    let admin = gw.admin_addr;
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(admin, "/hystrix.stream").await.0,
+        503,
+        "five clients hold every place"
+    );
+    // Their sockets stay open, but they lag: the stream drops them and frees their places.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = Request::get(format!("http://{admin}/hystrix.stream?delay=1000"))
+            .body(full(""))
+            .unwrap();
+        if client().request(req).await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lagging clients were never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Requests were answered all along.
+    assert_eq!(get(gw.listen_addr, "/api/x").await.0, 200);
+    drop(stalled);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn dashboard_tile_turns_open_in_chromium() {
     let chromium = which("chromium").expect(
         "chromium is required for this test: run scripts/setup-chromium.sh (apt-get install chromium)",
@@ -487,7 +581,10 @@ async fn dashboard_tile_turns_open_in_chromium() {
     let (page, state) = page.wait_for_tile("api GET", "open").await;
     assert_eq!(state.as_deref(), Some("open"), "the tile turned open live");
     let (page, shot) = page
-        .call("Page.captureScreenshot", serde_json::json!({ "format": "png" }))
+        .call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        )
         .await;
     drop(page);
     use base64::Engine as _;
@@ -552,7 +649,10 @@ impl Browser {
             {
                 break port;
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         Self {

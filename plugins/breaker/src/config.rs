@@ -230,9 +230,7 @@ impl RawSettings {
             fallback: self.fallback.or(b.fallback),
             force_open: self.force_open.or(b.force_open),
             force_closed: self.force_closed.or(b.force_closed),
-            health_snapshot_interval: self
-                .health_snapshot_interval
-                .or(b.health_snapshot_interval),
+            health_snapshot_interval: self.health_snapshot_interval.or(b.health_snapshot_interval),
             command_key: self.command_key.or(b.command_key),
             group: self.group.or(b.group),
         }
@@ -259,7 +257,8 @@ impl RawSettings {
                 format!("{error_threshold_percent} is not a percentage (0..=100)"),
             ));
         }
-        let sleep_window_ms = duration("sleep_window", &self.sleep_window, DEFAULT_SLEEP_WINDOW_MS)?;
+        let sleep_window_ms =
+            duration("sleep_window", &self.sleep_window, DEFAULT_SLEEP_WINDOW_MS)?;
         if sleep_window_ms == 0 {
             return Err(err("sleep_window", "must be longer than 0".into()));
         }
@@ -303,7 +302,9 @@ impl RawSettings {
         .map_err(|e| err("error_statuses", e))?;
         let fallback = match &self.fallback {
             None => None,
-            Some(f) => Some(resolve_fallback(f).map_err(|(key, e)| err(&format!("fallback.{key}"), e))?),
+            Some(f) => {
+                Some(resolve_fallback(f).map_err(|(key, e)| err(&format!("fallback.{key}"), e))?)
+            }
         };
         let health_snapshot_interval_ms = duration(
             "health_snapshot_interval",
@@ -359,7 +360,10 @@ fn resolve_fallback(raw: &RawFallback) -> Result<Fallback, (&'static str, String
             return Err(("headers", format!("`{name}` is not a valid header name")));
         }
         if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(("headers", format!("the value of `{name}` has CR, LF or NUL")));
+            return Err((
+                "headers",
+                format!("the value of `{name}` has CR, LF or NUL"),
+            ));
         }
         headers.push((name.to_ascii_lowercase(), value.clone()));
     }
@@ -395,7 +399,11 @@ fn parse_statuses(list: &[Value]) -> Result<StatusSet, String> {
                     }
                 }
             }
-            other => return Err(format!("{other} is not a status code or class like \"5xx\"")),
+            other => {
+                return Err(format!(
+                    "{other} is not a status code or class like \"5xx\""
+                ));
+            }
         }
     }
     Ok(set)
@@ -450,7 +458,10 @@ mod tests {
         assert_eq!(s.request_volume_threshold, 20);
         assert_eq!(s.error_threshold_percent, 50);
         assert_eq!(s.sleep_window_ms, 5000);
-        assert_eq!((s.rolling_window_ms, s.rolling_buckets, s.bucket_ms()), (10_000, 10, 1000));
+        assert_eq!(
+            (s.rolling_window_ms, s.rolling_buckets, s.bucket_ms()),
+            (10_000, 10, 1000)
+        );
         assert_eq!(s.timeout_ms, 1000);
         assert_eq!(s.max_concurrent_requests, 10);
         assert_eq!(s.half_open_requests, 1);
@@ -479,21 +490,42 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            (json!({"request_volume_threshold": 0}), "request_volume_threshold"),
-            (json!({"error_threshold_percent": 101}), "error_threshold_percent"),
+            (
+                json!({"request_volume_threshold": 0}),
+                "request_volume_threshold",
+            ),
+            (
+                json!({"error_threshold_percent": 101}),
+                "error_threshold_percent",
+            ),
             (json!({"sleep_window": "soon"}), "sleep_window"),
             (json!({"sleep_window": "0"}), "sleep_window"),
-            (json!({"rolling_window": "10s", "rolling_buckets": 3}), "rolling_window"),
+            (
+                json!({"rolling_window": "10s", "rolling_buckets": 3}),
+                "rolling_window",
+            ),
             (json!({"rolling_buckets": 0}), "rolling_buckets"),
             (json!({"half_open_requests": 0}), "half_open_requests"),
             (json!({"error_statuses": ["6xx"]}), "error_statuses"),
             (json!({"error_statuses": [99]}), "error_statuses"),
             (json!({"fallback": {"body": "x"}}), "fallback.status"),
-            (json!({"fallback": {"status": 200, "headers": {"bad name": "x"}}}), "fallback.headers"),
+            (
+                json!({"fallback": {"status": 200, "headers": {"bad name": "x"}}}),
+                "fallback.headers",
+            ),
             (json!({"command_key": "uri"}), "command_key"),
-            (json!({"max_concurrent_requests": 100_000}), "max_concurrent_requests"),
-            (json!({"routes": {"users": {"timeout": "1 second"}}}), "routes.users.timeout"),
-            (json!({"routes": {"users": {"timout": "1s"}}}), "routes.users"),
+            (
+                json!({"max_concurrent_requests": 100_000}),
+                "max_concurrent_requests",
+            ),
+            (
+                json!({"routes": {"users": {"timeout": "1 second"}}}),
+                "routes.users.timeout",
+            ),
+            (
+                json!({"routes": {"users": {"timout": "1s"}}}),
+                "routes.users",
+            ),
             (json!({"sleepwindow": "1s"}), "sleepwindow"),
             (json!({"routes": 3}), "routes"),
         ];

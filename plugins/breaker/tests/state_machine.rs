@@ -28,10 +28,7 @@ fn execute(host: &TestHost, plugin: &Breaker, status: u16) {
     let req = TestRequest::get("/x");
     match host.on_request(plugin, &req).unwrap() {
         Action::Continue => {}
-        Action::Respond(r) => panic!(
-            "expected the request to go through, got {}",
-            r.status
-        ),
+        Action::Respond(r) => panic!("expected the request to go through, got {}", r.status),
     }
     host.on_response(plugin, &req, &TestResponseHead::new(status))
         .unwrap();
@@ -165,7 +162,11 @@ fn half_open_success_closes_and_resets_the_window() {
     open_it(&host, &plugin);
     host.advance(Duration::from_millis(5001));
     execute(&host, &plugin, 200);
-    assert_eq!(window_count(&host, keys::FAILURE), 0, "counts reset on close");
+    assert_eq!(
+        window_count(&host, keys::FAILURE),
+        0,
+        "counts reset on close"
+    );
     assert_eq!(window_count(&host, keys::SUCCESS), 0);
     // A fresh window: 19 more failures do not open it.
     for _ in 0..19 {
@@ -250,7 +251,10 @@ fn a_trial_that_never_reports_back_is_granted_again_after_its_lease() {
     host.advance(Duration::from_millis(1999));
     assert!(short_circuited(&host, &plugin));
     host.advance(Duration::from_millis(1));
-    assert!(!short_circuited(&host, &plugin), "a new trial after the lease");
+    assert!(
+        !short_circuited(&host, &plugin),
+        "a new trial after the lease"
+    );
 }
 
 #[test]
@@ -354,8 +358,14 @@ fn bulkhead_rejects_at_once_and_releases_slots() {
     let (host, plugin) = setup(json!({"max_concurrent_requests": 2, "timeout": "1s"}));
     let a = TestRequest::get("/x");
     let b = TestRequest::get("/x");
-    assert!(matches!(host.on_request(&plugin, &a).unwrap(), Action::Continue));
-    assert!(matches!(host.on_request(&plugin, &b).unwrap(), Action::Continue));
+    assert!(matches!(
+        host.on_request(&plugin, &a).unwrap(),
+        Action::Continue
+    ));
+    assert!(matches!(
+        host.on_request(&plugin, &b).unwrap(),
+        Action::Continue
+    ));
     let c = TestRequest::get("/x");
     match host.on_request(&plugin, &c).unwrap() {
         Action::Respond(r) => {
@@ -371,7 +381,10 @@ fn bulkhead_rejects_at_once_and_releases_slots() {
     host.on_response(&plugin, &a, &TestResponseHead::new(200))
         .unwrap();
     let d = TestRequest::get("/x");
-    assert!(matches!(host.on_request(&plugin, &d).unwrap(), Action::Continue));
+    assert!(matches!(
+        host.on_request(&plugin, &d).unwrap(),
+        Action::Continue
+    ));
     // b and d never report back (clients gone): their slots free after the lease (2 s).
     host.advance(Duration::from_millis(1999));
     assert!(matches!(
@@ -389,7 +402,10 @@ fn bulkhead_rejects_at_once_and_releases_slots() {
 fn bulkhead_rejections_count_as_errors() {
     let (host, plugin) = setup(json!({"max_concurrent_requests": 1}));
     let held = TestRequest::get("/x");
-    assert!(matches!(host.on_request(&plugin, &held).unwrap(), Action::Continue));
+    assert!(matches!(
+        host.on_request(&plugin, &held).unwrap(),
+        Action::Continue
+    ));
     for _ in 0..20 {
         assert!(matches!(
             host.on_request(&plugin, &TestRequest::get("/x")).unwrap(),
@@ -443,7 +459,8 @@ fn commands_are_route_and_method_never_the_uri() {
     assert!(host.state(&keys::command("test GET")).is_some());
     assert!(host.state(&keys::command("users OTHER")).is_some());
     assert!(host.state(&keys::command("orders")).is_some());
-    let record: Value = serde_json::from_slice(&host.state(&keys::command("test GET")).unwrap()).unwrap();
+    let record: Value =
+        serde_json::from_slice(&host.state(&keys::command("test GET")).unwrap()).unwrap();
     assert_eq!(record["group"], "test");
     assert_eq!(record["request_volume_threshold"], 20);
     assert_eq!(record["timeout_ms"], 1000);
