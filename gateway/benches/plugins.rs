@@ -52,7 +52,14 @@ fn main() {
             auth_verify_cost().await;
         }
         if run("breaker") {
-            breaker_cost(&plugin).await;
+            breaker_cost(&plugin, "defaults", "").await;
+            // Without the bulkhead's two compare-and-swaps and the timeout call.
+            breaker_cost(
+                &plugin,
+                "no bulkhead, no timeout",
+                "max_concurrent_requests = 0\ntimeout = 0\n",
+            )
+            .await;
         }
         // SLUICE_BENCH_LANGS="rust=a.wasm,python=b.wasm,js=c.wasm": the same trivial plugin
         // (`sluice plugin new`'s template) in each language.
@@ -209,11 +216,11 @@ async fn auth_verify_cost() {
 /// default settings: bulkhead slot taken and released, upstream timeout set, outcome and
 /// latency counted) against the no-op plugin, both pooled, in the same process, interleaved;
 /// the median of 5 rounds.
-async fn breaker_cost(noop: &Path) {
+async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(noop, dir.path().join("noop.wasm")).unwrap();
-    let mut config = Config::parse("[plugin.breaker]\n", "bench").unwrap();
+    let mut config = Config::parse(&format!("[plugin.breaker]\n{settings}"), "bench").unwrap();
     config.plugins.dir = Some(dir.path().to_owned());
     config.plugins.cache_dir = Some(cache.path().to_owned());
     config.plugins.defaults.instance = InstanceMode::Pooled;
@@ -260,7 +267,7 @@ async fn breaker_cost(noop: &Path) {
     };
     let (noop_us, breaker_us) = (median(&mut noop_us), median(&mut breaker_us));
     println!(
-        "breaker vs no-op, pooled, circuit closed: {breaker_us:.2} µs vs {noop_us:.2} µs per request (on-request + on-response): breaker adds {:.2} µs (median of 5 x {n})",
+        "breaker ({label}) vs no-op, pooled, circuit closed: {breaker_us:.2} µs vs {noop_us:.2} µs per request (on-request + on-response): breaker adds {:.2} µs (median of 5 x {n})",
         breaker_us - noop_us
     );
 }
