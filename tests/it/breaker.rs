@@ -295,6 +295,34 @@ async fn half_open_lets_exactly_n_of_100_concurrent_clients_through() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_bad_breaker_config_is_refused_naming_the_key() {
+    let flaky = Flaky::start().await;
+    let gw = gateway_with(
+        flaky.up.addr,
+        "[plugin.breaker.routes.api]\nerror_threshold_percent = 150",
+        1,
+    )
+    .await;
+    let (_, _, body) = get(gw.admin_addr, "/admin/plugins").await;
+    let plugins: Value = serde_json::from_str(&body).unwrap();
+    let breaker = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "breaker")
+        .expect("the breaker is listed");
+    assert_eq!(breaker["status"], "failed", "{breaker}");
+    let reason = breaker["last_error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("routes.api.error_threshold_percent") && reason.contains("150"),
+        "{reason}"
+    );
+    // Its routes fail closed (the plugin is not loaded) rather than run unprotected.
+    assert_eq!(get(gw.listen_addr, "/api/x").await.0, 503);
+    gw.shutdown().await;
+}
+
 /// Every field of a `HystrixCommand` object that hystrix-dashboard reads.
 const NUMBER_FIELDS: &[&str] = &[
     "currentTime",
