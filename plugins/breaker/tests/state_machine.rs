@@ -477,3 +477,32 @@ fn init_rejects_bad_config_naming_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn with_several_trials_the_first_outcome_decides() {
+    let (host, plugin) = setup(json!({"half_open_requests": 2}));
+    open_it(&host, &plugin);
+    host.advance(Duration::from_millis(5001));
+    let (a, b) = (TestRequest::get("/x"), TestRequest::get("/x"));
+    assert!(matches!(
+        host.on_request(&plugin, &a).unwrap(),
+        Action::Continue
+    ));
+    assert!(matches!(
+        host.on_request(&plugin, &b).unwrap(),
+        Action::Continue
+    ));
+    host.on_response(&plugin, &a, &TestResponseHead::new(200))
+        .unwrap();
+    // The circuit closed on a's success; b's failure is an ordinary failure in a fresh window.
+    host.on_response(&plugin, &b, &TestResponseHead::new(500))
+        .unwrap();
+    assert!(
+        host.state(&keys::circuit(CMD))
+            .unwrap()
+            .starts_with(b"closed:")
+    );
+    assert_eq!(counter(&host, &keys::transitions(CMD, "open")), 1);
+    assert_eq!(window_count(&host, keys::FAILURE), 1);
+    assert!(!short_circuited(&host, &plugin));
+}
