@@ -85,6 +85,9 @@ pub struct ServerConfig {
     /// finish before their connections are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `hystrix_stream_max_clients = 5`: concurrent `GET /hystrix.stream` clients on the admin
+    /// listener; more are answered 503 (Hystrix's `maxConcurrentConnections`).
+    pub hystrix_stream_max_clients: usize,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            hystrix_stream_max_clients: crate::hystrix::DEFAULT_MAX_CLIENTS,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod etcd;
 pub mod headers;
+pub mod hystrix;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;
@@ -126,6 +127,13 @@ impl Gateway {
             }
         }
 
+        let _ = metrics
+            .breaker_state
+            .set(plugins.shared_state(hystrix::PLUGIN));
+        let hystrix_hub = hystrix::Hub::new(
+            plugins.shared_state(hystrix::PLUGIN),
+            config.server.hystrix_stream_max_clients,
+        );
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
             registry,
@@ -143,7 +151,7 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         control_tasks.push(serve_axum(
             admin_listener,
-            admin::router(proxy.clone()),
+            admin::router(proxy.clone()).merge(hystrix::router(hystrix_hub)),
             shutdown.clone(),
         ));
 

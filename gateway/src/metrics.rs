@@ -133,6 +133,9 @@ pub struct Metrics {
     pub registry_connected: Gauge,
     /// Plugin calls and plugin-defined metrics.
     pub plugins: Arc<crate::plugin::metrics::PluginMetrics>,
+    /// The breaker plugin's shared state, read by the breaker metrics on each scrape (set
+    /// once the plugin runtime exists).
+    pub breaker_state: Arc<std::sync::OnceLock<Arc<crate::plugin::state::SharedState>>>,
 }
 
 impl Default for Metrics {
@@ -203,7 +206,11 @@ impl Metrics {
             registry_connected.clone(),
         );
         let plugins = crate::plugin::metrics::PluginMetrics::register(&mut registry);
+        let breaker = crate::hystrix::BreakerCollector::default();
+        let breaker_state = breaker.state.clone();
+        registry.register_collector(Box::new(breaker));
         Self {
+            breaker_state,
             registry,
             requests,
             duration,

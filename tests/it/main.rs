@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 and stops them.
 
 mod admin;
+mod breaker;
 pub mod builtin;
 mod cli;
 mod config;

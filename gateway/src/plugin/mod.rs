@@ -358,14 +358,20 @@ impl PluginRuntime {
         Ok(imports_and_exports)
     }
 
-    fn shared_for(&self, name: &str) -> Arc<PluginShared> {
-        let state = self
-            .states
+    /// The shared state of the plugin with this name (created empty if it never ran). The
+    /// same object serves every version of the plugin, so the host may keep it (the breaker's
+    /// `/hystrix.stream` and metrics read it).
+    pub fn shared_state(&self, name: &str) -> Arc<SharedState> {
+        self.states
             .lock()
             .expect("states lock")
             .entry(name.to_owned())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    fn shared_for(&self, name: &str) -> Arc<PluginShared> {
+        let state = self.shared_state(name);
         Arc::new(PluginShared {
             name: Arc::from(name),
             settings: self.settings.settings_for(name),

@@ -169,6 +169,17 @@ impl SharedState {
         }
     }
 
+    /// The live keys that start with `prefix` (a scan of the whole map: for the admin side,
+    /// e.g. the breaker's `/hystrix.stream`, not for the request path).
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let now = monotonic_ns();
+        self.map
+            .iter()
+            .filter(|e| e.key().starts_with(prefix) && e.value().live(now))
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Drops expired entries (run periodically, so keys nobody reads again do not pile up).
     pub fn sweep(&self) {
         let now = monotonic_ns();

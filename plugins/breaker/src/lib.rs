@@ -1,0 +1,596 @@
+//! The gateway's built-in circuit breaker, with Netflix Hystrix's semantics: a rolling window
+//! of outcomes per command, the circuit opens at `request_volume_threshold` requests and
+//! `error_threshold_percent` errors, short-circuits for `sleep_window`, then lets exactly
+//! `half_open_requests` trials through; a per-command upstream timeout and a bulkhead
+//! (`max_concurrent_requests`). Every counter and the circuit itself live in the host's shared
+//! state, so every pooled instance and every worker sees one circuit per command.
+//!
+//! The state key layout is a contract with the gateway, which reads it to serve
+//! `/hystrix.stream` and the breaker metrics: see README.md and [`keys`].
+
+pub mod config;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use serde_json::json;
+use sluice_plugin_sdk::host::{self, Level};
+use sluice_plugin_sdk::{
+    Action, Config, Error, Plugin, Request, Response, ResponseHead, UpstreamFailure, state,
+};
+
+use crate::config::{BreakerConfig, CommandKey, Settings};
+
+/// Shared-state keys (`C` is the command name). The gateway reads them; keep
+/// `gateway/src/hystrix.rs` in step.
+pub mod keys {
+    /// Outcome kinds counted per bucket of the rolling window.
+    pub const KINDS: [&str; 7] = [
+        SUCCESS,
+        FAILURE,
+        TIMEOUT,
+        REJECTED,
+        SHORT_CIRCUITED,
+        FALLBACK,
+        BAD_REQUEST,
+    ];
+    /// Executed, and the upstream's answer is not an error.
+    pub const SUCCESS: &str = "success";
+    /// Executed; an error status, or a connection failure.
+    pub const FAILURE: &str = "failure";
+    /// Executed; the upstream did not answer within `timeout` (504).
+    pub const TIMEOUT: &str = "timeout";
+    /// Rejected by the bulkhead (Hystrix SEMAPHORE_REJECTED).
+    pub const REJECTED: &str = "rejected";
+    /// Short-circuited by the open circuit.
+    pub const SHORT_CIRCUITED: &str = "short_circuited";
+    /// Answered with the configured fallback.
+    pub const FALLBACK: &str = "fallback";
+    /// Reserved (Hystrix BAD_REQUEST); never written today.
+    pub const BAD_REQUEST: &str = "bad_request";
+
+    /// `cmd|C`: JSON describing the command and its settings (no TTL): how the gateway finds
+    /// the commands.
+    pub fn command(c: &str) -> String {
+        format!("cmd|{c}")
+    }
+    /// `circuit|C`: `open:T` (opened at T, monotonic ms) or `closed:T` (closed at T); absent
+    /// = closed, never opened.
+    pub fn circuit(c: &str) -> String {
+        format!("circuit|{c}")
+    }
+    /// `trial|C|T`: counter of trials granted for the open period that started at T (TTL:
+    /// the lease). Present = half-open.
+    pub fn trial(c: &str, opened_at: u64) -> String {
+        format!("trial|{c}|{opened_at}")
+    }
+    /// `n|C|B|KIND`: outcomes in bucket B (= monotonic ms / bucket ms); TTL window + bucket.
+    pub fn count(c: &str, bucket: u64, kind: &str) -> String {
+        format!("n|{c}|{bucket}|{kind}")
+    }
+    /// `lat|C|P|I`: executions in percentile bucket P (= monotonic ms / 10 000) whose
+    /// latency fell in histogram bucket I (see [`LATENCY_BOUNDS_MS`]); TTL 70 s.
+    pub fn latency(c: &str, pbucket: u64, index: usize) -> String {
+        format!("lat|{c}|{pbucket}|{index}")
+    }
+    /// `latsum|C|P`: sum of the latencies in µs of percentile bucket P; TTL 70 s.
+    pub fn latency_sum(c: &str, pbucket: u64) -> String {
+        format!("latsum|{c}|{pbucket}")
+    }
+    /// `slot|C|I`: bulkhead slot I is held (value: the holder's token); TTL the lease.
+    pub fn slot(c: &str, index: u64) -> String {
+        format!("slot|{c}|{index}")
+    }
+    /// `transitions|C|TO`: transitions into `open`, `half_open` or `closed` (no TTL).
+    pub fn transitions(c: &str, to: &str) -> String {
+        format!("transitions|{c}|{to}")
+    }
+    /// Upper bounds (inclusive, ms) of the latency histogram; the last bucket is unbounded.
+    pub const LATENCY_BOUNDS_MS: [u64; 16] = [
+        1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000,
+    ];
+    /// Length of one percentile bucket (Hystrix: 60 s in 6 buckets).
+    pub const PERCENTILE_BUCKET_MS: u64 = 10_000;
+    /// Percentile buckets in the window.
+    pub const PERCENTILE_BUCKETS: u64 = 6;
+}
+
+/// The plugin.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    /// Health counts last computed, per command (this instance's cache).
+    health: RefCell<HashMap<String, Health>>,
+    /// Commands whose `cmd|C` record this instance wrote.
+    announced: RefCell<HashSet<String>>,
+}
+
+/// Health counts of the rolling window, as Hystrix's `HealthCounts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// When they were computed (monotonic ms).
+    pub at_ms: u64,
+    /// SUCCESS + FAILURE + TIMEOUT + SEMAPHORE_REJECTED.
+    pub total: u64,
+    /// FAILURE + TIMEOUT + SEMAPHORE_REJECTED.
+    pub errors: u64,
+}
+
+impl Health {
+    /// `(int)(errors / total * 100)`, as Hystrix truncates it.
+    pub fn error_percent(&self) -> u64 {
+        (self.errors * 100).checked_div(self.total).unwrap_or(0)
+    }
+
+    fn trips(&self, s: &Settings) -> bool {
+        self.total >= s.request_volume_threshold
+            && self.error_percent() >= s.error_threshold_percent
+    }
+}
+
+/// What `on_request` attached to the request for `on_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ticket {
+    start_ns: u64,
+    /// Bulkhead slot held, if any.
+    slot: Option<u64>,
+    /// A half-open trial for the open period that started at this time.
+    trial: Option<u64>,
+    method: String,
+    route: String,
+}
+
+impl Ticket {
+    fn encode(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        format!(
+            "{} {} {} {} {}",
+            self.start_ns,
+            opt(self.slot),
+            opt(self.trial),
+            self.method,
+            self.route
+        )
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(5, ' ');
+        let start_ns = parts.next()?.parse().ok()?;
+        let opt = |s: &str| -> Option<Option<u64>> {
+            if s == "-" {
+                Some(None)
+            } else {
+                s.parse().ok().map(Some)
+            }
+        };
+        let slot = opt(parts.next()?)?;
+        let trial = opt(parts.next()?)?;
+        let method = parts.next()?.to_owned();
+        let route = parts.next()?.to_owned();
+        Some(Self {
+            start_ns,
+            slot,
+            trial,
+            method,
+            route,
+        })
+    }
+}
+
+/// Methods outside this list count as `OTHER`, so a client cannot mint commands.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The command a request on `route` with `method` belongs to.
+pub fn command_name(settings: &Settings, route: &str, method: &str) -> String {
+    match settings.command_key {
+        CommandKey::Route => route.to_owned(),
+        CommandKey::RouteMethod => format!("{route} {}", normalize_method(method)),
+    }
+}
+
+fn normalize_method(method: &str) -> &str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+enum Circuit {
+    Closed(Option<Vec<u8>>),
+    Open { opened_at: u64 },
+}
+
+fn read_circuit(cmd: &str) -> Circuit {
+    match state::get(&keys::circuit(cmd)) {
+        Some(raw) => match raw
+            .strip_prefix(b"open:")
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+        {
+            Some(opened_at) => Circuit::Open { opened_at },
+            None => Circuit::Closed(Some(raw)),
+        },
+        None => Circuit::Closed(None),
+    }
+}
+
+/// The close time in a `closed:T` circuit value.
+fn closed_at(raw: &Option<Vec<u8>>) -> u64 {
+    raw.as_deref()
+        .and_then(|r| r.strip_prefix(b"closed:"))
+        .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bucket_ttl(s: &Settings) -> Option<u64> {
+    Some(s.rolling_window_ms + s.bucket_ms())
+}
+
+fn count(cmd: &str, s: &Settings, now_ms: u64, kind: &str) {
+    let key = keys::count(cmd, now_ms / s.bucket_ms(), kind);
+    if let Err(e) = state::incr(&key, 1, bucket_ttl(s)) {
+        host::log(Level::Warn, &format!("breaker: counting {key}: {e}"));
+    }
+}
+
+fn transition(cmd: &str, to: &str) {
+    let _ = state::incr(&keys::transitions(cmd, to), 1, None);
+    let level = if to == "open" {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    host::log(level, &format!("breaker: circuit `{cmd}` is now {to}"));
+}
+
+/// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before).
+pub fn read_health(cmd: &str, s: &Settings, now_ms: u64) -> Health {
+    let current = now_ms / s.bucket_ms();
+    let mut total = 0;
+    let mut errors = 0;
+    for bucket in current.saturating_sub(s.rolling_buckets - 1)..=current {
+        for kind in [keys::SUCCESS, keys::FAILURE, keys::TIMEOUT, keys::REJECTED] {
+            let n = state::get(&keys::count(cmd, bucket, kind))
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            total += n;
+            if kind != keys::SUCCESS {
+                errors += n;
+            }
+        }
+    }
+    Health {
+        at_ms: now_ms,
+        total,
+        errors,
+    }
+}
+
+/// Deletes the rolling window's buckets (Hystrix resets the metrics when a circuit closes).
+fn reset_window(cmd: &str, s: &Settings, now_ms: u64) {
+    let current = now_ms / s.bucket_ms();
+    for bucket in current.saturating_sub(s.rolling_buckets)..=current {
+        for kind in keys::KINDS {
+            state::delete(&keys::count(cmd, bucket, kind));
+        }
+    }
+}
+
+impl Breaker {
+    /// The (cached) health counts of a command; recomputed when older than
+    /// `health_snapshot_interval` or older than the circuit's last close.
+    fn health(&self, cmd: &str, s: &Settings, now_ms: u64, closed_at: u64) -> Health {
+        if let Some(h) = self.health.borrow().get(cmd)
+            && now_ms.saturating_sub(h.at_ms) < s.health_snapshot_interval_ms
+            && h.at_ms > closed_at
+        {
+            return *h;
+        }
+        let h = read_health(cmd, s, now_ms);
+        self.health.borrow_mut().insert(cmd.to_owned(), h);
+        h
+    }
+
+    /// Writes `cmd|C` once per instance, so the gateway knows the command and its settings.
+    fn announce(&self, cmd: &str, route: &str, method: &str, s: &Settings) {
+        if self.announced.borrow().contains(cmd) {
+            return;
+        }
+        let record = json!({
+            "name": cmd,
+            "group": s.group.as_deref().unwrap_or(route),
+            "route": route,
+            "method": match s.command_key {
+                CommandKey::Route => "*",
+                CommandKey::RouteMethod => normalize_method(method),
+            },
+            "request_volume_threshold": s.request_volume_threshold,
+            "error_threshold_percent": s.error_threshold_percent,
+            "sleep_window_ms": s.sleep_window_ms,
+            "rolling_window_ms": s.rolling_window_ms,
+            "rolling_buckets": s.rolling_buckets,
+            "timeout_ms": s.timeout_ms,
+            "max_concurrent_requests": s.max_concurrent_requests,
+            "half_open_requests": s.half_open_requests,
+            "force_open": s.force_open,
+            "force_closed": s.force_closed,
+            "fallback": s.fallback.is_some(),
+        });
+        state::set(&keys::command(cmd), record.to_string(), None);
+        self.announced.borrow_mut().insert(cmd.to_owned());
+    }
+
+    /// Takes a free bulkhead slot (compare-and-swap from absent, with a TTL so a request
+    /// that never reports back frees it anyway), starting at a spread-out index.
+    fn take_slot(&self, cmd: &str, s: &Settings, now_ns: u64, token: &[u8]) -> Option<u64> {
+        let max = s.max_concurrent_requests;
+        let start = (now_ns >> 10) % max;
+        (0..max).map(|i| (start + i) % max).find(|&i| {
+            state::compare_and_swap(&keys::slot(cmd, i), None, Some(token), Some(s.lease_ms()))
+        })
+    }
+
+    fn short_circuit(&self, cmd: &str, s: &Settings, now_ms: u64, retry_after_ms: u64) -> Action {
+        count(cmd, s, now_ms, keys::SHORT_CIRCUITED);
+        let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
+        if let Some(fallback) = &s.fallback {
+            count(cmd, s, now_ms, keys::FALLBACK);
+            return Action::Respond(fallback_response(fallback, "open"));
+        }
+        Action::Respond(
+            Response::new(503)
+                .header("content-type", "application/json")
+                .header("cache-control", "no-store")
+                .header("retry-after", retry_after_s.to_string())
+                .header("x-sluice-breaker", "open")
+                .body(
+                    json!({
+                        "error": "circuit_open",
+                        "command": cmd,
+                        "retry_after_s": retry_after_s,
+                    })
+                    .to_string()
+                        + "\n",
+                ),
+        )
+    }
+
+    fn reject(&self, cmd: &str, s: &Settings, now_ms: u64) -> Action {
+        count(cmd, s, now_ms, keys::REJECTED);
+        if let Some(fallback) = &s.fallback {
+            count(cmd, s, now_ms, keys::FALLBACK);
+            return Action::Respond(fallback_response(fallback, "rejected"));
+        }
+        Action::Respond(
+            Response::new(503)
+                .header("content-type", "application/json")
+                .header("cache-control", "no-store")
+                .header("retry-after", "1")
+                .header("x-sluice-breaker", "rejected")
+                .body(
+                    json!({
+                        "error": "bulkhead_full",
+                        "command": cmd,
+                        "max_concurrent_requests": s.max_concurrent_requests,
+                    })
+                    .to_string()
+                        + "\n",
+                ),
+        )
+    }
+
+    /// A half-open trial ended: the first outcome of the open period decides.
+    fn end_trial(&self, cmd: &str, s: &Settings, opened_at: u64, success: bool, now_ms: u64) {
+        let expected = format!("open:{opened_at}");
+        if success {
+            let closed = format!("closed:{now_ms}");
+            if state::compare_and_swap(
+                &keys::circuit(cmd),
+                Some(expected.as_bytes()),
+                Some(closed.as_bytes()),
+                None,
+            ) {
+                reset_window(cmd, s, now_ms);
+                state::delete(&keys::trial(cmd, opened_at));
+                self.health.borrow_mut().remove(cmd);
+                transition(cmd, "closed");
+            }
+        } else {
+            let reopened = format!("open:{now_ms}");
+            if state::compare_and_swap(
+                &keys::circuit(cmd),
+                Some(expected.as_bytes()),
+                Some(reopened.as_bytes()),
+                None,
+            ) {
+                state::delete(&keys::trial(cmd, opened_at));
+                transition(cmd, "open");
+            }
+        }
+    }
+}
+
+fn fallback_response(fallback: &config::Fallback, why: &str) -> Response {
+    let mut response = Response::new(fallback.status);
+    for (name, value) in &fallback.headers {
+        response = response.header(name, value);
+    }
+    response
+        .header("x-sluice-breaker", why)
+        .body(fallback.body.clone())
+}
+
+impl Plugin for Breaker {
+    fn init(config: Config) -> Result<Self, Error> {
+        let config = BreakerConfig::parse(config.value()).map_err(Error::new)?;
+        Ok(Self {
+            config,
+            health: RefCell::default(),
+            announced: RefCell::default(),
+        })
+    }
+
+    fn on_request(&self, request: &Request<'_>) -> Result<Action, Error> {
+        let route = request.route();
+        let method = request.method();
+        let s: Rc<Settings> = Rc::clone(self.config.for_route(&route));
+        let cmd = command_name(&s, &route, &method);
+        self.announce(&cmd, &route, &method, &s);
+        let now_ns = host::monotonic_ns();
+        let now_ms = now_ns / 1_000_000;
+
+        if s.force_open {
+            return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms));
+        }
+        let mut trial = None;
+        if !s.force_closed {
+            match read_circuit(&cmd) {
+                Circuit::Open { opened_at, .. } => {
+                    let ends = opened_at.saturating_add(s.sleep_window_ms);
+                    if now_ms <= ends {
+                        return Ok(self.short_circuit(&cmd, &s, now_ms, ends - now_ms + 1));
+                    }
+                    // Half-open: the first `half_open_requests` callers win.
+                    let n = state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))?;
+                    if n == 1 {
+                        transition(&cmd, "half_open");
+                    }
+                    if n > s.half_open_requests as i64 {
+                        return Ok(self.short_circuit(&cmd, &s, now_ms, 1000));
+                    }
+                    trial = Some(opened_at);
+                }
+                Circuit::Closed(raw) => {
+                    let health = self.health(&cmd, &s, now_ms, closed_at(&raw));
+                    if health.trips(&s) {
+                        let open = format!("open:{now_ms}");
+                        if state::compare_and_swap(
+                            &keys::circuit(&cmd),
+                            raw.as_deref(),
+                            Some(open.as_bytes()),
+                            None,
+                        ) {
+                            host::log(
+                                Level::Warn,
+                                &format!(
+                                    "breaker: `{cmd}`: {} % errors in {} requests",
+                                    health.error_percent(),
+                                    health.total
+                                ),
+                            );
+                            transition(&cmd, "open");
+                            return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms + 1));
+                        }
+                        // Another caller changed the circuit first: follow what it did.
+                        if let Circuit::Open { opened_at, .. } = read_circuit(&cmd) {
+                            let ends = opened_at.saturating_add(s.sleep_window_ms);
+                            let left = ends.saturating_sub(now_ms) + 1;
+                            return Ok(self.short_circuit(&cmd, &s, now_ms, left));
+                        }
+                    }
+                }
+            }
+        }
+
+        let token = now_ns.to_string();
+        let slot = if s.max_concurrent_requests == 0 {
+            None
+        } else {
+            match self.take_slot(&cmd, &s, now_ns, token.as_bytes()) {
+                Some(slot) => Some(slot),
+                None => {
+                    if let Some(opened_at) = trial {
+                        self.end_trial(&cmd, &s, opened_at, false, now_ms);
+                    }
+                    return Ok(self.reject(&cmd, &s, now_ms));
+                }
+            }
+        };
+        if s.timeout_ms > 0 {
+            request.set_upstream_timeout(std::time::Duration::from_millis(s.timeout_ms));
+        }
+        let ticket = Ticket {
+            start_ns: now_ns,
+            slot,
+            trial,
+            method,
+            route,
+        };
+        request.set_plugin_data(ticket.encode())?;
+        Ok(Action::Continue)
+    }
+
+    fn on_response(&self, request: &Request<'_>, response: &ResponseHead<'_>) -> Result<(), Error> {
+        let Some(ticket) = request.plugin_data().as_deref().and_then(Ticket::decode) else {
+            return Ok(());
+        };
+        let s = Rc::clone(self.config.for_route(&ticket.route));
+        let cmd = command_name(&s, &ticket.route, &ticket.method);
+        let kind = match response.upstream_failure() {
+            Some(UpstreamFailure::TimedOut) => keys::TIMEOUT,
+            Some(_) => keys::FAILURE,
+            None if s.error_statuses.contains(response.status()) => keys::FAILURE,
+            None => keys::SUCCESS,
+        };
+        let now_ns = host::monotonic_ns();
+        let now_ms = now_ns / 1_000_000;
+        count(&cmd, &s, now_ms, kind);
+        let latency_us = now_ns.saturating_sub(ticket.start_ns) / 1000;
+        let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
+        let index = keys::LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&b| latency_us <= b * 1000)
+            .unwrap_or(keys::LATENCY_BOUNDS_MS.len());
+        let ttl = Some(keys::PERCENTILE_BUCKET_MS * (keys::PERCENTILE_BUCKETS + 1));
+        state::incr(&keys::latency(&cmd, pbucket, index), 1, ttl)?;
+        state::incr(
+            &keys::latency_sum(&cmd, pbucket),
+            i64::try_from(latency_us).unwrap_or(i64::MAX),
+            ttl,
+        )?;
+        if let Some(slot) = ticket.slot {
+            let token = ticket.start_ns.to_string();
+            state::compare_and_swap(&keys::slot(&cmd, slot), Some(token.as_bytes()), None, None);
+        }
+        if let Some(opened_at) = ticket.trial {
+            self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
+        }
+        Ok(())
+    }
+}
+
+sluice_plugin_sdk::export_plugin!(Breaker);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_round_trips_with_spaces_in_the_route() {
+        let t = Ticket {
+            start_ns: 42,
+            slot: Some(3),
+            trial: None,
+            method: "GET".into(),
+            route: "my route".into(),
+        };
+        assert_eq!(Ticket::decode(t.encode().as_bytes()), Some(t));
+        assert_eq!(Ticket::decode(b"x"), None);
+    }
+
+    #[test]
+    fn error_percentage_truncates_like_hystrix() {
+        let h = |total, errors| Health {
+            at_ms: 0,
+            total,
+            errors,
+        };
+        assert_eq!(h(100, 49).error_percent(), 49);
+        assert_eq!(h(3, 2).error_percent(), 66);
+        assert_eq!(h(0, 0).error_percent(), 0);
+    }
+}
