@@ -637,6 +637,10 @@ pub struct RouteConfig {
     /// `plugins = ["auth"]`: plugins run on this route, in this order (responses in reverse).
     #[serde(default)]
     pub plugins: Vec<Spanned<String>>,
+    /// `retries = 2`: overrides the service's `retries` for requests on this route (the rest
+    /// of the service's retry policy applies).
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 /// `[kv]`

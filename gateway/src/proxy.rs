@@ -316,7 +316,8 @@ impl Proxy {
         let add_host = !parts.headers.contains_key(header::HOST);
 
         let policy = &service.retry;
-        let retryable = policy.allows(&parts.method);
+        let retries = route.retries.unwrap_or(policy.retries);
+        let retryable = retries > 0 && policy.allows(&parts.method);
         service
             .budget
             .record_request(monotonic_ns() / 1_000_000_000);
@@ -353,7 +354,7 @@ impl Proxy {
             let result = service
                 .send(endpoint, request, timeout.min(remaining))
                 .await;
-            let may_retry = retryable && attempt <= policy.retries && Instant::now() < deadline;
+            let may_retry = retryable && attempt <= retries && Instant::now() < deadline;
 
             let failure = match result {
                 Ok((response, connection)) => {

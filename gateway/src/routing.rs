@@ -30,6 +30,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Plugins run on this route, in order.
     pub plugins: Vec<String>,
+    /// The route's own number of retries, overriding the service's.
+    pub retries: Option<u32>,
     /// Request metrics of this route.
     #[serde(skip)]
     pub metrics: RouteMetrics,
@@ -77,6 +79,7 @@ impl RouteTable {
                     service: Arc::from(r.service.get_ref().as_str()),
                     strip_prefix: r.strip_prefix,
                     plugins: r.plugins.iter().map(|p| p.get_ref().clone()).collect(),
+                    retries: r.retries,
                 })
             })
             .collect();
@@ -184,6 +187,7 @@ impl Resolver {
             service: Arc::from(service.as_str()),
             strip_prefix: self.strip,
             plugins: self.plugins.clone(),
+            retries: None,
         });
         routes.insert(route.service.clone(), route.clone());
         Some(route)

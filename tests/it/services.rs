@@ -576,3 +576,74 @@ async fn the_resolver_routes_by_service_name() {
     assert_eq!(requests, 1);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_route_can_set_its_own_number_of_retries() {
+    let refusing = closed_port().await;
+    let good = Upstream::named("good").await;
+    let config = format!(
+        "[services.s]\ninstances = [\"{refusing}\", \"{}\"]\nretries = 0\n[services.s.passive_health]\nconsecutive_failures = 0\n\
+         [[routes]]\npath = \"/none\"\nservice = \"s\"\n[[routes]]\npath = \"/retried\"\nservice = \"s\"\nretries = 1\n",
+        good.addr
+    );
+    let gw = gateway(&config).await;
+    let failed = |path: &'static str| {
+        let addr = gw.listen_addr;
+        async move {
+            let mut failed = 0;
+            for _ in 0..10 {
+                if get(addr, path).await.0 != 200 {
+                    failed += 1;
+                }
+            }
+            failed
+        }
+    };
+    assert_eq!(failed("/none").await, 5, "the service retries nothing");
+    assert_eq!(failed("/retried").await, 0, "the route retries once");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn active_checks_take_an_instance_out_and_bring_it_back() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = healthy.clone();
+    let checked = Upstream::recording(move |seen| {
+        let ok = flag.load(Ordering::SeqCst) || seen.uri.path() != "/health";
+        let mut r = Response::new(full("checked"));
+        if !ok {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    })
+    .await;
+    let other = Upstream::named("other").await;
+    let extra = "[services.s.active_health]\npath = \"/health\"\ninterval = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2";
+    let gw = gateway(&weighted(&[(checked.addr, 1), (other.addr, 1)], extra)).await;
+    let served = |n: usize| {
+        let addr = gw.listen_addr;
+        async move {
+            let mut by_checked = 0;
+            for _ in 0..n {
+                if get(addr, "/").await.2 == "checked" {
+                    by_checked += 1;
+                }
+            }
+            by_checked
+        }
+    };
+    assert_eq!(served(10).await, 5);
+    healthy.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        served(10).await,
+        0,
+        "failing its checks, it takes no traffic"
+    );
+    let (_, _, view) = get(gw.admin_addr, "/admin/services").await;
+    assert!(view.contains(r#""failing_checks":true"#), "{view}");
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(served(10).await, 5, "back after passing its checks");
+    gw.shutdown().await;
+}

@@ -50,9 +50,9 @@ impl RetryPolicy {
         }
     }
 
-    /// Whether a request with this method may be retried at all.
+    /// Whether a request with this method may be retried (`retry.methods`).
     pub fn allows(&self, method: &Method) -> bool {
-        self.retries > 0 && self.methods.contains(method)
+        self.methods.contains(method)
     }
 
     /// Whether some retryable failure happens after the request was sent, so the request
