@@ -48,6 +48,9 @@ pub struct Config {
     /// `[demo_upstream]`: an optional built-in upstream that echoes what it receives.
     #[serde(default)]
     pub demo_upstream: Option<DemoUpstreamConfig>,
+    /// `[telemetry]`: OpenTelemetry (OTLP) trace export; absent = no spans at all.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// `[server]`
@@ -495,6 +498,11 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+        if let Some(telemetry) = &self.telemetry {
+            for (span, message) in telemetry.problems() {
+                err(span, message);
             }
         }
         if errors.is_empty() {

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod scaffold;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub struct Gateway {
     shutdown: CancellationToken,
     workers: Vec<std::thread::JoinHandle<()>>,
     control_tasks: Vec<tokio::task::JoinHandle<()>>,
+    telemetry: Option<telemetry::exporter::ExportTask>,
 }
 
 impl Gateway {
@@ -86,6 +88,13 @@ impl Gateway {
         warn_about_missing_plugins(&config, &plugins);
         control_tasks.push(spawn_state_sweeper(plugins.clone(), shutdown.clone()));
 
+        let (telemetry, telemetry_task) = match &config.telemetry {
+            Some(t) => {
+                let (handle, task) = telemetry::exporter::start(t, metrics.telemetry.clone())?;
+                (Some(handle), Some(task))
+            }
+            None => (None, None),
+        };
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
             unmatched: metrics.route(&metrics::RouteName::unmatched()),
@@ -93,6 +102,7 @@ impl Gateway {
             metrics,
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access,
+            telemetry,
         });
 
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
@@ -127,11 +137,12 @@ impl Gateway {
             shutdown,
             workers,
             control_tasks,
+            telemetry: telemetry_task,
         })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_timeout`),
-    /// then returns.
+    /// exports the spans still queued (up to `telemetry.shutdown_timeout`), then returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let workers = self.workers;
@@ -143,6 +154,9 @@ impl Gateway {
         .await;
         for task in self.control_tasks {
             let _ = task.await;
+        }
+        if let Some(telemetry) = self.telemetry {
+            telemetry.shutdown().await;
         }
         tracing::info!("sluice stopped");
     }

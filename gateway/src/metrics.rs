@@ -109,6 +109,8 @@ pub struct Metrics {
     connections: Gauge,
     /// Plugin calls and plugin-defined metrics.
     pub plugins: Arc<crate::plugin::metrics::PluginMetrics>,
+    /// Trace export (`sluice_telemetry_*`).
+    pub telemetry: crate::telemetry::TelemetryMetrics,
 }
 
 impl Default for Metrics {
@@ -149,7 +151,9 @@ impl Metrics {
             connections.clone(),
         );
         let plugins = crate::plugin::metrics::PluginMetrics::register(&mut registry);
+        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Self {
+            telemetry,
             registry,
             requests,
             duration,

@@ -1,0 +1,141 @@
+//! OpenTelemetry trace export (`[telemetry]`).
+//!
+//! Module map: `config` (the `[telemetry]` table), `span` (a request's spans, assembled when
+//! it ends), `w3c` (the `traceparent` sent upstream), `exporter` (the bounded queue and the
+//! batch task that sends OTLP over HTTP/protobuf or gRPC), and this file: the handle the
+//! request path holds, and the metrics.
+//!
+//! Export never makes a request wait: spans go into a queue bounded by `queue_size`; when it
+//! is full (collector slow or down), the request's spans are dropped whole and counted in
+//! `sluice_telemetry_spans_dropped_total{reason="queue_full"}`.
+
+pub mod config;
+pub mod exporter;
+pub mod span;
+pub mod w3c;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::trace::SpanData;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+pub use self::config::{Protocol, TelemetryConfig};
+pub use self::span::{Attempt, CallTimer, FinishedRequest, PluginCall, RequestTrace};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+/// `sluice_telemetry_*` metrics (registered whether or not telemetry is on).
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    dropped: Family<DropLabels, Counter>,
+    exported: Counter,
+    export_failures: Counter,
+    queued: Gauge,
+}
+
+impl TelemetryMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "telemetry_spans_dropped",
+            "Spans not exported, by reason (queue_full: the export queue was full; \
+             export_failed: the collector refused or did not answer; shutdown: still queued \
+             when the shutdown flush ran out of time)",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "telemetry_spans_exported",
+            "Spans the collector accepted",
+            metrics.exported.clone(),
+        );
+        registry.register(
+            "telemetry_export_failures",
+            "Export requests that failed or timed out",
+            metrics.export_failures.clone(),
+        );
+        registry.register(
+            "telemetry_queue_spans",
+            "Spans waiting in the export queue",
+            metrics.queued.clone(),
+        );
+        metrics
+    }
+
+    /// Counts dropped spans.
+    pub fn dropped(&self, reason: &'static str, spans: usize) {
+        self.dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(spans as u64);
+    }
+}
+
+/// The request path's handle on telemetry: makes request traces and queues their spans.
+#[derive(Debug)]
+pub struct Telemetry {
+    queue: mpsc::UnboundedSender<Vec<SpanData>>,
+    /// Spans in the queue (the channel counts messages, a request sends several spans).
+    queued: AtomicUsize,
+    queue_size: usize,
+    metrics: TelemetryMetrics,
+    scope: InstrumentationScope,
+}
+
+impl Telemetry {
+    fn new(
+        queue: mpsc::UnboundedSender<Vec<SpanData>>,
+        queue_size: usize,
+        metrics: TelemetryMetrics,
+    ) -> Self {
+        Self {
+            queue,
+            queued: AtomicUsize::new(0),
+            queue_size,
+            metrics,
+            scope: InstrumentationScope::builder("sluice")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        }
+    }
+
+    /// A trace for a request that just arrived.
+    pub fn begin(self: &Arc<Self>) -> RequestTrace {
+        RequestTrace::new(self.clone())
+    }
+
+    /// Queues one request's spans, or drops them all (counted) when they do not fit.
+    fn submit(&self, spans: Vec<SpanData>) {
+        let n = spans.len();
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + n <= self.queue_size).then_some(queued + n)
+            });
+        if reserved.is_err() {
+            self.metrics.dropped("queue_full", n);
+            return;
+        }
+        self.metrics.queued.inc_by(n as i64);
+        if self.queue.send(spans).is_err() {
+            // The batch task is gone (shut down).
+            self.taken(n);
+            self.metrics.dropped("shutdown", n);
+        }
+    }
+
+    /// The batch task took `n` spans off the queue.
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.metrics.queued.dec_by(n as i64);
+    }
+}
