@@ -151,6 +151,61 @@ impl TelemetryConfig {
                 out.push((None, format!("telemetry.{what}: must be more than 0")));
             }
         }
+        // In file order; problems without a position last.
+        out.sort_by_key(|(span, _)| span.as_ref().map_or(usize::MAX, |s| s.start));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn telemetry(text: &str) -> super::TelemetryConfig {
+        Config::parse(text, "t.toml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .telemetry
+            .expect("[telemetry] set")
+    }
+
+    #[test]
+    fn defaults() {
+        let t = telemetry("[telemetry]\n");
+        assert_eq!(t.export_url(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(t.service_name, "sluice");
+        assert_eq!(*t.batch_size.get_ref(), 512);
+        assert_eq!(*t.queue_size.get_ref(), 2048);
+        assert_eq!(t.batch_delay, std::time::Duration::from_secs(1));
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(t.shutdown_timeout, std::time::Duration::from_secs(2));
+        let t = telemetry("[telemetry]\nprotocol = \"grpc\"\n");
+        assert_eq!(t.export_url(), "http://127.0.0.1:4317");
+        assert!(Config::parse("", "t.toml").unwrap().telemetry.is_none());
+    }
+
+    #[test]
+    fn http_endpoint_gets_the_signal_path_only_without_one() {
+        let url = |e: &str| telemetry(&format!("[telemetry]\nendpoint = \"{e}\"\n")).export_url();
+        assert_eq!(url("http://jaeger:4318"), "http://jaeger:4318/v1/traces");
+        assert_eq!(url("http://jaeger:4318/"), "http://jaeger:4318/v1/traces");
+        assert_eq!(
+            url("https://otel.example/otlp/v1/traces"),
+            "https://otel.example/otlp/v1/traces"
+        );
+    }
+
+    #[test]
+    fn queue_must_hold_a_batch() {
+        let e = Config::parse(
+            "[telemetry]\nbatch_size = 100\nqueue_size = 10\nexport_timeout = \"0s\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "t.toml:3:14: telemetry.queue_size: must be at least batch_size (100)\n\
+             t.toml: telemetry.export_timeout: must be more than 0"
+        );
     }
 }

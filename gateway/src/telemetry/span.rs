@@ -433,3 +433,180 @@ pub struct FinishedRequest<'a> {
     /// Why the gateway answered with an error, if it did.
     pub error: Option<&'a ProxyError>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::TelemetryMetrics;
+    use tokio::sync::mpsc;
+
+    fn telemetry(queue_size: usize) -> (Arc<Telemetry>, mpsc::UnboundedReceiver<Vec<SpanData>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let t = Telemetry::new(tx, queue_size, TelemetryMetrics::default());
+        (Arc::new(t), rx)
+    }
+
+    fn finished(status: u16) -> FinishedRequest<'static> {
+        FinishedRequest {
+            method: &http::Method::GET,
+            path: "/users/1",
+            route: Some("/users"),
+            status,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            request_id: None,
+            error: None,
+        }
+    }
+
+    fn parent() -> TraceParent {
+        TraceParent {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            sampled: Some(true),
+            trace_state: "k=v".into(),
+        }
+    }
+
+    #[test]
+    fn retried_request_has_one_client_span_per_attempt_under_the_server_span() {
+        let (t, mut rx) = telemetry(100);
+        let mut trace = t.begin();
+        let mut plugin = PluginTrace {
+            trace_id: Some(trace.trace_id_hex()),
+            ..PluginTrace::default()
+        };
+        plugin.parent = Some(parent());
+        trace.follow(&plugin);
+        let instance: Arc<str> = Arc::from("10.0.0.1:80");
+        let mut headers = http::HeaderMap::new();
+        let first = trace.attempt_started(&instance, &mut headers);
+        let first_id = first.span_id();
+        assert_eq!(
+            headers["traceparent"],
+            format!("00-{}-{}-01", w3c::hex(&[7; 16]), w3c::hex(&first_id)).as_str()
+        );
+        assert_eq!(headers["tracestate"], "k=v");
+        let failed = ProxyError::UpstreamConnect {
+            service: Arc::from("s"),
+            instance: instance.clone(),
+        };
+        trace.attempt_finished(first, Err(&failed));
+        let second = trace.attempt_started(&instance, &mut headers);
+        let second_id = second.span_id();
+        assert_ne!(first_id, second_id);
+        assert!(
+            headers["traceparent"]
+                .to_str()
+                .unwrap()
+                .contains(&w3c::hex(&second_id))
+        );
+        trace.attempt_finished(second, Ok(200));
+        let server_id = trace.span_id();
+        trace.absorb(plugin);
+        trace.finish(&finished(200));
+
+        let spans = rx.try_recv().expect("queued");
+        assert_eq!(spans.len(), 3);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.span_context.trace_id() == TraceId::from_bytes([7; 16]))
+        );
+        let server = &spans[0];
+        assert_eq!(server.span_kind, SpanKind::Server);
+        assert_eq!(server.parent_span_id, SpanId::from_bytes([9; 8]));
+        assert!(server.parent_span_is_remote);
+        assert_eq!(server.name, "GET /users");
+        let tries: Vec<(SpanId, String, bool)> = spans[1..]
+            .iter()
+            .map(|s| {
+                assert_eq!(s.span_kind, SpanKind::Client);
+                assert_eq!(s.parent_span_id, SpanId::from_bytes(server_id));
+                let try_number = s
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "sluice.upstream.try")
+                    .unwrap()
+                    .value
+                    .to_string();
+                (
+                    s.span_context.span_id(),
+                    try_number,
+                    matches!(s.status, Status::Error { .. }),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tries,
+            vec![
+                (SpanId::from_bytes(first_id), "1".to_owned(), true),
+                (SpanId::from_bytes(second_id), "2".to_owned(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn unsampled_traces_are_not_queued_and_a_full_queue_drops_whole_traces() {
+        let (t, mut rx) = telemetry(3);
+        let mut trace = t.begin();
+        trace.absorb(PluginTrace {
+            sampled: Some(false),
+            ..PluginTrace::default()
+        });
+        trace.finish(&finished(200));
+        assert!(rx.try_recv().is_err());
+
+        // Two spans each (server + attempt); the queue holds 3: the second trace is
+        // dropped whole.
+        for _ in 0..2 {
+            let mut trace = t.begin();
+            let mut headers = http::HeaderMap::new();
+            let a = trace.attempt_started(&Arc::from("h:1"), &mut headers);
+            trace.attempt_finished(a, Ok(200));
+            trace.finish(&finished(200));
+        }
+        assert_eq!(rx.try_recv().unwrap().len(), 2);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(t.queued.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_plugin_name_and_events_and_5xx_status_reach_the_server_span() {
+        let (t, mut rx) = telemetry(100);
+        let mut trace = t.begin();
+        let mut plugin = PluginTrace {
+            name: Some("custom".into()),
+            ..PluginTrace::default()
+        };
+        plugin.attributes.push(("tenant".into(), "a".into()));
+        plugin.events.push(crate::plugin::host::SpanEvent {
+            name: "cache miss".into(),
+            attributes: vec![("key".into(), "k".into())],
+            unix_ns: 1_700_000_000_000_000_000,
+        });
+        plugin.calls.push(PluginCall {
+            plugin: Arc::from("auth"),
+            phase: "on_request",
+            outcome: "trap",
+            start: SystemTime::now(),
+            duration: Duration::from_micros(5),
+        });
+        trace.absorb(plugin);
+        trace.finish(&finished(503));
+        let spans = rx.try_recv().unwrap();
+        let server = &spans[0];
+        assert_eq!(server.name, "custom");
+        assert!(matches!(server.status, Status::Error { .. }));
+        assert!(
+            server
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "tenant")
+        );
+        assert_eq!(server.events.events[0].name, "cache miss");
+        let call = &spans[1];
+        assert_eq!(call.name, "plugin auth on_request");
+        assert_eq!(call.span_kind, SpanKind::Internal);
+        assert!(matches!(call.status, Status::Error { .. }));
+    }
+}
