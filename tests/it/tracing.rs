@@ -58,7 +58,7 @@ fn by_trace(spans: &[Received]) -> BTreeMap<String, Vec<Received>> {
     map
 }
 
-fn one<'a>(spans: &'a [Received], kind: i32) -> &'a Received {
+fn one(spans: &[Received], kind: i32) -> &Received {
     let found: Vec<&Received> = spans.iter().filter(|s| s.kind() == kind).collect();
     assert_eq!(found.len(), 1, "one span of kind {kind} in {spans:#?}");
     found[0]

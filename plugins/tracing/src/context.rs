@@ -85,7 +85,7 @@ pub fn parse_traceparent(value: &str, trace_state: Option<&str>) -> Option<Paren
 
 fn b3_trace_id(s: &str) -> Option<String> {
     match s.len() {
-        16 => id(s, 16).map(|id| format!("{:0>32}", id)),
+        16 => id(s, 16).map(|id| format!("{id:0>32}")),
         32 => id(s, 32),
         _ => None,
     }
@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn b3_single_rejects_malformed() {
         for bad in [
-            format!("{TRACE}"),
+            TRACE.to_string(),
             format!("{TRACE}-{SPAN}-x"),
             format!("{TRACE}-{}-1", "0".repeat(16)),
             format!("{}-{SPAN}-1", "0".repeat(32)),
