@@ -113,9 +113,9 @@ impl Telemetry {
         RequestTrace::new(self.clone())
     }
 
-    /// Queues one request's spans, or drops them all (counted) when they do not fit.
-    fn submit(&self, spans: Vec<SpanData>) {
-        let n = spans.len();
+    /// Reserves room for one request's `n` spans in the queue, or counts them as dropped
+    /// (a full queue drops a trace whole, before its spans are even built).
+    fn reserve(&self, n: usize) -> bool {
         let reserved = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
@@ -123,9 +123,15 @@ impl Telemetry {
             });
         if reserved.is_err() {
             self.metrics.dropped("queue_full", n);
-            return;
+            return false;
         }
         self.metrics.queued.inc_by(n as i64);
+        true
+    }
+
+    /// Queues spans room was reserved for.
+    fn send(&self, spans: Vec<SpanData>) {
+        let n = spans.len();
         if self.queue.send(spans).is_err() {
             // The batch task is gone (shut down).
             self.taken(n);

@@ -273,8 +273,14 @@ impl RequestTrace {
         if !self.sampled() {
             return;
         }
+        let calls = self.plugin.as_ref().map_or(0, |p| p.calls.len());
+        let n = 1 + self.children.len() + calls;
         let telemetry = self.telemetry.clone();
-        telemetry.submit(self.build(request));
+        if telemetry.reserve(n) {
+            let spans = self.build(request);
+            debug_assert_eq!(spans.len(), n);
+            telemetry.send(spans);
+        }
     }
 
     fn build(self, request: &FinishedRequest<'_>) -> Vec<SpanData> {
