@@ -133,12 +133,17 @@ PY
     esac
     [ -n "$endpoint" ] && printf '[telemetry]\nendpoint = "%s"\nbatch_delay = "200ms"\n' "$endpoint" >> "$T/$mode.toml"
   done
-  printf "%-10s %-4s %10s %9s %9s %9s %12s %12s\n" mode run req/s p50 p99 rss_kb exported dropped
+  printf "%-10s %-4s %10s %9s %9s %8s %9s %12s %12s\n" mode run req/s p50 p99 cpu_us rss_kb exported dropped
   for run in 1 2 3; do
     for mode in off live down blackhole; do
       "$CARGO_TARGET_DIR/release/sluice" run --config "$T/$mode.toml" > "$T/gw.log" 2>&1 & gw=$!
       sleep 1.5
+      cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
       out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency http://127.0.0.1:18080/ 2>&1)
+      cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      # Gateway CPU (all its threads: worker, export task, admin) per request, in µs.
+      cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       p50=$(echo "$out" | awk '$1=="50%" {print $2}')
       p99=$(echo "$out" | awk '$1=="99%" {print $2}')
@@ -146,7 +151,7 @@ PY
       m=$(curl -s http://127.0.0.1:18081/metrics)
       exported=$(echo "$m" | awk '/^sluice_telemetry_spans_exported_total/ {s+=$2} END {print s+0}')
       dropped=$(echo "$m" | awk '/^sluice_telemetry_spans_dropped_total/ {s+=$2} END {print s+0}')
-      printf "%-10s %-4s %10s %9s %9s %9s %12s %12s\n" "$mode" "$run" "$rps" "$p50" "$p99" "$rss" "$exported" "$dropped"
+      printf "%-10s %-4s %10s %9s %9s %8s %9s %12s %12s\n" "$mode" "$run" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$exported" "$dropped"
       t0=$(date +%s%N); kill -TERM $gw; wait $gw 2>/dev/null
       echo "           shutdown $(( ($(date +%s%N) - t0) / 1000000 )) ms" >&2
     done

@@ -1,11 +1,11 @@
 //! The export side: an OTLP span exporter (opentelemetry-otlp, HTTP/protobuf or gRPC) fed
 //! by one batch task that reads the bounded queue.
 //!
-//! The task exports `batch_size` spans as soon as it has them, or whatever it has after
-//! `batch_delay`. Each export may take `export_timeout`; while it runs the queue fills, and
-//! requests whose spans do not fit have them dropped (counted) instead of waiting. On
-//! shutdown the task exports what is queued for at most `shutdown_timeout`, then gives up
-//! and counts the rest as dropped.
+//! The task wakes every `batch_delay`, or as soon as `batch_size` spans are waiting, and
+//! exports full batches, then what is left. Each export may take `export_timeout`; while it
+//! runs the queue fills, and requests whose spans do not fit have them dropped (counted)
+//! instead of waiting. On shutdown the task exports what is queued for at most
+//! `shutdown_timeout`, then gives up and counts the rest as dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::sync::atomic::Ordering;
+
 use tokio_util::sync::CancellationToken;
 
 use super::{Protocol, Telemetry, TelemetryConfig, TelemetryMetrics};
@@ -36,8 +36,11 @@ pub fn start(
     metrics: TelemetryMetrics,
 ) -> anyhow::Result<(Arc<Telemetry>, ExportTask)> {
     let exporter = build_exporter(config)?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let telemetry = Arc::new(Telemetry::new(tx, *config.queue_size.get_ref(), metrics));
+    let telemetry = Arc::new(Telemetry::new(
+        *config.queue_size.get_ref(),
+        *config.batch_size.get_ref(),
+        metrics,
+    ));
     let close = CancellationToken::new();
     let batcher = Batcher {
         exporter,
@@ -47,7 +50,7 @@ pub fn start(
         export_timeout: config.export_timeout,
         shutdown_timeout: config.shutdown_timeout,
     };
-    let handle = tokio::spawn(batcher.run(rx, close.clone()));
+    let handle = tokio::spawn(batcher.run(close.clone()));
     tracing::info!(
         endpoint = config.export_url(),
         protocol = ?config.protocol,
@@ -142,62 +145,55 @@ struct Batcher {
 }
 
 impl Batcher {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<SpanData>>, close: CancellationToken) {
-        let mut buffer: Vec<SpanData> = Vec::with_capacity(self.batch_size);
-        let mut deadline: Option<Instant> = None;
+    async fn run(self, close: CancellationToken) {
+        let telemetry = &self.telemetry;
+        let mut tick = tokio::time::interval(self.batch_delay);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'serve: loop {
             tokio::select! {
                 biased;
                 () = close.cancelled() => break,
-                received = rx.recv() => {
-                    let Some(spans) = received else { break };
-                    self.telemetry.taken(spans.len());
-                    if buffer.is_empty() {
-                        deadline = Some(Instant::now() + self.batch_delay);
-                    }
-                    buffer.extend(spans);
-                    while buffer.len() >= self.batch_size {
-                        let batch: Vec<SpanData> = buffer.drain(..self.batch_size).collect();
-                        if !self.export_or_close(batch, &close).await {
-                            break 'serve;
-                        }
-                    }
-                    if buffer.is_empty() {
-                        deadline = None;
-                    }
+                () = telemetry.batch_ready.notified() => {}
+                _ = tick.tick() => {}
+            }
+            // Full batches while there are any, then what is left (the delay has passed or
+            // a batch filled up since the last tick).
+            loop {
+                let batch = telemetry.take(self.batch_size);
+                if batch.is_empty() {
+                    break;
                 }
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    deadline = None;
-                    let batch = std::mem::take(&mut buffer);
-                    if !self.export_or_close(batch, &close).await {
-                        break 'serve;
-                    }
+                let full = batch.len() == self.batch_size;
+                if !self.export_or_close(batch, &close).await {
+                    break 'serve;
+                }
+                if !full {
+                    break;
                 }
             }
         }
 
-        // Shutdown: what is buffered and queued, within `shutdown_timeout`.
-        rx.close();
-        while let Ok(spans) = rx.try_recv() {
-            self.telemetry.taken(spans.len());
-            buffer.extend(spans);
-        }
-        let total = buffer.len();
-        let mut sent = 0;
+        // Shutdown: what is queued, within `shutdown_timeout`. Requests arriving now (none
+        // should: the data plane stopped first) have their spans dropped and counted.
+        telemetry.closed.store(true, Ordering::Release);
+        let in_flight = std::sync::atomic::AtomicUsize::new(0);
         let flush = async {
-            while !buffer.is_empty() {
-                let n = buffer.len().min(self.batch_size);
-                let batch: Vec<SpanData> = buffer.drain(..n).collect();
+            loop {
+                let batch = telemetry.take(self.batch_size);
+                if batch.is_empty() {
+                    break;
+                }
+                in_flight.store(batch.len(), Ordering::Relaxed);
                 self.export(batch).await;
-                sent += n;
+                in_flight.store(0, Ordering::Relaxed);
             }
         };
         if tokio::time::timeout(self.shutdown_timeout, flush)
             .await
             .is_err()
         {
-            let left = total - sent;
-            self.telemetry.metrics.dropped("shutdown", left);
+            let left = in_flight.load(Ordering::Relaxed) + telemetry.take(usize::MAX).len();
+            telemetry.metrics.dropped("shutdown", left);
             tracing::warn!(
                 spans = left,
                 "telemetry: shutdown flush ran out of time; spans dropped"
@@ -239,12 +235,5 @@ impl Batcher {
                 tracing::debug!(spans = n, "telemetry: export timed out");
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -14,8 +14,9 @@ pub mod exporter;
 pub mod span;
 pub mod w3c;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
@@ -24,7 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 pub use self::config::{Protocol, TelemetryConfig};
 pub use self::span::{Attempt, CallTimer, FinishedRequest, PluginCall, RequestTrace};
@@ -81,26 +82,34 @@ impl TelemetryMetrics {
 }
 
 /// The request path's handle on telemetry: makes request traces and queues their spans.
+///
+/// The queue is a plain locked deque, not a channel: a request appends its spans without
+/// waking the export task (a cross-thread wake-up per request measurably cost CPU). The task
+/// wakes every `batch_delay`, or when the queue crosses `batch_size` spans.
 #[derive(Debug)]
 pub struct Telemetry {
-    queue: mpsc::UnboundedSender<Vec<SpanData>>,
-    /// Spans in the queue (the channel counts messages, a request sends several spans).
+    queue: Mutex<VecDeque<SpanData>>,
+    /// Spans in the queue, reserved before they are built.
     queued: AtomicUsize,
     queue_size: usize,
+    batch_size: usize,
+    /// Wakes the export task when a full batch is waiting.
+    batch_ready: Notify,
+    /// Set when the export task has stopped taking spans.
+    closed: AtomicBool,
     metrics: TelemetryMetrics,
     scope: InstrumentationScope,
 }
 
 impl Telemetry {
-    fn new(
-        queue: mpsc::UnboundedSender<Vec<SpanData>>,
-        queue_size: usize,
-        metrics: TelemetryMetrics,
-    ) -> Self {
+    fn new(queue_size: usize, batch_size: usize, metrics: TelemetryMetrics) -> Self {
         Self {
-            queue,
+            queue: Mutex::new(VecDeque::new()),
             queued: AtomicUsize::new(0),
             queue_size,
+            batch_size,
+            batch_ready: Notify::new(),
+            closed: AtomicBool::new(false),
             metrics,
             scope: InstrumentationScope::builder("sluice")
                 .with_version(env!("CARGO_PKG_VERSION"))
@@ -121,27 +130,46 @@ impl Telemetry {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                 (queued + n <= self.queue_size).then_some(queued + n)
             });
-        if reserved.is_err() {
-            self.metrics.dropped("queue_full", n);
+        if reserved.is_err() || self.closed.load(Ordering::Acquire) {
+            if reserved.is_ok() {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+            }
+            let reason = if reserved.is_err() {
+                "queue_full"
+            } else {
+                "shutdown"
+            };
+            self.metrics.dropped(reason, n);
             return false;
         }
         self.metrics.queued.inc_by(n as i64);
         true
     }
 
-    /// Queues spans room was reserved for.
+    /// Queues spans room was reserved for; wakes the export task when a batch is full.
     fn send(&self, spans: Vec<SpanData>) {
         let n = spans.len();
-        if self.queue.send(spans).is_err() {
-            // The batch task is gone (shut down).
-            self.taken(n);
-            self.metrics.dropped("shutdown", n);
+        let len = {
+            let mut queue = self.queue.lock().expect("telemetry queue lock");
+            queue.extend(spans);
+            queue.len()
+        };
+        if len >= self.batch_size && len - n < self.batch_size {
+            self.batch_ready.notify_one();
         }
     }
 
-    /// The batch task took `n` spans off the queue.
-    fn taken(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
-        self.metrics.queued.dec_by(n as i64);
+    /// Takes up to `max` spans off the queue.
+    fn take(&self, max: usize) -> Vec<SpanData> {
+        let batch: Vec<SpanData> = {
+            let mut queue = self.queue.lock().expect("telemetry queue lock");
+            let n = queue.len().min(max);
+            queue.drain(..n).collect()
+        };
+        if !batch.is_empty() {
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            self.metrics.queued.dec_by(batch.len() as i64);
+        }
+        batch
     }
 }

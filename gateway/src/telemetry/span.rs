@@ -444,12 +444,9 @@ pub struct FinishedRequest<'a> {
 mod tests {
     use super::*;
     use crate::telemetry::TelemetryMetrics;
-    use tokio::sync::mpsc;
 
-    fn telemetry(queue_size: usize) -> (Arc<Telemetry>, mpsc::UnboundedReceiver<Vec<SpanData>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let t = Telemetry::new(tx, queue_size, TelemetryMetrics::default());
-        (Arc::new(t), rx)
+    fn telemetry(queue_size: usize) -> Arc<Telemetry> {
+        Arc::new(Telemetry::new(queue_size, 1, TelemetryMetrics::default()))
     }
 
     fn finished(status: u16) -> FinishedRequest<'static> {
@@ -475,7 +472,7 @@ mod tests {
 
     #[test]
     fn retried_request_has_one_client_span_per_attempt_under_the_server_span() {
-        let (t, mut rx) = telemetry(100);
+        let t = telemetry(100);
         let mut trace = t.begin();
         let mut plugin = PluginTrace {
             trace_id: Some(trace.trace_id_hex()),
@@ -511,7 +508,7 @@ mod tests {
         trace.absorb(plugin);
         trace.finish(&finished(200));
 
-        let spans = rx.try_recv().expect("queued");
+        let spans = t.take(usize::MAX);
         assert_eq!(spans.len(), 3);
         assert!(
             spans
@@ -553,14 +550,14 @@ mod tests {
 
     #[test]
     fn unsampled_traces_are_not_queued_and_a_full_queue_drops_whole_traces() {
-        let (t, mut rx) = telemetry(3);
+        let t = telemetry(3);
         let mut trace = t.begin();
         trace.absorb(PluginTrace {
             sampled: Some(false),
             ..PluginTrace::default()
         });
         trace.finish(&finished(200));
-        assert!(rx.try_recv().is_err());
+        assert!(t.take(usize::MAX).is_empty());
 
         // Two spans each (server + attempt); the queue holds 3: the second trace is
         // dropped whole.
@@ -571,14 +568,14 @@ mod tests {
             trace.attempt_finished(a, Ok(200));
             trace.finish(&finished(200));
         }
-        assert_eq!(rx.try_recv().unwrap().len(), 2);
-        assert!(rx.try_recv().is_err());
         assert_eq!(t.queued.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(t.take(usize::MAX).len(), 2);
+        assert_eq!(t.queued.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]
     fn a_plugin_name_and_events_and_5xx_status_reach_the_server_span() {
-        let (t, mut rx) = telemetry(100);
+        let t = telemetry(100);
         let mut trace = t.begin();
         let mut plugin = PluginTrace {
             name: Some("custom".into()),
@@ -599,7 +596,7 @@ mod tests {
         });
         trace.absorb(plugin);
         trace.finish(&finished(503));
-        let spans = rx.try_recv().unwrap();
+        let spans = t.take(usize::MAX);
         let server = &spans[0];
         assert_eq!(server.name, "custom");
         assert!(matches!(server.status, Status::Error { .. }));
