@@ -573,3 +573,31 @@ async fn blackholed_collector_keeps_latency_bounds_memory_and_shutdown() {
         "shutdown took {took:?} with a blackholed collector"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_what_is_queued() {
+    let receiver = Receiver::grpc().await;
+    let upstream = Upstream::named("up").await;
+    let text = config(
+        upstream.addr,
+        &format!("http://{}", receiver.addr),
+        "grpc",
+        "",
+        "",
+        "",
+    )
+    // Nothing would leave before shutdown on its own.
+    .replace("batch_delay = \"20ms\"", "batch_delay = \"1h\"");
+    let gw = gateway(&text).await;
+    for _ in 0..3 {
+        assert_eq!(get_with(gw.listen_addr, "/", &[]).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.spans().len(), 0, "still queued");
+    gw.shutdown().await;
+    assert_eq!(
+        receiver.spans().len(),
+        6,
+        "server + attempt span of each request"
+    );
+}

@@ -184,8 +184,14 @@ impl Batcher {
                     break;
                 }
                 in_flight.store(batch.len(), Ordering::Relaxed);
-                self.export(batch).await;
+                let exported = self.export(batch).await;
                 in_flight.store(0, Ordering::Relaxed);
+                if !exported {
+                    // The collector just failed: the rest would most likely fail too.
+                    let left = telemetry.take(usize::MAX).len();
+                    telemetry.metrics.dropped("shutdown", left);
+                    break;
+                }
             }
         };
         if tokio::time::timeout(self.shutdown_timeout, flush)
@@ -208,7 +214,7 @@ impl Batcher {
     async fn export_or_close(&self, batch: Vec<SpanData>, close: &CancellationToken) -> bool {
         let n = batch.len();
         tokio::select! {
-            () = self.export(batch) => true,
+            _ = self.export(batch) => true,
             () = close.cancelled() => {
                 self.telemetry.metrics.dropped("shutdown", n);
                 false
@@ -216,13 +222,15 @@ impl Batcher {
         }
     }
 
-    /// One export request, bounded by `export_timeout`; the outcome is counted.
-    async fn export(&self, batch: Vec<SpanData>) {
+    /// One export request, bounded by `export_timeout`; the outcome is counted. Whether the
+    /// collector took the batch.
+    async fn export(&self, batch: Vec<SpanData>) -> bool {
         let n = batch.len();
         let metrics = &self.telemetry.metrics;
         match tokio::time::timeout(self.export_timeout, self.exporter.export(batch)).await {
             Ok(Ok(())) => {
                 metrics.exported.inc_by(n as u64);
+                return true;
             }
             Ok(Err(e)) => {
                 metrics.export_failures.inc();
@@ -235,5 +243,6 @@ impl Batcher {
                 tracing::debug!(spans = n, "telemetry: export timed out");
             }
         }
+        false
     }
 }
