@@ -4,6 +4,7 @@
 #   scripts/bench.sh plugins                          plugin runtime costs (+ auth verify cost)
 #   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
 #   scripts/bench.sh tracing [seconds] [connections] telemetry off vs collector live/down/blackholed
+#                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -124,7 +125,7 @@ while True:
 PY
   sleep 1
   for mode in off live down blackhole; do
-    bench_config tracing > "$T/$mode.toml"
+    bench_config "${BENCH_PLUGINS-tracing}" > "$T/$mode.toml"
     case $mode in
       live) endpoint=http://127.0.0.1:14318 ;;
       down) endpoint=http://127.0.0.1:14320 ;;   # nothing listens there
