@@ -166,6 +166,16 @@ impl Gateway {
 /// policy says; say so at start-up rather than at the first request.
 fn warn_about_missing_plugins(config: &Config, plugins: &PluginRuntime) {
     let set = plugins.current();
+    if config.telemetry.is_none()
+        && config
+            .routes
+            .iter()
+            .any(|r| r.plugins.iter().any(|p| p.get_ref() == "tracing"))
+    {
+        tracing::warn!(
+            "a route runs the tracing plugin but [telemetry] is not set: no traces are exported"
+        );
+    }
     for route in &config.routes {
         for name in &route.plugins {
             if set.get(name.get_ref()).is_none() {
