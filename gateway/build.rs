@@ -26,9 +26,10 @@ fn main() {
         let target = wasm_target_dir(&out_dir);
         build(&root, &target, &names);
         for name in &names {
+            let package = package_name(&root.join("plugins").join(name));
             let wasm = target
                 .join("wasm32-wasip2/release")
-                .join(format!("{}.wasm", name.replace('-', "_")));
+                .join(format!("{}.wasm", package.replace('-', "_")));
             assert!(
                 wasm.exists(),
                 "built-in plugin {name}: {} was not built",
@@ -61,6 +62,20 @@ fn builtin_names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The package name in `dir/Cargo.toml`: usually the directory's name, but the `tracing`
+/// plugin's package is `tracing-plugin` (a workspace package named `tracing` would clash with
+/// the `tracing` crate in `cargo -p`). The plugin is embedded under the directory's name.
+fn package_name(dir: &Path) -> String {
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("reading Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "name").then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .expect("a [package] name")
+}
+
 /// `<target>/wasm-builtins`, next to the outer build's profiles (OUT_DIR is
 /// `<target>/<profile>/build/<pkg>-<hash>/out`), so debug, release and clippy share it.
 fn wasm_target_dir(out_dir: &Path) -> PathBuf {
@@ -78,7 +93,7 @@ fn build(root: &Path, target: &Path, names: &[String]) {
         .current_dir(root)
         .env("CARGO_TARGET_DIR", target);
     for name in names {
-        cmd.args(["-p", name]);
+        cmd.args(["-p", &package_name(&root.join("plugins").join(name))]);
     }
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",

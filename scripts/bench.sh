@@ -3,6 +3,8 @@
 #   scripts/bench.sh proxy [seconds] [connections]   gateway vs nginx/haproxy/caddy, 3 runs
 #   scripts/bench.sh plugins                          plugin runtime costs (+ auth verify cost)
 #   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
+#   scripts/bench.sh tracing [seconds] [connections] telemetry off vs collector live/down/blackholed
+#                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -81,5 +83,80 @@ plugins)
     cargo bench -p sluice --bench plugins
   rm -rf "$t"
   ;;
-*) echo "usage: $0 proxy|plugins|auth" >&2; exit 2 ;;
+tracing)
+  # The same gateway (route with the built-in tracing plugin, every trace sampled) with
+  # telemetry off, exporting to a live OTLP/HTTP receiver, to a closed port (collector down),
+  # and to a listener that accepts and never answers (blackholed); three rounds, interleaved.
+  secs=${2:-8}; conns=${3:-64}
+  command -v wrk >/dev/null || apt-get install -y nginx-light wrk
+  export PATH=$PATH:/usr/sbin
+  cargo build --release -p sluice
+  T=$(mktemp -d)
+  trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  cat > "$T/up.conf" <<C
+worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
+C
+  nginx -c "$T/up.conf"
+  # Live receiver: answers every OTLP/HTTP export with 200 and an empty (valid) protobuf body.
+  python3 - > /dev/null 2>&1 <<'PY' & echo $! > "$T/live.pid"
+import http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+S(("127.0.0.1", 14318), H).serve_forever()
+PY
+  # Blackhole: accepts, never reads or answers.
+  python3 - > /dev/null 2>&1 <<'PY' & echo $! > "$T/hole.pid"
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 14319)); s.listen(1024); held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+PY
+  sleep 1
+  for mode in off live down blackhole; do
+    bench_config "${BENCH_PLUGINS-tracing}" > "$T/$mode.toml"
+    case $mode in
+      live) endpoint=http://127.0.0.1:14318 ;;
+      down) endpoint=http://127.0.0.1:14320 ;;   # nothing listens there
+      blackhole) endpoint=http://127.0.0.1:14319 ;;
+      *) endpoint= ;;
+    esac
+    [ -n "$endpoint" ] && printf '[telemetry]\nendpoint = "%s"\nbatch_delay = "200ms"\n' "$endpoint" >> "$T/$mode.toml"
+  done
+  printf "%-10s %-4s %10s %9s %9s %8s %9s %12s %12s\n" mode run req/s p50 p99 cpu_us rss_kb exported dropped
+  for run in 1 2 3; do
+    for mode in off live down blackhole; do
+      "$CARGO_TARGET_DIR/release/sluice" run --config "$T/$mode.toml" > "$T/gw.log" 2>&1 & gw=$!
+      sleep 1.5
+      cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency http://127.0.0.1:18080/ 2>&1)
+      cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      # Gateway CPU (all its threads: worker, export task, admin) per request, in µs.
+      cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+      rss=$(awk '/VmRSS/ {print $2}' /proc/$gw/status)
+      m=$(curl -s http://127.0.0.1:18081/metrics)
+      exported=$(echo "$m" | awk '/^sluice_telemetry_spans_exported_total/ {s+=$2} END {print s+0}')
+      dropped=$(echo "$m" | awk '/^sluice_telemetry_spans_dropped_total/ {s+=$2} END {print s+0}')
+      printf "%-10s %-4s %10s %9s %9s %8s %9s %12s %12s\n" "$mode" "$run" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$exported" "$dropped"
+      t0=$(date +%s%N); kill -TERM $gw; wait $gw 2>/dev/null
+      echo "           shutdown $(( ($(date +%s%N) - t0) / 1000000 )) ms" >&2
+    done
+  done
+  ;;
+*) echo "usage: $0 proxy|plugins|auth|tracing" >&2; exit 2 ;;
 esac

@@ -113,7 +113,7 @@ async fn language(lang: &str, plugin: &Path) {
     for _ in 0..n {
         let out = rt.on_request(&set, &chain, request()).await;
         assert!(out.response.is_none() && out.error.is_none(), "{lang}");
-        let (_, e) = rt.on_response(&out.ran, out.request, ok(), None).await;
+        let (_, e, _) = rt.on_response(&out.ran, out.request, ok(), None).await;
         assert!(e.is_none(), "{lang}");
     }
     let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
@@ -245,7 +245,7 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
                     head.clone(),
                     sluice::body::ResponseBody::full(bytes::Bytes::new()),
                 );
-                let (r, e) = rt.on_response(&out.ran, out.request, resp, None).await;
+                let (r, e, _) = rt.on_response(&out.ran, out.request, resp, None).await;
                 assert!(e.is_none());
                 std::hint::black_box(r);
             }
@@ -324,7 +324,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, _) = rt.on_response(&out.ran, out.request, resp, None).await;
+        let (r, _, _) = rt.on_response(&out.ran, out.request, resp, None).await;
         head = r.into_parts().0;
     }
     // The same work without the plugin calls: building the request and response values.
@@ -346,7 +346,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, e) = rt.on_response(&out.ran, out.request, resp, None).await;
+        let (r, e, _) = rt.on_response(&out.ran, out.request, resp, None).await;
         assert!(e.is_none());
         std::hint::black_box(r);
     }

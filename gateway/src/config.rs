@@ -54,6 +54,9 @@ pub struct Config {
     /// `[resolver]`: routing `/{service}/...` to a service by name.
     #[serde(default)]
     pub resolver: ResolverConfig,
+    /// `[telemetry]`: OpenTelemetry (OTLP) trace export; absent = no spans at all.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// `[server]`
@@ -876,6 +879,11 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+        if let Some(telemetry) = &self.telemetry {
+            for (span, message) in telemetry.problems() {
+                err(span, message);
             }
         }
         if errors.is_empty() {

@@ -22,6 +22,7 @@ pub mod routing;
 pub mod scaffold;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub struct Gateway {
     shutdown: CancellationToken,
     workers: Vec<std::thread::JoinHandle<()>>,
     control_tasks: Vec<tokio::task::JoinHandle<()>>,
+    telemetry: Option<telemetry::exporter::ExportTask>,
 }
 
 impl Gateway {
@@ -134,6 +136,13 @@ impl Gateway {
             plugins.shared_state(hystrix::PLUGIN),
             config.server.hystrix_stream_max_clients,
         );
+        let (telemetry, telemetry_task) = match &config.telemetry {
+            Some(t) => {
+                let (handle, task) = telemetry::exporter::start(t, metrics.telemetry.clone())?;
+                (Some(handle), Some(task))
+            }
+            None => (None, None),
+        };
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
             registry,
@@ -143,6 +152,7 @@ impl Gateway {
             metrics,
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access,
+            telemetry,
         });
 
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
@@ -177,11 +187,12 @@ impl Gateway {
             shutdown,
             workers,
             control_tasks,
+            telemetry: telemetry_task,
         })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_timeout`),
-    /// then returns.
+    /// exports the spans still queued (up to `telemetry.shutdown_timeout`), then returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let workers = self.workers;
@@ -194,6 +205,9 @@ impl Gateway {
         for task in self.control_tasks {
             let _ = task.await;
         }
+        if let Some(telemetry) = self.telemetry {
+            telemetry.shutdown().await;
+        }
         tracing::info!("sluice stopped");
     }
 }
@@ -202,6 +216,16 @@ impl Gateway {
 /// policy says; say so at start-up rather than at the first request.
 fn warn_about_missing_plugins(config: &Config, plugins: &PluginRuntime) {
     let set = plugins.current();
+    if config.telemetry.is_none()
+        && config
+            .routes
+            .iter()
+            .any(|r| r.plugins.iter().any(|p| p.get_ref() == "tracing"))
+    {
+        tracing::warn!(
+            "a route runs the tracing plugin but [telemetry] is not set: no traces are exported"
+        );
+    }
     for route in &config.routes {
         for name in &route.plugins {
             if set.get(name.get_ref()).is_none() {

@@ -136,6 +136,8 @@ pub struct Metrics {
     /// The breaker plugin's shared state, read by the breaker metrics on each scrape (set
     /// once the plugin runtime exists).
     pub breaker_state: Arc<std::sync::OnceLock<Arc<crate::plugin::state::SharedState>>>,
+    /// Trace export (`sluice_telemetry_*`).
+    pub telemetry: crate::telemetry::TelemetryMetrics,
 }
 
 impl Default for Metrics {
@@ -209,8 +211,10 @@ impl Metrics {
         let breaker = crate::hystrix::BreakerCollector::default();
         let breaker_state = breaker.state.clone();
         registry.register_collector(Box::new(breaker));
+        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Self {
             breaker_state,
+            telemetry,
             registry,
             requests,
             duration,

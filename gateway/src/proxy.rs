@@ -26,6 +26,7 @@ use crate::registry::Registry;
 use crate::routing::{Resolver, Route};
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
+use crate::telemetry::{FinishedRequest, RequestTrace, Telemetry};
 use crate::upstream::{AttemptError, Service};
 
 /// Everything a data-plane worker needs to answer requests; shared by all workers.
@@ -47,6 +48,8 @@ pub struct Proxy {
     pub max_body_bytes: u64,
     /// `log.access`.
     pub access_log: bool,
+    /// Trace export, when `[telemetry]` is set.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// What the access log and metrics need to know about how a request went.
@@ -55,6 +58,8 @@ struct Outcome {
     upstream: Option<Arc<str>>,
     error: Option<ProxyError>,
     request_id: Option<HeaderValue>,
+    /// The request's spans, when telemetry is on.
+    trace: Option<RequestTrace>,
 }
 
 impl Outcome {
@@ -74,15 +79,16 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        // Kept for the access log only: no copies when it is off.
-        let request_line = self
-            .access_log
+        let trace = self.telemetry.as_ref().map(Telemetry::begin);
+        // Kept for the access log and the server span only: no copies when both are off.
+        let request_line = (self.access_log || trace.is_some())
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let mut outcome = Outcome {
             route: None,
             upstream: None,
             error: None,
             request_id: None,
+            trace,
         };
 
         let mut response = self.route_and_forward(request, client, &mut outcome).await;
@@ -99,7 +105,18 @@ impl Proxy {
             .as_ref()
             .map_or(&self.unmatched, |r| &r.metrics);
         route_metrics.record(status, elapsed.as_secs_f64());
-        if let Some((method, path)) = request_line {
+        if let (Some(trace), Some((method, path))) = (outcome.trace.take(), &request_line) {
+            trace.finish(&FinishedRequest {
+                method,
+                path,
+                route: outcome.route.as_ref().map(|r| r.path.as_str()),
+                status,
+                client,
+                request_id: response.headers().get(&headers::X_REQUEST_ID),
+                error: outcome.error.as_ref(),
+            });
+        }
+        if let Some((method, path)) = request_line.filter(|_| self.access_log) {
             log_access(
                 &method,
                 &path,
@@ -188,15 +205,20 @@ impl Proxy {
             Ok(pair) => pair,
             Err(e) => return outcome.fail(e),
         };
-        let state = RequestState::new(
+        let mut state = RequestState::new(
             parts,
             client,
             route.name.clone(),
             request_id,
             PluginBody::new(buffered),
         );
+        state.trace.trace_id = outcome.trace.as_ref().map(RequestTrace::trace_id_hex);
         let chain = self.plugins.on_request(&set, &route.plugins, state).await;
         let mut request = chain.request;
+        if let Some(trace) = outcome.trace.as_mut() {
+            // The trace the request continues and the sampling decision it leaves with.
+            trace.follow(&request.trace);
+        }
         let response = match chain.response {
             Some(answer) => {
                 outcome.error = chain.error;
@@ -228,6 +250,9 @@ impl Proxy {
             }
         };
         if chain.ran.is_empty() {
+            if let Some(trace) = outcome.trace.as_mut() {
+                trace.absorb(std::mem::take(&mut request.trace));
+            }
             return response;
         }
 
@@ -236,12 +261,15 @@ impl Proxy {
             .error
             .as_ref()
             .and_then(ProxyError::upstream_failure);
-        let (response, error) = self
+        let (response, error, plugin_trace) = self
             .plugins
             .on_response(&chain.ran, request, response, failure)
             .await;
         if error.is_some() {
             outcome.error = error;
+        }
+        if let Some(trace) = outcome.trace.as_mut() {
+            trace.absorb(plugin_trace);
         }
         response
     }
@@ -351,9 +379,18 @@ impl Proxy {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = cap.map_or(service.per_try_timeout, |c| c.min(service.per_try_timeout));
+            // One client span per attempt; its id goes upstream as the `traceparent` parent.
+            let span = outcome
+                .trace
+                .as_mut()
+                .map(|t| t.attempt_started(&endpoint.address, request.headers_mut()));
             let result = service
                 .send(endpoint, request, timeout.min(remaining))
                 .await;
+            if let (Some(trace), Some(span)) = (outcome.trace.as_mut(), span) {
+                let status = result.as_ref().map(|(r, _)| r.status().as_u16());
+                trace.attempt_finished(span, status.map_err(|f| &f.error));
+            }
             let may_retry = retryable && attempt <= retries && Instant::now() < deadline;
 
             let failure = match result {

@@ -91,6 +91,33 @@ pub struct PluginTrace {
     pub attributes: Vec<(String, String)>,
     /// `span-add-event`.
     pub events: Vec<SpanEvent>,
+    /// The plugin calls made for the request (recorded only when it is traced).
+    pub calls: Vec<crate::telemetry::PluginCall>,
+}
+
+impl PluginTrace {
+    /// Whether the request is traced (telemetry is on); nothing is recorded otherwise.
+    pub fn traced(&self) -> bool {
+        self.trace_id.is_some()
+    }
+
+    /// Starts timing a plugin call, when the request is traced.
+    pub fn call_started(&self) -> Option<crate::telemetry::CallTimer> {
+        self.traced().then(crate::telemetry::CallTimer::now)
+    }
+
+    /// Records a plugin call timed with [`Self::call_started`].
+    pub fn call_finished(
+        &mut self,
+        timer: Option<crate::telemetry::CallTimer>,
+        plugin: &Arc<str>,
+        phase: &'static str,
+        outcome: &'static str,
+    ) {
+        if let Some(timer) = timer {
+            self.calls.push(timer.finish(plugin, phase, outcome));
+        }
+    }
 }
 
 /// An event a plugin added to the request's span.

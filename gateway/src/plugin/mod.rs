@@ -30,7 +30,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use self::bindings::types;
-use self::host::{HostState, PluginBody, PluginShared, RequestState, ResponseState};
+use self::host::{HostState, PluginBody, PluginShared, PluginTrace, RequestState, ResponseState};
 use self::kv::KvStore;
 use self::loaded::{LoadedPlugin, PluginFailure, PluginSource, WORLD};
 use self::loader::LoadError;
@@ -436,22 +436,32 @@ impl PluginRuntime {
                     plugin: name.clone(),
                     reason: "is not loaded".into(),
                 };
-                match self.settings.settings_for(name).on_failure {
+                let timer = request.trace.call_started();
+                let name: Arc<str> = Arc::from(name.as_str());
+                request
+                    .trace
+                    .call_finished(timer, &name, "on_request", "not_loaded");
+                match self.settings.settings_for(&name).on_failure {
                     FailurePolicy::FailClosed => return fail(request, error, ran),
                     FailurePolicy::FailOpen => {
-                        self.metrics.record_call(
-                            &Arc::from(name.as_str()),
-                            "on_request",
-                            "skipped",
-                            0.0,
-                        );
+                        self.metrics
+                            .record_call(&name, "on_request", "skipped", 0.0);
                         continue;
                     }
                 }
             };
             request.body.visible = plugin.shared.settings.request_body;
+            let timer = request.trace.call_started();
             let (req, result) = plugin.on_request(request).await;
             request = req;
+            let outcome = match &result {
+                Ok(types::Action::Continue) => "ok",
+                Ok(types::Action::Respond(_)) => "respond",
+                Err(failure) => failure.outcome(),
+            };
+            request
+                .trace
+                .call_finished(timer, plugin.name(), "on_request", outcome);
             request.body.visible = false;
             let failure = match result {
                 Ok(types::Action::Continue) => {
@@ -486,14 +496,16 @@ impl PluginRuntime {
         }
     }
 
-    /// Runs `on-response` of the plugins that ran, in reverse order.
+    /// Runs `on-response` of the plugins that ran, in reverse order. Returns the response,
+    /// the error that made it (if a plugin failed closed), and the request's trace as the
+    /// plugins left it.
     pub async fn on_response(
         &self,
         ran: &[Arc<LoadedPlugin>],
         mut request: RequestState,
         response: Response<ResponseBody>,
         upstream_failure: Option<types::UpstreamFailure>,
-    ) -> (Response<ResponseBody>, Option<ProxyError>) {
+    ) -> (Response<ResponseBody>, Option<ProxyError>, PluginTrace) {
         let (parts, body) = response.into_parts();
         // A plugin that opted in to response bodies gets the body buffered (bounded by the
         // smallest `max_body_bytes` among them).
@@ -518,7 +530,7 @@ impl PluginRuntime {
                                 format!("reading the response body: {e}")
                             },
                         };
-                        return (error.to_response(), Some(error));
+                        return (error.to_response(), Some(error), request.trace);
                     }
                 }
             }
@@ -530,13 +542,20 @@ impl PluginRuntime {
         };
         for plugin in ran.iter().rev() {
             head.body.visible = plugin.shared.settings.response_body;
+            let timer = request.trace.call_started();
             let (req, resp, result) = plugin.on_response(request, head).await;
             (request, head) = (req, resp);
+            let outcome = result
+                .as_ref()
+                .map_or_else(PluginFailure::outcome, |()| "ok");
+            request
+                .trace
+                .call_finished(timer, plugin.name(), "on_response", outcome);
             if let Err(failure) = result {
                 match plugin.shared.settings.on_failure {
                     FailurePolicy::FailClosed => {
                         let error = plugin_error(plugin.name(), failure);
-                        return (error.to_response(), Some(error));
+                        return (error.to_response(), Some(error), request.trace);
                     }
                     FailurePolicy::FailOpen => self.skipped(plugin.name(), "on_response", &failure),
                 }
@@ -552,7 +571,7 @@ impl PluginRuntime {
             (None, Some(body)) => body,
             (None, None) => ResponseBody::full(Bytes::new()),
         };
-        (Response::from_parts(head.parts, body), None)
+        (Response::from_parts(head.parts, body), None, request.trace)
     }
 
     /// A failed call of a fail-open plugin: logged, counted, and the request goes on.

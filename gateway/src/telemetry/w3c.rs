@@ -1,0 +1,97 @@
+//! W3C Trace Context (`traceparent`, version 00) as the gateway sends it upstream.
+
+use http::HeaderValue;
+
+/// `traceparent`.
+pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// `tracestate`.
+pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `bytes`, written into `out`.
+fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// `00-{trace id}-{span id}-{01|00}`.
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    hex_into(trace_id, &mut out);
+    out.push(b'-');
+    hex_into(span_id, &mut out);
+    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    HeaderValue::from_bytes(&out).expect("traceparent is visible ASCII")
+}
+
+/// Replaces the incoming W3C pair with the gateway's: `traceparent` naming `span_id` as the
+/// parent, and `tracestate` when the continued trace has one (an incoming `tracestate` of a
+/// trace the gateway did not continue is removed). B3 headers are left as they came.
+pub fn inject(
+    headers: &mut http::HeaderMap,
+    trace_id: &[u8; 16],
+    span_id: &[u8; 8],
+    sampled: bool,
+    trace_state: &str,
+) {
+    headers.insert(TRACEPARENT.clone(), traceparent(trace_id, span_id, sampled));
+    match HeaderValue::from_str(trace_state) {
+        Ok(v) if !trace_state.is_empty() => {
+            headers.insert(TRACESTATE.clone(), v);
+        }
+        _ => {
+            headers.remove(&TRACESTATE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_version_00_lower_hex_with_flags() {
+        let trace = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        let span = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+        assert_eq!(
+            traceparent(&trace, &span, true),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent(&trace, &span, false),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+    }
+
+    #[test]
+    fn inject_replaces_the_pair_and_keeps_b3() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-x-y-01"));
+        headers.insert("tracestate", HeaderValue::from_static("old=1"));
+        headers.insert("b3", HeaderValue::from_static("a-b-1"));
+        inject(&mut headers, &[1; 16], &[2; 8], true, "");
+        assert_eq!(
+            headers["traceparent"],
+            "00-01010101010101010101010101010101-0202020202020202-01"
+        );
+        assert!(headers.get("tracestate").is_none());
+        assert_eq!(headers["b3"], "a-b-1");
+        inject(&mut headers, &[1; 16], &[2; 8], false, "k=v");
+        assert_eq!(headers["tracestate"], "k=v");
+        assert_eq!(headers.get_all("traceparent").iter().count(), 1);
+    }
+}
