@@ -147,7 +147,9 @@ struct Batcher {
 impl Batcher {
     async fn run(self, close: CancellationToken) {
         let telemetry = &self.telemetry;
-        let mut tick = tokio::time::interval(self.batch_delay);
+        // The first export waits a whole delay too (`interval` would tick at once).
+        let start = tokio::time::Instant::now() + self.batch_delay;
+        let mut tick = tokio::time::interval_at(start, self.batch_delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'serve: loop {
             tokio::select! {
