@@ -137,8 +137,9 @@ impl EtcdConnection {
             Ok(client) => f(client).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = &result {
-            self.mark(Err(e));
+        match &result {
+            Ok(_) => self.mark(Ok(())),
+            Err(e) => self.mark(Err(e)),
         }
         result
     }
@@ -161,8 +162,10 @@ pub async fn mirror(
     sink: Arc<dyn Mirror>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let started = Instant::now();
         let round = sync_and_watch(&conn, &prefix, &*sink);
         let error = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -171,6 +174,10 @@ pub async fn mirror(
         conn.mark(Err(&error));
         sink.connected(false);
         conn.reset().await;
+        // A round that ran a while (it synced and watched) starts the back-off over.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = FIRST_BACKOFF;
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}

@@ -391,7 +391,10 @@ impl Proxy {
                 let status = result.as_ref().map(|(r, _)| r.status().as_u16());
                 trace.attempt_finished(span, status.map_err(|f| &f.error));
             }
-            let may_retry = retryable && attempt <= retries && Instant::now() < deadline;
+            // A retry needs its backoff and a useful try to fit before the overall deadline.
+            let pause = policy.backoff(attempt);
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            let may_retry = retryable && attempt <= retries && time_left > pause + MIN_TRY;
 
             let failure = match result {
                 Ok((response, connection)) => {
@@ -413,7 +416,7 @@ impl Proxy {
                         copy_parts(&resend.0),
                         RequestBody::full(resend.1.clone()),
                     ));
-                    tokio::time::sleep(policy.backoff(attempt).min(remaining)).await;
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
                 Err(failure) => failure,
@@ -430,7 +433,13 @@ impl Proxy {
             }
             self.metrics
                 .record_upstream_error(&service.name, error.kind());
-            service.record_attempt(endpoint, true, monotonic_ns());
+            // A try cut short by what was left of the overall deadline says nothing about the
+            // instance's health.
+            let cut_short = remaining < timeout
+                && matches!(error, ProxyError::UpstreamTimeout { phase, .. } if phase == "response");
+            if !cut_short {
+                service.record_attempt(endpoint, true, monotonic_ns());
+            }
             let resend = unsent.or_else(|| {
                 replay.as_ref().map(|(parts, bytes)| {
                     Request::from_parts(copy_parts(parts), RequestBody::full(bytes.clone()))
@@ -447,9 +456,6 @@ impl Proxy {
                         "retrying after: {error}"
                     );
                     next = Some(request);
-                    let pause = policy
-                        .backoff(attempt)
-                        .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                 }
                 _ => return Err(error),
@@ -468,6 +474,9 @@ impl Proxy {
         }
     }
 }
+
+/// The least time a retry is worth starting with (after its backoff) before the deadline.
+const MIN_TRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Instances a request already tried (the first few: enough to spread retries out).
 #[derive(Default)]

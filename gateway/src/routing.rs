@@ -138,7 +138,7 @@ pub struct Resolver {
     plugins: Vec<String>,
     /// One route per service resolved so far (for its metrics and plugin chain); bounded by
     /// the number of services, since only existing services get one.
-    routes: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Route>>>,
+    routes: std::sync::RwLock<std::collections::HashMap<String, Arc<Route>>>,
 }
 
 impl Resolver {
@@ -153,30 +153,42 @@ impl Resolver {
         })
     }
 
-    /// The service name a path asks for, and the path prefix that named it.
-    pub fn service_of<'a>(&self, path: &'a str) -> Option<(String, &'a str)> {
+    /// The name segment of a path, and the path prefix that ends with it.
+    fn segment_of<'a>(&self, path: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = path.strip_prefix(self.prefix.as_str())?;
         let name = rest.strip_prefix('/')?.split('/').next()?;
         if name.is_empty() {
             return None;
         }
-        let matched = &path[..self.prefix.len() + 1 + name.len()];
+        Some((name, &path[..self.prefix.len() + 1 + name.len()]))
+    }
+
+    /// The service name a path asks for, and the path prefix that named it.
+    pub fn service_of<'a>(&self, path: &'a str) -> Option<(String, &'a str)> {
+        let (name, matched) = self.segment_of(path)?;
         Some((format!("{}{name}", self.namespace), matched))
     }
 
-    /// The route for a path, if it names an existing service.
+    /// The route for a path, if it names an existing service. Routes are cached by name
+    /// segment, so a request to a known service takes a read lock and no allocation.
     pub fn resolve(
         &self,
         path: &str,
         registry: &crate::registry::Registry,
         metrics: &Metrics,
     ) -> Option<Arc<Route>> {
-        let (service, matched) = self.service_of(path)?;
-        registry.service(&service)?;
-        let mut routes = self.routes.lock().expect("resolver lock");
-        if let Some(route) = routes.get(service.as_str()) {
-            return Some(route.clone());
+        let (segment, matched) = self.segment_of(path)?;
+        let cached = self
+            .routes
+            .read()
+            .expect("resolver lock")
+            .get(segment)
+            .cloned();
+        if let Some(route) = cached {
+            return registry.service(&route.service).map(|_| route);
         }
+        let service = format!("{}{segment}", self.namespace);
+        registry.service(&service)?;
         let name = RouteName::new(&format!("resolver:{service}"));
         let route = Arc::new(Route {
             metrics: metrics.route(&name),
@@ -189,7 +201,10 @@ impl Resolver {
             plugins: self.plugins.clone(),
             retries: None,
         });
-        routes.insert(route.service.clone(), route.clone());
+        self.routes
+            .write()
+            .expect("resolver lock")
+            .insert(segment.to_owned(), route.clone());
         Some(route)
     }
 }

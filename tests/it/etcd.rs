@@ -185,6 +185,28 @@ async fn two_gateways_on_one_etcd_share_instances_until_the_lease_expires() {
     let b = gateway_process(&etcd.endpoint(), &prefix).await;
     let up = Upstream::named("via-etcd").await;
 
+    // Entries written behind the gateways' backs that the API would refuse are skipped,
+    // never fatal (a weight of 4e9 would otherwise size the balancer's tables).
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    for (key, value) in [
+        (
+            "users/huge",
+            r#"{"address":"127.0.0.1:1","weight":4000000000,"ttl_ms":1000}"#,
+        ),
+        ("users/junk", "not json"),
+        (
+            "users/bad-address",
+            r#"{"address":"nowhere","weight":1,"ttl_ms":1000}"#,
+        ),
+    ] {
+        client
+            .put(format!("{prefix}{key}"), value, None)
+            .await
+            .unwrap();
+    }
+
     // Registered through gateway a, with a 2 s lease.
     let body = format!(r#"{{"address": "{}", "ttl": "2s"}}"#, up.addr);
     let (status, text) = register(a.admin, "users", "u1", &body).await;

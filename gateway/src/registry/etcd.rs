@@ -111,11 +111,7 @@ impl EtcdBackend {
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                if let Some(old) = existing.kvs().first()
-                    && old.lease() != 0
-                {
-                    let _ = client.lease_revoke(old.lease()).await;
-                }
+                // An old lease is left to expire, not revoked: other keys may share it.
                 Ok(())
             })
             .await
@@ -132,17 +128,14 @@ impl EtcdBackend {
                     .get(key.as_str(), None)
                     .await
                     .map_err(|e| e.to_string())?;
-                let Some(kv) = existing.kvs().first() else {
+                if existing.kvs().is_empty() {
                     return Ok(false);
-                };
-                let lease = kv.lease();
+                }
+                // Only the key: its lease may hold other keys, and expires by itself.
                 client
                     .delete(key.as_str(), None)
                     .await
                     .map_err(|e| e.to_string())?;
-                if lease != 0 {
-                    let _ = client.lease_revoke(lease).await;
-                }
                 Ok(true)
             })
             .await
@@ -200,10 +193,22 @@ fn parse<'a>(
     let Some(value) = value else {
         return Some((service, id, None));
     };
-    match serde_json::from_slice::<Stored>(value) {
+    // Anyone can write under the prefix (etcdctl): the same checks as the registry API.
+    let checked = serde_json::from_slice::<Stored>(value)
+        .map_err(|e| e.to_string())
+        .and_then(|stored| {
+            super::check_service_name(service)?;
+            super::check_instance_id(id).map_err(|e| e.to_string())?;
+            crate::config::check_authority(&stored.address)?;
+            if !(1..=1000).contains(&stored.weight) {
+                return Err(format!("weight {} is outside 1..=1000", stored.weight));
+            }
+            Ok(stored)
+        });
+    match checked {
         Ok(stored) => Some((service, id, Some(stored.into_registration()))),
         Err(e) => {
-            tracing::warn!(key, "registry: ignoring a malformed etcd entry: {e}");
+            tracing::warn!(key, "registry: ignoring an invalid etcd entry: {e}");
             None
         }
     }

@@ -129,7 +129,10 @@ impl Registry {
             statics.insert(name.clone(), static_specs(svc));
             services.insert(name, Arc::new(service));
         }
-        metrics.registry_connected.set(1);
+        // etcd counts as connected once its first read succeeds.
+        metrics.registry_connected.set(i64::from(
+            config.registry.backend == RegistryBackend::Embedded,
+        ));
         Arc::new(Self {
             services: ArcSwap::from_pointee(services),
             registered: Mutex::default(),
@@ -332,12 +335,17 @@ impl Registry {
     fn apply_change(&self, service: &str, id: &str, registration: Option<Registration>) {
         let mut registered = self.registered.lock().expect("registry lock");
         let name: Arc<str> = Arc::from(service);
-        let instances = registered.entry(name.clone()).or_default();
         let changed = match registration {
-            Some(r) => instances.insert(Arc::from(id), r.clone()).as_ref() != Some(&r),
-            None => instances.remove(id).is_some(),
+            Some(r) => {
+                let instances = registered.entry(name.clone()).or_default();
+                instances.insert(Arc::from(id), r.clone()).as_ref() != Some(&r)
+            }
+            None => registered
+                .get_mut(service)
+                .is_some_and(|instances| instances.remove(id).is_some()),
         };
         if changed {
+            let instances = registered.entry(name.clone()).or_default();
             self.apply(&name, instances);
         }
     }
@@ -355,7 +363,18 @@ impl Registry {
             expires_at: r.expires_at,
         }));
         let service = match self.service(name) {
+            // A service only registration made goes away with its last instance.
+            Some(s) if !s.configured && specs.is_empty() => {
+                s.set_endpoints(&specs);
+                self.services.rcu(|map| {
+                    let mut map = HashMap::clone(map);
+                    map.remove(name);
+                    map
+                });
+                return;
+            }
             Some(s) => s,
+            None if specs.is_empty() => return,
             None => {
                 let service = Arc::new(Service::new(
                     name,
@@ -385,7 +404,7 @@ impl Registry {
     }
 }
 
-fn check_instance_id(id: &str) -> Result<(), RegistryError> {
+pub(crate) fn check_instance_id(id: &str) -> Result<(), RegistryError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -479,6 +498,53 @@ mod tests {
         assert!(registry.remove("orders", "o1"));
         assert!(!registry.remove("orders", "o1"));
         assert!(orders.endpoints().endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_registration_never_takes_over_a_static_instance() {
+        let config =
+            Config::parse("[services.users]\ninstances = [\"127.0.0.1:1\"]\n", "test").unwrap();
+        let registry = Registry::new(&config, Arc::new(Metrics::new()), None);
+        // Same id and address as the static instance: still two instances.
+        registry.register_at(
+            "users",
+            "127.0.0.1:1",
+            request("127.0.0.1:1"),
+            Duration::from_secs(1),
+            S,
+        );
+        let set = registry.service("users").unwrap().endpoints();
+        assert_eq!(set.endpoints.len(), 2);
+        assert!(
+            set.endpoints[0].live(100 * S),
+            "the static one never expires"
+        );
+        assert!(!set.endpoints[1].live(2 * S));
+    }
+
+    #[test]
+    fn a_service_made_by_registration_goes_away_with_its_last_instance() {
+        let registry = registry();
+        registry.register_at(
+            "orders",
+            "o1",
+            request("127.0.0.1:2"),
+            Duration::from_secs(5),
+            S,
+        );
+        assert!(registry.service("orders").is_some());
+        registry.expire(10 * S);
+        assert!(registry.service("orders").is_none());
+        // A configured one stays, empty.
+        registry.register_at(
+            "users",
+            "u1",
+            request("127.0.0.1:2"),
+            Duration::from_secs(5),
+            S,
+        );
+        registry.expire(10 * S);
+        assert!(registry.service("users").is_some());
     }
 
     #[tokio::test]

@@ -57,7 +57,11 @@ impl HashOn {
 
 /// Virtual nodes per unit of weight on the hash ring: enough for an even spread with a
 /// handful of instances, small enough to rebuild quickly.
-const RING_POINTS_PER_WEIGHT: u32 = 160;
+const RING_POINTS_PER_WEIGHT: u64 = 160;
+/// The largest ring (points) and round-robin cycle (slots) built: weights are scaled down
+/// past these, so a service with many heavy instances cannot make a rebuild slow or big.
+const MAX_RING_POINTS: u64 = 1 << 16;
+const MAX_SCHEDULE: u64 = 1 << 13;
 
 /// The lookup tables of one set of instances.
 #[derive(Debug, Default)]
@@ -96,12 +100,20 @@ impl Tables {
                 .collect();
         }
         if kind == BalancerKind::Hash {
-            for (i, e) in endpoints.iter().enumerate() {
+            let total: u64 = weights.iter().sum::<u64>() * RING_POINTS_PER_WEIGHT;
+            let per_weight = if total > MAX_RING_POINTS {
+                (RING_POINTS_PER_WEIGHT * MAX_RING_POINTS / total).max(1)
+            } else {
+                RING_POINTS_PER_WEIGHT
+            };
+            for (i, (e, w)) in endpoints.iter().zip(&weights).enumerate() {
                 // Points depend on the instance's id only, so adding or removing one instance
                 // moves only the keys that land on its points.
-                for v in 0..RING_POINTS_PER_WEIGHT * e.weight.max(1) {
-                    let point = hash_bytes(format!("{}#{v}", e.id).as_bytes());
-                    tables.ring.push((point, i as u32));
+                let base = hash_bytes(e.id.as_bytes());
+                for v in 0..per_weight * w {
+                    tables
+                        .ring
+                        .push((mix(base ^ v.wrapping_mul(0x9e37_79b9_7f4a_7c15)), i as u32));
                 }
             }
             tables.ring.sort_unstable();
@@ -113,8 +125,18 @@ impl Tables {
 /// The order of nginx's smooth weighted round robin over one cycle (sum of weights, after
 /// dividing by their gcd): heavier instances are spread out rather than bunched.
 fn smooth_weighted_schedule(weights: &[u64]) -> Vec<u32> {
-    let gcd = weights.iter().copied().fold(0, gcd);
-    let weights: Vec<i64> = weights.iter().map(|w| (w / gcd.max(1)) as i64).collect();
+    let gcd = weights.iter().copied().fold(0, gcd).max(1);
+    let sum: u64 = weights.iter().map(|w| w / gcd).sum();
+    // Past MAX_SCHEDULE slots, weights are scaled down (each keeps at least one slot).
+    let scale = |w: u64| {
+        let w = w / gcd;
+        if sum > MAX_SCHEDULE {
+            (w * MAX_SCHEDULE / sum).max(1)
+        } else {
+            w
+        }
+    };
+    let weights: Vec<i64> = weights.iter().map(|&w| scale(w) as i64).collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut order = Vec::with_capacity(total as usize);
@@ -146,6 +168,11 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    mix(h)
+}
+
+/// The murmur3 64-bit finaliser: spreads every input bit over the output.
+fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -83,6 +83,12 @@ impl Service {
         if threshold == 0 || failures < threshold || health.ejected(now) {
             return;
         }
+        // One ejection decision at a time per service, so two workers cannot both pass the
+        // cap on different instances.
+        let _deciding = self.ejecting.lock().expect("ejection lock");
+        if health.ejected(now) {
+            return;
+        }
         let set = self.endpoints();
         let total = set.endpoints.len();
         let ejected = set
@@ -90,8 +96,10 @@ impl Service {
             .iter()
             .filter(|e| e.health.ejected(now))
             .count();
-        // Never take out more than the configured share (and never the last instance).
-        if (ejected + 1) * 100 > total * max_ejected_percent as usize || ejected + 1 >= total {
+        // Out for any reason: ejected, expired, failing active checks.
+        let out = set.endpoints.iter().filter(|e| !e.available(now)).count();
+        // Never take out more than the configured share, and never the last available one.
+        if (ejected + 1) * 100 > total * max_ejected_percent as usize || out + 1 >= total {
             return;
         }
         let n = health.ejections.fetch_add(1, Ordering::Relaxed);

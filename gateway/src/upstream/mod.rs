@@ -27,7 +27,7 @@ use crate::metrics::ServiceMetrics;
 use crate::plugin::state::monotonic_ns;
 
 /// Where an instance came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// `[services.NAME] instances`.
@@ -159,6 +159,8 @@ pub struct Service {
     endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
     workers: usize,
+    /// Serialises ejection decisions (rare: only when an instance reaches its threshold).
+    ejecting: std::sync::Mutex<()>,
 }
 
 /// What `/admin/services` shows of a service.
@@ -240,6 +242,7 @@ impl Service {
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             next: AtomicUsize::new(0),
             workers,
+            ejecting: std::sync::Mutex::new(()),
         };
         service.set_endpoints(&static_specs(config));
         service
@@ -254,24 +257,39 @@ impl Service {
     /// connections and health; only its expiry moves.
     pub fn set_endpoints(&self, specs: &[EndpointSpec]) {
         let old = self.endpoints.load();
+        let by_id: std::collections::HashMap<(&str, Source), &Arc<Endpoint>> = old
+            .endpoints
+            .iter()
+            .map(|e| ((&*e.id, e.source), e))
+            .collect();
         let endpoints: Vec<Arc<Endpoint>> = specs
             .iter()
             .filter_map(|spec| {
-                let kept = old.endpoints.iter().find(|e| {
-                    e.id == spec.id
-                        && e.address == spec.address
+                // A registered id equal to a static instance's address is another instance.
+                let kept = by_id.get(&(&*spec.id, spec.source)).filter(|e| {
+                    e.address == spec.address
                         && e.weight == spec.weight.max(1)
                         && e.metadata == spec.metadata
                 });
                 match kept {
                     Some(e) => {
                         e.expires_at.store(spec.expires_at, Ordering::Relaxed);
-                        Some(e.clone())
+                        Some(Arc::clone(e))
                     }
                     None => Endpoint::new(spec, self.workers).map(Arc::new),
                 }
             })
             .collect();
+        // A renewal only moves expiries: the same instances in the same order keep their
+        // balancer tables.
+        let unchanged = endpoints.len() == old.endpoints.len()
+            && endpoints
+                .iter()
+                .zip(&old.endpoints)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if unchanged {
+            return;
+        }
         let tables = Tables::build(self.balancer, &endpoints);
         self.metrics.instances.set(endpoints.len() as i64);
         self.endpoints
