@@ -324,16 +324,24 @@ impl Service {
         timeout: Duration,
     ) -> Result<(http::Response<Incoming>, Pooled), AttemptError> {
         let in_flight = endpoint.track();
+        let started = tokio::time::Instant::now();
+        // The connection is had (or not) within the try's limit too, but outside the response
+        // timeout below: a connect that times out gives the request back unsent, so it can be
+        // retried like any connect failure.
+        let mut conn = match endpoint
+            .pool
+            .checkout(self.connect_timeout.min(timeout))
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Err(AttemptError {
+                    error: self.connect_error(endpoint, e),
+                    unsent: Some(request),
+                });
+            }
+        };
         let exchange = async {
-            let mut conn = match endpoint.pool.checkout(self.connect_timeout).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    return Err(AttemptError {
-                        error: self.connect_error(endpoint, e),
-                        unsent: Some(request),
-                    });
-                }
-            };
             match conn.send(request).await {
                 Ok(response) => Ok((response, conn)),
                 // An idle connection the upstream had closed: the request never left, so it
@@ -363,7 +371,8 @@ impl Service {
                 }),
             }
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
+        let left = timeout.saturating_sub(started.elapsed());
+        let result = match tokio::time::timeout(left, exchange).await {
             Ok(result) => result,
             Err(_) => Err(AttemptError {
                 error: ProxyError::UpstreamTimeout {
