@@ -461,7 +461,11 @@ async fn stream(State(hub): State<Arc<Hub>>, Query(query): Query<StreamQuery>) -
         let mut tick = tokio::time::interval(Duration::from_millis(delay_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            // A client that went away frees its place at once, not at the next sample.
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = tx.closed() => return,
+            }
             let state = hub.state.clone();
             let Ok(sample) = tokio::task::spawn_blocking(move || sample(&state)).await else {
                 return;

@@ -359,7 +359,10 @@ impl Proxy {
         let replay = replay.map(|bytes| (copy_parts(&parts), bytes));
 
         let endpoints = service.endpoints();
-        let deadline = Instant::now() + service.request_timeout;
+        // A plugin's cap (the breaker's per-command timeout) bounds the whole exchange, every
+        // retry included, not only each try.
+        let overall = cap.map_or(service.request_timeout, |c| c.min(service.request_timeout));
+        let deadline = Instant::now() + overall;
         let mut tried = Tried::default();
         let mut next = Some(Request::from_parts(parts, body));
         let mut attempt = 0;

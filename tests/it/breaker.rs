@@ -770,3 +770,28 @@ impl Page {
         }
     }
 }
+
+/// A plugin after the breaker fails its `on-response` (fail-closed): the client gets that 500,
+/// and the breaker's own `on-response` still runs, so its bulkhead slot is released (with a
+/// limit of 1 a leaked slot would reject every next request with 503).
+#[tokio::test]
+async fn a_later_plugin_failing_on_response_does_not_leak_the_bulkhead_slot() {
+    let up = Upstream::named("up").await;
+    let gw = gateway(&format!(
+        "[plugins]\ndir = \"{dir}\"\ncache_dir = \"{cache}\"\nwatch = false\n\
+         [services.s]\ninstances = [\"{up}\"]\n\
+         [[routes]]\nname = \"api\"\npath = \"/api\"\nservice = \"s\"\nplugins = [\"breaker\", \"testbed\"]\n\
+         [plugin.breaker]\nmax_concurrent_requests = 1\ntimeout = \"0ms\"\n",
+        dir = fixture("testbed").parent().unwrap().display(),
+        cache = plugin_cache_dir().display(),
+        up = up.addr
+    ))
+    .await;
+    for _ in 0..5 {
+        let (status, _, body) = get(gw.listen_addr, "/api/resp-error").await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("testbed"), "{body}");
+    }
+    assert_eq!(get(gw.listen_addr, "/api/ok").await.0, 200);
+    gw.shutdown().await;
+}

@@ -507,20 +507,24 @@ impl PluginRuntime {
         upstream_failure: Option<types::UpstreamFailure>,
     ) -> (Response<ResponseBody>, Option<ProxyError>, PluginTrace) {
         let (parts, body) = response.into_parts();
+        // Every plugin that ran `on-request` gets its `on-response`, even once the answer has
+        // become an error: plugins keep per-request resources (a bulkhead slot, a half-open
+        // trial) until then. The first error is what the client gets.
+        let mut failed: Option<ProxyError> = None;
         // A plugin that opted in to response bodies gets the body buffered (bounded by the
         // smallest `max_body_bytes` among them).
         let wanting = ran
             .iter()
             .filter(|p| p.shared.settings.response_body)
             .min_by_key(|p| p.shared.settings.max_body_bytes);
-        let (buffered, mut streaming) = match wanting {
-            None => (None, Some(body)),
+        let (parts, buffered, mut streaming) = match wanting {
+            None => (parts, None, Some(body)),
             Some(plugin) => {
                 let limit = plugin.shared.settings.max_body_bytes;
                 match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
                     .await
                 {
-                    Ok(collected) => (Some(collected.to_bytes()), None),
+                    Ok(collected) => (parts, Some(collected.to_bytes()), None),
                     Err(e) => {
                         let error = ProxyError::PluginFailed {
                             plugin: plugin.name().to_string(),
@@ -530,7 +534,9 @@ impl PluginRuntime {
                                 format!("reading the response body: {e}")
                             },
                         };
-                        return (error.to_response(), Some(error), request.trace);
+                        let (parts, _) = error.to_response().into_parts();
+                        failed = Some(error);
+                        (parts, None, None)
                     }
                 }
             }
@@ -553,13 +559,26 @@ impl PluginRuntime {
                 .call_finished(timer, plugin.name(), "on_response", outcome);
             if let Err(failure) = result {
                 match plugin.shared.settings.on_failure {
-                    FailurePolicy::FailClosed => {
+                    FailurePolicy::FailClosed if failed.is_none() => {
                         let error = plugin_error(plugin.name(), failure);
-                        return (error.to_response(), Some(error), request.trace);
+                        // The plugins still to run see the error answer.
+                        head.parts = error.to_response().into_parts().0;
+                        head.body = PluginBody::new(None);
+                        streaming = None;
+                        failed = Some(error);
+                    }
+                    FailurePolicy::FailClosed => {
+                        tracing::warn!(
+                            plugin = &**plugin.name(),
+                            "on_response failed too: {failure}"
+                        );
                     }
                     FailurePolicy::FailOpen => self.skipped(plugin.name(), "on_response", &failure),
                 }
             }
+        }
+        if let Some(error) = failed {
+            return (error.to_response(), Some(error), request.trace);
         }
         let body = match (head.body.bytes.take(), streaming.take()) {
             (Some(bytes), _) => {

@@ -387,6 +387,10 @@ impl Breaker {
     fn end_trial(&self, cmd: &str, s: &Settings, opened_at: u64, success: bool, now_ms: u64) {
         let expected = format!("open:{opened_at}");
         if success {
+            // The window is cleared before the circuit closes: once it reads closed, another
+            // instance may recompute health, and must not see the failures that opened it.
+            // (While it is open nobody reads the window, so clearing early is harmless.)
+            reset_window(cmd, s, now_ms);
             let closed = format!("closed:{now_ms}");
             if state::compare_and_swap(
                 &keys::circuit(cmd),
@@ -394,7 +398,6 @@ impl Breaker {
                 Some(closed.as_bytes()),
                 None,
             ) {
-                reset_window(cmd, s, now_ms);
                 state::delete(&keys::trial(cmd, opened_at));
                 self.health.borrow_mut().remove(cmd);
                 transition(cmd, "closed");
@@ -538,7 +541,17 @@ impl Plugin for Breaker {
         };
         let now_ns = host::monotonic_ns();
         let now_ms = now_ns / 1_000_000;
+        // The outcome is counted first (as Hystrix does, so a closing trial's own success is
+        // cleared with the window); then what others wait on (the bulkhead slot, the trial's
+        // decision); the latency counting after it may fail without keeping them.
         count(&cmd, &s, now_ms, kind);
+        if let Some(slot) = ticket.slot {
+            let token = ticket.start_ns.to_string();
+            state::compare_and_swap(&keys::slot(&cmd, slot), Some(token.as_bytes()), None, None);
+        }
+        if let Some(opened_at) = ticket.trial {
+            self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
+        }
         let latency_us = now_ns.saturating_sub(ticket.start_ns) / 1000;
         let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
         let index = keys::LATENCY_BOUNDS_MS
@@ -552,13 +565,6 @@ impl Plugin for Breaker {
             i64::try_from(latency_us).unwrap_or(i64::MAX),
             ttl,
         )?;
-        if let Some(slot) = ticket.slot {
-            let token = ticket.start_ns.to_string();
-            state::compare_and_swap(&keys::slot(&cmd, slot), Some(token.as_bytes()), None, None);
-        }
-        if let Some(opened_at) = ticket.trial {
-            self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
-        }
         Ok(())
     }
 }

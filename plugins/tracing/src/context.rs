@@ -58,11 +58,11 @@ pub fn parse_traceparent(value: &str, trace_state: Option<&str>) -> Option<Paren
     if version == "00" && (rest.is_some() || flags.len() != 2) {
         return None;
     }
-    let flags = if version == "00" {
-        flags
-    } else {
-        flags.get(..2)?
-    };
+    // A later version may add fields, but only after a `-` (which `splitn` already took off):
+    // the flags are exactly two characters in every version.
+    if flags.len() != 2 {
+        return None;
+    }
     if trace_id.len() != 32
         || !is_lower_hex(trace_id)
         || !not_all_zero(trace_id)
@@ -198,7 +198,8 @@ mod tests {
     #[test]
     fn w3c_future_version_is_read_by_the_00_layout() {
         let p = parse_traceparent(&format!("01-{TRACE}-{SPAN}-01-more"), None).unwrap();
-        assert_eq!(p.trace_id, TRACE);
+        assert_eq!(p.trace_id, TRACE); // ...but the flags still end at a `-`.
+        assert!(parse_traceparent(&format!("01-{TRACE}-{SPAN}-01xyz"), None).is_none());
     }
 
     #[test]
