@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use sluice::config::{Config, InstanceMode};
 use sluice::metrics::{Metrics, RouteName};
-use sluice::plugin::PluginRuntime;
 use sluice::plugin::host::RequestState;
+use sluice::plugin::{PluginRuntime, UpstreamOutcome};
 
 fn main() {
     // `cargo test --all-targets` runs benches once as tests, without `--bench`: nothing to
@@ -107,13 +107,33 @@ async fn language(lang: &str, plugin: &Path) {
     let ok = || http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
     for _ in 0..500 {
         let out = rt.on_request(&set, &chain, request()).await;
-        let _ = rt.on_response(&out.ran, out.request, ok(), None).await;
+        let _ = rt
+            .on_response(
+                &out.ran,
+                out.request,
+                ok(),
+                UpstreamOutcome {
+                    failure: None,
+                    attempted: true,
+                },
+            )
+            .await;
     }
     let started = Instant::now();
     for _ in 0..n {
         let out = rt.on_request(&set, &chain, request()).await;
         assert!(out.response.is_none() && out.error.is_none(), "{lang}");
-        let (_, e, _) = rt.on_response(&out.ran, out.request, ok(), None).await;
+        let (_, e, _) = rt
+            .on_response(
+                &out.ran,
+                out.request,
+                ok(),
+                UpstreamOutcome {
+                    failure: None,
+                    attempted: true,
+                },
+            )
+            .await;
         assert!(e.is_none(), "{lang}");
     }
     let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
@@ -245,7 +265,17 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
                     head.clone(),
                     sluice::body::ResponseBody::full(bytes::Bytes::new()),
                 );
-                let (r, e, _) = rt.on_response(&out.ran, out.request, resp, None).await;
+                let (r, e, _) = rt
+                    .on_response(
+                        &out.ran,
+                        out.request,
+                        resp,
+                        UpstreamOutcome {
+                            failure: None,
+                            attempted: true,
+                        },
+                    )
+                    .await;
                 assert!(e.is_none());
                 std::hint::black_box(r);
             }
@@ -324,7 +354,17 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, _, _) = rt.on_response(&out.ran, out.request, resp, None).await;
+        let (r, _, _) = rt
+            .on_response(
+                &out.ran,
+                out.request,
+                resp,
+                UpstreamOutcome {
+                    failure: None,
+                    attempted: true,
+                },
+            )
+            .await;
         head = r.into_parts().0;
     }
     // The same work without the plugin calls: building the request and response values.
@@ -346,7 +386,17 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, e, _) = rt.on_response(&out.ran, out.request, resp, None).await;
+        let (r, e, _) = rt
+            .on_response(
+                &out.ran,
+                out.request,
+                resp,
+                UpstreamOutcome {
+                    failure: None,
+                    attempted: true,
+                },
+            )
+            .await;
         assert!(e.is_none());
         std::hint::black_box(r);
     }

@@ -21,7 +21,7 @@ use crate::headers;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::state::monotonic_ns;
-use crate::plugin::{PluginRuntime, PluginSet};
+use crate::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
 use crate::registry::Registry;
 use crate::routing::{Resolver, Route};
 use crate::server::AmbiguousFraming;
@@ -219,10 +219,10 @@ impl Proxy {
             // The trace the request continues and the sampling decision it leaves with.
             trace.follow(&request.trace);
         }
-        let response = match chain.response {
+        let (response, attempted) = match chain.response {
             Some(answer) => {
                 outcome.error = chain.error;
-                answer
+                (answer, false)
             }
             None => {
                 // 4. Upstream, with the request as the plugins left it.
@@ -244,8 +244,11 @@ impl Proxy {
                     .forward(route, parts, body, client, timeout, outcome)
                     .await
                 {
-                    Ok(response) => response,
-                    Err(e) => outcome.fail(e),
+                    Ok(response) => (response, true),
+                    Err(e) => {
+                        let attempted = e.upstream_failure().is_some();
+                        (outcome.fail(e), attempted)
+                    }
                 }
             }
         };
@@ -257,13 +260,16 @@ impl Proxy {
         }
 
         // 5. Plugins on the way out, in reverse.
-        let failure = outcome
-            .error
-            .as_ref()
-            .and_then(ProxyError::upstream_failure);
+        let upstream = UpstreamOutcome {
+            failure: outcome
+                .error
+                .as_ref()
+                .and_then(ProxyError::upstream_failure),
+            attempted,
+        };
         let (response, error, plugin_trace) = self
             .plugins
-            .on_response(&chain.ran, request, response, failure)
+            .on_response(&chain.ran, request, response, upstream)
             .await;
         if error.is_some() {
             outcome.error = error;

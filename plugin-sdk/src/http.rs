@@ -278,6 +278,12 @@ impl<'a> ResponseHead<'a> {
             ResponseInner::Test(r) => r.upstream_failure(),
         }
     }
+
+    /// Whether the request went to (or was tried on) an upstream: `false` when a plugin
+    /// answered it or the gateway refused it before picking an instance.
+    pub fn upstream_attempted(&self) -> bool {
+        on_response!(self, r => r.upstream_attempted())
+    }
 }
 
 /// A response a plugin answers with ([`crate::Action::Respond`]).

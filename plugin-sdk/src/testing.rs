@@ -559,6 +559,7 @@ pub struct TestResponseHead {
     headers: HeaderList,
     body: RefCell<Option<Vec<u8>>>,
     upstream_failure: Option<UpstreamFailure>,
+    upstream_attempted: bool,
 }
 
 impl TestResponseHead {
@@ -569,7 +570,18 @@ impl TestResponseHead {
             headers: HeaderList::default(),
             body: RefCell::new(None),
             upstream_failure: None,
+            upstream_attempted: true,
         }
+    }
+
+    /// Marks the response as one the upstream never saw (a later plugin answered).
+    pub fn not_from_upstream(mut self) -> Self {
+        self.upstream_attempted = false;
+        self
+    }
+
+    pub(crate) fn upstream_attempted(&self) -> bool {
+        self.upstream_attempted
     }
 
     /// Marks the response as made by the gateway because the upstream failed.

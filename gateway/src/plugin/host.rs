@@ -297,6 +297,8 @@ pub struct ResponseState {
     pub body: PluginBody,
     /// Why the gateway made this response itself, if it did.
     pub upstream_failure: Option<types::UpstreamFailure>,
+    /// Whether the request went to (or was tried on) an upstream.
+    pub upstream_attempted: bool,
 }
 
 /// A body buffered for the plugins that opted in to it (`request_body` / `response_body`):
@@ -670,6 +672,10 @@ impl types::HostResponseHead for HostState {
         r: Resource<ResponseState>,
     ) -> wasmtime::Result<Option<types::UpstreamFailure>> {
         Ok(self.response(&r)?.upstream_failure)
+    }
+
+    fn upstream_attempted(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<bool> {
+        Ok(self.response(&r)?.upstream_attempted)
     }
 
     fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {

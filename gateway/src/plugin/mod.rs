@@ -78,6 +78,15 @@ pub struct ReloadReport {
     pub failed: BTreeMap<String, String>,
 }
 
+/// What became of a request upstream, as `on-response` is told.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamOutcome {
+    /// Why the gateway answered instead of the upstream, if it did.
+    pub failure: Option<types::UpstreamFailure>,
+    /// Whether the request went to (or was tried on) an upstream at all.
+    pub attempted: bool,
+}
+
 /// The result of the request phase of a chain.
 pub struct RequestChain {
     /// The request as the plugins left it.
@@ -496,7 +505,8 @@ impl PluginRuntime {
         }
     }
 
-    /// Runs `on-response` of the plugins that ran, in reverse order. Returns the response,
+    /// Runs `on-response` of the plugins that ran, in reverse order, telling them what became
+    /// of the request upstream. Returns the response,
     /// the error that made it (if a plugin failed closed), and the request's trace as the
     /// plugins left it.
     pub async fn on_response(
@@ -504,7 +514,7 @@ impl PluginRuntime {
         ran: &[Arc<LoadedPlugin>],
         mut request: RequestState,
         response: Response<ResponseBody>,
-        upstream_failure: Option<types::UpstreamFailure>,
+        upstream: UpstreamOutcome,
     ) -> (Response<ResponseBody>, Option<ProxyError>, PluginTrace) {
         let (parts, body) = response.into_parts();
         // Every plugin that ran `on-request` gets its `on-response`, even once the answer has
@@ -544,7 +554,8 @@ impl PluginRuntime {
         let mut head = ResponseState {
             parts,
             body: PluginBody::new(buffered),
-            upstream_failure,
+            upstream_failure: upstream.failure,
+            upstream_attempted: upstream.attempted,
         };
         for plugin in ran.iter().rev() {
             head.body.visible = plugin.shared.settings.response_body;

@@ -533,6 +533,21 @@ impl Plugin for Breaker {
         };
         let s = Rc::clone(self.config.for_route(&ticket.route));
         let cmd = command_name(&s, &ticket.route, &ticket.method);
+        if !response.upstream_attempted() {
+            // A later plugin answered (or the gateway refused the request): the upstream says
+            // nothing about the command. Give the slot back; count nothing; a half-open trial
+            // stays undecided until its lease lets another caller try.
+            if let Some(slot) = ticket.slot {
+                let token = ticket.start_ns.to_string();
+                state::compare_and_swap(
+                    &keys::slot(&cmd, slot),
+                    Some(token.as_bytes()),
+                    None,
+                    None,
+                );
+            }
+            return Ok(());
+        }
         let kind = match response.upstream_failure() {
             Some(UpstreamFailure::TimedOut) => keys::TIMEOUT,
             Some(_) => keys::FAILURE,

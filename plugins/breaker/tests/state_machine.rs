@@ -506,3 +506,31 @@ fn with_several_trials_the_first_outcome_decides() {
     assert_eq!(window_count(&host, keys::FAILURE), 1);
     assert!(!short_circuited(&host, &plugin));
 }
+
+#[test]
+fn answers_the_upstream_never_saw_neither_count_nor_decide_a_trial() {
+    let (host, plugin) = setup(json!({}));
+    open_it(&host, &plugin);
+    host.advance(Duration::from_millis(5001));
+    // The trial is let through, but a later plugin answers it (the upstream never sees it).
+    let trial = TestRequest::get("/x");
+    assert!(matches!(
+        host.on_request(&plugin, &trial).unwrap(),
+        Action::Continue
+    ));
+    host.on_response(
+        &plugin,
+        &trial,
+        &TestResponseHead::new(401).not_from_upstream(),
+    )
+    .unwrap();
+    assert_eq!(
+        counter(&host, &keys::transitions(CMD, "closed")),
+        0,
+        "a plugin's answer does not close the circuit"
+    );
+    assert!(
+        short_circuited(&host, &plugin),
+        "still half-open, trial undecided"
+    );
+}
