@@ -327,10 +327,11 @@ async fn b3_input_is_continued() {
     assert_eq!(server.trace_id(), b3_trace);
     assert_eq!(server.parent_id(), b3_span);
     let seen = upstream.last();
+    let attempt = one(&spans, CLIENT);
     assert_eq!(
         seen.headers["b3"],
-        format!("{b3_trace}-{b3_span}-1-05e3ac9a4f6e3b90"),
-        "B3 headers are passed on untouched"
+        format!("{b3_trace}-{}-1", attempt.span_id()),
+        "B3 is rewritten with the gateway's attempt span as the parent"
     );
     assert!(
         seen.headers["traceparent"]

@@ -37,7 +37,9 @@ pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> Hea
 
 /// Replaces the incoming W3C pair with the gateway's: `traceparent` naming `span_id` as the
 /// parent, and `tracestate` when the continued trace has one (an incoming `tracestate` of a
-/// trace the gateway did not continue is removed). B3 headers are left as they came.
+/// trace the gateway did not continue is removed). B3 headers that came in are rewritten the
+/// same way, so a Zipkin-instrumented upstream also parents its spans to the gateway's and
+/// follows its sampling decision; B3 is never added where there was none.
 pub fn inject(
     headers: &mut http::HeaderMap,
     trace_id: &[u8; 16],
@@ -54,7 +56,29 @@ pub fn inject(
             headers.remove(&TRACESTATE);
         }
     }
+    let (trace, span) = (hex(trace_id), hex(span_id));
+    let flag = if sampled { "1" } else { "0" };
+    if headers.contains_key("b3") {
+        let single = format!("{trace}-{span}-{flag}");
+        if let Ok(v) = HeaderValue::from_str(&single) {
+            headers.insert("b3", v);
+        }
+    }
+    if headers.contains_key("x-b3-traceid") {
+        for (name, value) in [
+            ("x-b3-traceid", trace.as_str()),
+            ("x-b3-spanid", span.as_str()),
+            ("x-b3-sampled", flag),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+        headers.remove("x-b3-parentspanid");
+        headers.remove("x-b3-flags");
+    }
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -78,7 +102,7 @@ mod tests {
     }
 
     #[test]
-    fn inject_replaces_the_pair_and_keeps_b3() {
+    fn inject_replaces_the_pair_and_rewrites_b3_it_found() {
         let mut headers = http::HeaderMap::new();
         headers.insert("traceparent", HeaderValue::from_static("00-x-y-01"));
         headers.insert("tracestate", HeaderValue::from_static("old=1"));
@@ -89,9 +113,18 @@ mod tests {
             "00-01010101010101010101010101010101-0202020202020202-01"
         );
         assert!(headers.get("tracestate").is_none());
-        assert_eq!(headers["b3"], "a-b-1");
+        assert_eq!(
+            headers["b3"],
+            "01010101010101010101010101010101-0202020202020202-1"
+        );
+        assert!(headers.get("x-b3-traceid").is_none(), "never added");
+        headers.insert("x-b3-traceid", HeaderValue::from_static("a"));
+        headers.insert("x-b3-parentspanid", HeaderValue::from_static("p"));
         inject(&mut headers, &[1; 16], &[2; 8], false, "k=v");
         assert_eq!(headers["tracestate"], "k=v");
+        assert_eq!(headers["x-b3-spanid"], "0202020202020202");
+        assert_eq!(headers["x-b3-sampled"], "0");
+        assert!(headers.get("x-b3-parentspanid").is_none());
         assert_eq!(headers.get_all("traceparent").iter().count(), 1);
     }
 }
