@@ -219,6 +219,7 @@ impl Proxy {
             // The trace the request continues and the sampling decision it leaves with.
             trace.follow(&request.trace);
         }
+        request.trace.settled = true;
         let (response, attempted) = match chain.response {
             Some(answer) => {
                 outcome.error = chain.error;

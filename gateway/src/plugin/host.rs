@@ -93,6 +93,9 @@ pub struct PluginTrace {
     pub events: Vec<SpanEvent>,
     /// The plugin calls made for the request (recorded only when it is traced).
     pub calls: Vec<crate::telemetry::PluginCall>,
+    /// Set once the request phase is over: the upstream (or the client) already has the
+    /// trace id, so `trace-continue` can no longer change it.
+    pub settled: bool,
 }
 
 impl PluginTrace {
@@ -769,6 +772,12 @@ impl host::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         if let Some(trace) = self.trace() {
+            if trace.settled {
+                return Ok(Err(
+                    "trace-continue is only possible in on-request: the request already left with its trace id"
+                        .into(),
+                ));
+            }
             if trace.trace_id.is_some() {
                 trace.trace_id = Some(parent.trace_id.iter().map(|b| format!("{b:02x}")).collect());
             }

@@ -79,7 +79,6 @@ pub fn inject(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
