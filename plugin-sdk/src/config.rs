@@ -44,3 +44,46 @@ impl Config {
         T::deserialize(&self.value).map_err(|e| Error::new(format!("invalid config: {e}")))
     }
 }
+
+/// Parses a duration as gateway configs write them — `"500ms"`, `"30s"`, `"10m"`, `"1h"`, or
+/// `"0"` — into milliseconds. Hand-written so the SDK carries no extra dependency into every
+/// plugin's Wasm.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("`{text}` is not a duration like \"500ms\", \"30s\", \"10m\", \"1h\"");
+    let (number, factor) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        return Err(bad());
+    };
+    let number: u64 = number.trim().parse().map_err(|_| bad())?;
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms(" 250ms "), Ok(250));
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("0"), Ok(0));
+        assert!(parse_duration_ms("30").is_err());
+        assert!(parse_duration_ms("1d").is_err());
+        assert!(parse_duration_ms("99999999999999999h").is_err());
+    }
+}

@@ -357,29 +357,8 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
     })
 }
 
-/// Parses `"500ms"`, `"30s"`, `"10m"`, `"1h"`.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, factor) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        return Err(format!(
-            "`{text}` is not a duration like \"30s\", \"500ms\", \"10m\", \"1h\""
-        ));
-    };
-    let number: u64 = number.trim().parse().map_err(|_| {
-        format!("`{text}` is not a duration like \"30s\", \"500ms\", \"10m\", \"1h\"")
-    })?;
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too long"))
-}
+/// Durations as configs write them (the SDK's parser).
+pub use sluice_plugin_sdk::parse_duration_ms as parse_duration;
 
 /// RFC 9110 token.
 fn is_header_name(name: &str) -> bool {

@@ -422,29 +422,8 @@ fn parse_duration_value(value: &Value) -> Result<u64, String> {
     }
 }
 
-/// `"500ms"`, `"5s"`, `"10m"`, `"1h"`, or `"0"`.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(0);
-    }
-    let bad = || format!("`{text}` is not a duration like \"500ms\", \"5s\", \"1m\"");
-    let (number, factor) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        return Err(bad());
-    };
-    let number: u64 = number.trim().parse().map_err(|_| bad())?;
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too long"))
-}
+/// Durations as configs write them (the SDK's parser).
+pub use sluice_plugin_sdk::parse_duration_ms as parse_duration;
 
 #[cfg(test)]
 mod tests {
