@@ -14,7 +14,7 @@ use http::HeaderValue;
 use sluice::config::{Config, InstanceMode};
 use sluice::metrics::{Metrics, RouteName};
 use sluice::plugin::host::RequestState;
-use sluice::plugin::{PluginRuntime, UpstreamOutcome};
+use sluice::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
 
 fn main() {
     // `cargo test --all-targets` runs benches once as tests, without `--bench`: nothing to
@@ -106,35 +106,11 @@ async fn language(lang: &str, plugin: &Path) {
     let n = 20_000u32;
     let ok = || http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
     for _ in 0..500 {
-        let out = rt.on_request(&set, &chain, request()).await;
-        let _ = rt
-            .on_response(
-                &out.ran,
-                out.request,
-                ok(),
-                UpstreamOutcome {
-                    failure: None,
-                    attempted: true,
-                },
-            )
-            .await;
+        round_trip(&rt, &set, &chain, ok()).await;
     }
     let started = Instant::now();
     for _ in 0..n {
-        let out = rt.on_request(&set, &chain, request()).await;
-        assert!(out.response.is_none() && out.error.is_none(), "{lang}");
-        let (_, e, _) = rt
-            .on_response(
-                &out.ran,
-                out.request,
-                ok(),
-                UpstreamOutcome {
-                    failure: None,
-                    attempted: true,
-                },
-            )
-            .await;
-        assert!(e.is_none(), "{lang}");
+        round_trip(&rt, &set, &chain, ok()).await;
     }
     let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
     println!(
@@ -259,25 +235,11 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
         async move {
             let started = Instant::now();
             for _ in 0..n {
-                let out = rt.on_request(set, &chain, request()).await;
-                assert!(out.response.is_none() && out.error.is_none());
                 let resp = http::Response::from_parts(
                     head.clone(),
                     sluice::body::ResponseBody::full(bytes::Bytes::new()),
                 );
-                let (r, e, _) = rt
-                    .on_response(
-                        &out.ran,
-                        out.request,
-                        resp,
-                        UpstreamOutcome {
-                            failure: None,
-                            attempted: true,
-                        },
-                    )
-                    .await;
-                assert!(e.is_none());
-                std::hint::black_box(r);
+                std::hint::black_box(round_trip(rt, set, &chain, resp).await);
             }
             started.elapsed().as_secs_f64() / f64::from(n) * 1e6
         }
@@ -309,6 +271,30 @@ fn config_for(dir: &Path, cache: &Path, mode: InstanceMode) -> Config {
     config.plugins.defaults.instance = mode;
     config.log.access = false;
     config
+}
+
+/// One request through `chain`: on-request (which must let it through), then on-response
+/// with `response` as the upstream's answer (which must not fail).
+async fn round_trip(
+    rt: &PluginRuntime,
+    set: &PluginSet,
+    chain: &[String],
+    response: http::Response<sluice::body::ResponseBody>,
+) -> http::Response<sluice::body::ResponseBody> {
+    let out = rt.on_request(set, chain, request()).await;
+    assert!(
+        out.response.is_none() && out.error.is_none(),
+        "the chain answered"
+    );
+    let upstream = UpstreamOutcome {
+        failure: None,
+        attempted: true,
+    };
+    let (response, error, _) = rt
+        .on_response(&out.ran, out.request, response, upstream)
+        .await;
+    assert!(error.is_none(), "on-response failed: {error:?}");
+    response
 }
 
 fn request() -> RequestState {
@@ -349,23 +335,11 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
     let (mut head, _) = ok.into_parts();
     // Warm up, then measure request + response phase together, as a request pays them.
     for _ in 0..1000 {
-        let out = rt.on_request(&set, &chain, request()).await;
         let resp = http::Response::from_parts(
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, _, _) = rt
-            .on_response(
-                &out.ran,
-                out.request,
-                resp,
-                UpstreamOutcome {
-                    failure: None,
-                    attempted: true,
-                },
-            )
-            .await;
-        head = r.into_parts().0;
+        head = round_trip(&rt, &set, &chain, resp).await.into_parts().0;
     }
     // The same work without the plugin calls: building the request and response values.
     let started = Instant::now();
@@ -380,25 +354,11 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
     let baseline = started.elapsed();
     let started = Instant::now();
     for _ in 0..n {
-        let out = rt.on_request(&set, &chain, request()).await;
-        assert!(out.response.is_none());
         let resp = http::Response::from_parts(
             head.clone(),
             sluice::body::ResponseBody::full(bytes::Bytes::new()),
         );
-        let (r, e, _) = rt
-            .on_response(
-                &out.ran,
-                out.request,
-                resp,
-                UpstreamOutcome {
-                    failure: None,
-                    attempted: true,
-                },
-            )
-            .await;
-        assert!(e.is_none());
-        std::hint::black_box(r);
+        std::hint::black_box(round_trip(&rt, &set, &chain, resp).await);
     }
     let total = started.elapsed();
     let added = total.saturating_sub(baseline).as_secs_f64() / f64::from(n) * 1e6;
