@@ -353,9 +353,9 @@ impl Proxy {
         let policy = &service.retry;
         let retries = route.retries.unwrap_or(policy.retries);
         let retryable = retries > 0 && policy.allows(&parts.method);
-        service
-            .budget
-            .record_request(monotonic_ns() / 1_000_000_000);
+        // One clock read serves the budget and the first pick.
+        let mut now_ns = monotonic_ns();
+        service.budget.record_request(now_ns / 1_000_000_000);
         // A copy to send again is kept only when a failure after sending may be retried
         // (connect failures give the request back unsent).
         let (body, replay) = if retryable && policy.needs_replay() {
@@ -376,7 +376,11 @@ impl Proxy {
         loop {
             attempt += 1;
             let mut request = next.take().expect("a request for every attempt");
-            let Some(index) = service.pick(&endpoints, request.headers(), tried.as_slice()) else {
+            if attempt > 1 {
+                now_ns = monotonic_ns();
+            }
+            let picked = service.pick(&endpoints, request.headers(), tried.as_slice(), now_ns);
+            let Some(index) = picked else {
                 return Err(no_instance());
             };
             tried.push(index);

@@ -170,7 +170,9 @@ impl Resolver {
     }
 
     /// The route for a path, if it names an existing service. Routes are cached by name
-    /// segment, so a request to a known service takes a read lock and no allocation.
+    /// segment, so a request to a known service takes a read lock and no allocation (and no
+    /// registry lookup: forwarding looks the service up anyway, and answers 503 naming it if
+    /// it has gone since).
     pub fn resolve(
         &self,
         path: &str,
@@ -184,8 +186,8 @@ impl Resolver {
             .expect("resolver lock")
             .get(segment)
             .cloned();
-        if let Some(route) = cached {
-            return registry.service(&route.service).map(|_| route);
+        if cached.is_some() {
+            return cached;
         }
         let service = format!("{}{segment}", self.namespace);
         registry.service(&service)?;

@@ -174,7 +174,7 @@ impl Mirror for RegistryMirror {
 
     fn change(&self, key: &str, value: Option<&[u8]>, _revision: i64) {
         if let Some((service, id, registration)) = parse(key, value) {
-            self.0.apply_change(service, id, registration);
+            self.0.put(service, id, registration);
         }
     }
 

@@ -248,17 +248,9 @@ impl Registry {
             ttl,
             expires_at: now + ttl.as_nanos() as u64,
         };
-        let service: Arc<str> = Arc::from(service);
-        let mut registered = self.registered.lock().expect("registry lock");
-        let instances = registered.entry(service.clone()).or_default();
-        let renewed = instances
-            .insert(Arc::from(id), registration.clone())
-            .is_some();
-        self.apply(&service, instances);
-        drop(registered);
-        if !renewed {
+        if self.put(service, id, Some(registration.clone())).is_none() {
             tracing::info!(
-                service = &*service,
+                service,
                 id,
                 address = registration.request.address.as_str(),
                 ttl = %humantime::format_duration(ttl),
@@ -277,17 +269,8 @@ impl Registry {
     }
 
     fn remove(&self, service: &str, id: &str) -> bool {
-        let mut registered = self.registered.lock().expect("registry lock");
-        let Some(name) = registered
-            .get_key_value(service)
-            .map(|(name, _)| name.clone())
-        else {
-            return false;
-        };
-        let instances = registered.get_mut(&name).expect("present");
-        let removed = instances.remove(id).is_some();
+        let removed = self.put(service, id, None).is_some();
         if removed {
-            self.apply(&name, instances);
             tracing::info!(service, id, "instance deregistered");
         }
         removed
@@ -331,23 +314,37 @@ impl Registry {
         }
     }
 
-    /// Applies one etcd change: `Some` registers or updates, `None` removes.
-    fn apply_change(&self, service: &str, id: &str, registration: Option<Registration>) {
+    /// Registers, renews or (with `None`) removes one instance, rebuilding the service when
+    /// that changed anything; the registration it replaced, if any. Used by the embedded
+    /// backend and for etcd's watch events alike.
+    fn put(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Option<Registration>,
+    ) -> Option<Registration> {
         let mut registered = self.registered.lock().expect("registry lock");
         let name: Arc<str> = Arc::from(service);
-        let changed = match registration {
+        let (previous, changed) = match registration {
             Some(r) => {
                 let instances = registered.entry(name.clone()).or_default();
-                instances.insert(Arc::from(id), r.clone()).as_ref() != Some(&r)
+                let previous = instances.insert(Arc::from(id), r.clone());
+                let changed = previous.as_ref() != Some(&r);
+                (previous, changed)
             }
-            None => registered
-                .get_mut(service)
-                .is_some_and(|instances| instances.remove(id).is_some()),
+            None => {
+                let previous = registered
+                    .get_mut(service)
+                    .and_then(|instances| instances.remove(id));
+                let changed = previous.is_some();
+                (previous, changed)
+            }
         };
         if changed {
             let instances = registered.entry(name.clone()).or_default();
             self.apply(&name, instances);
         }
+        previous
     }
 
     /// Rebuilds a service's instances from its static ones and `registered`; creates the

@@ -298,12 +298,16 @@ impl Service {
 
     /// Picks an instance for an attempt, avoiding the ones in `tried` when another is
     /// available.
-    pub fn pick(&self, set: &EndpointSet, headers: &http::HeaderMap, tried: &[u32]) -> Option<u32> {
+    /// `now` is the monotonic clock in ns (availability depends on it).
+    pub fn pick(
+        &self,
+        set: &EndpointSet,
+        headers: &http::HeaderMap,
+        tried: &[u32],
+        now: u64,
+    ) -> Option<u32> {
         let key = self.hash_on.as_ref().and_then(|h| h.key(headers));
-        let exclude = Exclude {
-            tried,
-            now: monotonic_ns(),
-        };
+        let exclude = Exclude { tried, now };
         balancer::pick(
             self.balancer,
             &set.endpoints,
