@@ -470,15 +470,10 @@ async fn hystrix_stream_carries_every_field_the_dashboard_reads() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
-    let flaky = Flaky::start().await;
-    let gw = gateway_with(flaky.up.addr, "", 1).await;
-    get(gw.listen_addr, "/api/x").await;
-    let admin = gw.admin_addr;
-    // Five clients that connect and never read a byte.
+/// `n` clients that ask for `/hystrix.stream` every 10 ms and never read a byte.
+async fn stalled_stream_clients(admin: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
     let mut stalled = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(
             &mut s,
@@ -488,6 +483,17 @@ async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
         .unwrap();
         stalled.push(s);
     }
+    stalled
+}
+
+#[tokio::test]
+async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
+    let flaky = Flaky::start().await;
+    let gw = gateway_with(flaky.up.addr, "", 1).await;
+    get(gw.listen_addr, "/api/x").await;
+    let admin = gw.admin_addr;
+    // Five clients that connect and never read a byte.
+    let stalled = stalled_stream_clients(admin, 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, headers, body) = get(admin, "/hystrix.stream").await;
     assert_eq!(status, 503, "{body}");
@@ -536,17 +542,7 @@ async fn hystrix_stream_drops_a_client_that_stops_reading() {
         state.set(format!("cmd|filler {i}"), r.to_string().into(), None);
     }
     let admin = gw.admin_addr;
-    let mut stalled = Vec::new();
-    for _ in 0..5 {
-        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut s,
-            b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: x\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        stalled.push(s);
-    }
+    let stalled = stalled_stream_clients(admin, 5).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         get(admin, "/hystrix.stream").await.0,

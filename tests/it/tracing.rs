@@ -50,6 +50,29 @@ batch_delay = "20ms"
     )
 }
 
+/// An upstream answering `up`, and a gateway in front of it (see [`config`]) exporting to
+/// `receiver`.
+async fn traced_gateway(
+    receiver: &Receiver,
+    protocol: &str,
+    telemetry: &str,
+    plugins: &str,
+    tracing: &str,
+) -> (Upstream, sluice::Gateway) {
+    let upstream = Upstream::named("up").await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let text = config(
+        upstream.addr,
+        &endpoint,
+        protocol,
+        telemetry,
+        plugins,
+        tracing,
+    );
+    let gw = gateway(&text).await;
+    (upstream, gw)
+}
+
 fn by_trace(spans: &[Received]) -> BTreeMap<String, Vec<Received>> {
     let mut map: BTreeMap<String, Vec<Received>> = BTreeMap::new();
     for s in spans {
@@ -96,16 +119,7 @@ async fn metric(gw: &sluice::Gateway, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_one_trace_per_request_with_linked_spans() {
     let receiver = Receiver::http().await;
-    let upstream = Upstream::named("up").await;
-    let gw = gateway(&config(
-        upstream.addr,
-        &format!("http://{}", receiver.addr),
-        "http",
-        "service_name = \"edge\"\nheaders = { x-api-key = \"k1\" }\nresource = { \"deployment.environment\" = \"test\" }",
-        "\"tracing\"",
-        "request_headers = [\"user-agent\"]",
-    ))
-    .await;
+    let (upstream, gw) = traced_gateway(&receiver, "http", "service_name = \"edge\"\nheaders = { x-api-key = \"k1\" }\nresource = { \"deployment.environment\" = \"test\" }", "\"tracing\"", "request_headers = [\"user-agent\"]").await;
 
     let mut request_ids = Vec::new();
     for _ in 0..3 {
@@ -243,16 +257,7 @@ async fn grpc_export_and_no_plugin_defaults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_traceparent_is_continued() {
     let receiver = Receiver::http().await;
-    let upstream = Upstream::named("up").await;
-    let gw = gateway(&config(
-        upstream.addr,
-        &format!("http://{}", receiver.addr),
-        "http",
-        "",
-        "\"tracing\"",
-        "",
-    ))
-    .await;
+    let (upstream, gw) = traced_gateway(&receiver, "http", "", "\"tracing\"", "").await;
     let (status, _) = get_with(
         gw.listen_addr,
         "/",
@@ -304,16 +309,7 @@ async fn an_incoming_traceparent_is_continued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b3_input_is_continued() {
     let receiver = Receiver::http().await;
-    let upstream = Upstream::named("up").await;
-    let gw = gateway(&config(
-        upstream.addr,
-        &format!("http://{}", receiver.addr),
-        "http",
-        "",
-        "\"tracing\"",
-        "",
-    ))
-    .await;
+    let (upstream, gw) = traced_gateway(&receiver, "http", "", "\"tracing\"", "").await;
     let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
     let b3_span = "e457b5a2e4d86bd1";
     get_with(
@@ -361,15 +357,13 @@ async fn b3_input_is_continued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_ratio_holds_over_many_requests() {
     let receiver = Receiver::http().await;
-    let upstream = Upstream::named("up").await;
-    let gw = gateway(&config(
-        upstream.addr,
-        &format!("http://{}", receiver.addr),
+    let (upstream, gw) = traced_gateway(
+        &receiver,
         "http",
         "queue_size = 100000\nshutdown_timeout = \"10s\"",
         "\"tracing\"",
         "sampler = \"ratio\"\nratio = 0.25",
-    ))
+    )
     .await;
     let n = 2000usize;
     let client = client();
