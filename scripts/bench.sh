@@ -5,6 +5,8 @@
 #   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
 #   scripts/bench.sh tracing [seconds] [connections] telemetry off vs collector live/down/blackholed
 #                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
+#   scripts/bench.sh chain [seconds] [connections]   the plugin path in one run: nginx, no plugins, the
+#                                                    scaffold template, each built-in, all three; 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -158,5 +160,131 @@ PY
     done
   done
   ;;
-*) echo "usage: $0 proxy|plugins|auth|tracing" >&2; exit 2 ;;
+chain)
+  # One gateway, one route per plugin set, all to the same upstream; nginx proxying the same
+  # upstream in the same run. Rounds interleave the targets; the table gives each target's
+  # median req/s, p99, gateway CPU per request, and ratios to the bare route and to nginx.
+  secs=${2:-5}; conns=${3:-64}
+  command -v wrk >/dev/null || apt-get install -y nginx-light wrk
+  export PATH=$PATH:/usr/sbin
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+  cargo build --release -p sluice
+  T=$(mktemp -d)
+  trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  # The scaffold template, built as a user would.
+  "$CARGO_TARGET_DIR/release/sluice" plugin new tmpl --lang rust --dir "$T" >/dev/null
+  (cd "$T/tmpl" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench-template" cargo build --release --quiet --target wasm32-wasip2)
+  mkdir -p "$T/plugins"
+  cp "$CARGO_TARGET_DIR/bench-template/wasm32-wasip2/release/tmpl.wasm" "$T/plugins/tmpl.wasm"
+  cat > "$T/up.conf" <<C
+worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
+C
+  cat > "$T/ngx.conf" <<C
+worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; upstream u { server 127.0.0.1:19001; keepalive 64; }
+  server { listen 127.0.0.1:19081; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+C
+  nginx -c "$T/up.conf"; nginx -c "$T/ngx.conf"
+  cat > "$T/gw.toml" <<TOML
+[server]
+listen = "127.0.0.1:18080"
+admin = "127.0.0.1:18081"
+workers = 1
+[log]
+access = false
+level = "warn"
+[plugins]
+dir = "$T/plugins"
+cache_dir = "$T/cache"
+[services.up]
+instances = ["127.0.0.1:19001"]
+[[routes]]
+path = "/none"
+service = "up"
+[[routes]]
+path = "/tmpl"
+service = "up"
+plugins = ["tmpl"]
+[[routes]]
+path = "/auth"
+service = "up"
+plugins = ["auth"]
+[[routes]]
+path = "/breaker"
+service = "up"
+plugins = ["breaker"]
+[[routes]]
+path = "/tracing"
+service = "up"
+plugins = ["tracing"]
+[[routes]]
+path = "/all"
+service = "up"
+plugins = ["auth", "breaker", "tracing"]
+[plugin.auth]
+[[plugin.auth.keys]]
+kid = "demo"
+alg = "HS256"
+secret = "sluice-demo-secret-change-me"
+TOML
+  "$CARGO_TARGET_DIR/release/sluice" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!
+  echo $gw > "$T/gw.pid"
+  sleep 2
+  # The README's demo token (HS256, kid "demo", expires in 2100).
+  token=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
+  for t in none tmpl auth breaker tracing all; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:18080/$t/")
+    [ "$code" = 200 ] || { echo "bench: /$t/ answered $code before the run; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
+  done
+  : > "$T/rows"
+  for run in 1 2 3; do
+    for t in nginx none tmpl auth breaker tracing all; do
+      if [ $t = nginx ]; then url=http://127.0.0.1:19081/; else url=http://127.0.0.1:18080/$t/; fi
+      cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $token" "$url" 2>&1)
+      cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}')
+      [ $t = nginx ] && cpu_us=-
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+      non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
+      echo "$run $t $rps $p99 $cpu_us ${non2xx:-0}" | tee -a "$T/rows" >&2
+    done
+  done
+  echo
+  python3 - "$T/rows" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1])]
+def med(t, i):
+    vals = [r[i] for r in rows if r[1] == t]
+    return vals
+def ms(v):
+    v = v.strip()
+    if v.endswith("us"): return float(v[:-2]) / 1000
+    if v.endswith("ms"): return float(v[:-2])
+    if v.endswith("s"): return float(v[:-1]) * 1000
+    return float(v)
+targets = ["nginx", "none", "tmpl", "auth", "breaker", "tracing", "all"]
+rps = {t: statistics.median(float(x) for x in med(t, 2)) for t in targets}
+# Ratios are taken per round (same moment, same noise), then the median of the rounds.
+def ratio(t, base):
+    rs = []
+    for run in sorted({r[0] for r in rows}):
+        a = [float(r[2]) for r in rows if r[0] == run and r[1] == t]
+        b = [float(r[2]) for r in rows if r[0] == run and r[1] == base]
+        if a and b: rs.append(a[0] / b[0])
+    return statistics.median(rs)
+print(f"{'target':<9} {'req/s':>9} {'p99 ms':>8} {'cpu us/req':>10} {'/none':>6} {'/nginx':>7} {'non-2xx':>8}")
+for t in targets:
+    p99 = statistics.median(ms(x) for x in med(t, 3))
+    cpu = "-" if t == "nginx" else f"{statistics.median(float(x) for x in med(t, 4)):.1f}"
+    bad = sum(int(x) for x in med(t, 5))
+    print(f"{t:<9} {rps[t]:>9.0f} {p99:>8.2f} {cpu:>10} {ratio(t, 'none'):>6.2f} {ratio(t, 'nginx'):>7.2f} {bad:>8}")
+PY
+  ;;
+*) echo "usage: $0 proxy|plugins|auth|tracing|chain" >&2; exit 2 ;;
 esac

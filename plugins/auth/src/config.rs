@@ -49,6 +49,8 @@ pub struct AuthConfig {
     pub keys: BTreeMap<String, Rc<Key>>,
     /// Keys fetched from a JWKS URL, when configured.
     pub jwks: Option<JwksConfig>,
+    /// Verified tokens remembered per instance (0: off).
+    pub token_cache_size: usize,
 }
 
 /// Where and how often to fetch a JWKS.
@@ -84,6 +86,7 @@ struct RawConfig {
     jwks_refresh: Option<String>,
     jwks_cooldown: Option<String>,
     jwks_max_stale: Option<String>,
+    token_cache_size: Option<usize>,
 }
 
 /// A verification key: pinned to one algorithm.
@@ -182,6 +185,9 @@ impl AuthConfig {
             max_token_bytes,
             keys,
             jwks,
+            token_cache_size: raw
+                .token_cache_size
+                .unwrap_or(crate::cache::DEFAULT_TOKEN_CACHE_SIZE),
         })
     }
 

@@ -3,6 +3,7 @@
 //! headers, and rotates keys through the watched kv entry `auth/keys` without dropping valid
 //! tokens. See README.md for the configuration.
 
+pub mod cache;
 pub mod config;
 pub mod jwks;
 pub mod verify;
@@ -11,10 +12,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sluice_plugin_sdk::host::{self, Level};
 use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, kv, state};
 
+use crate::cache::{TokenCache, Verified, same_key};
 use crate::config::{AuthConfig, Key, KvKeys, parse_key};
 use crate::jwks::JwksCache;
 use crate::verify::{Reject, TokenHeader};
@@ -28,6 +30,7 @@ pub struct Auth {
     config: AuthConfig,
     kv: RefCell<KvCache>,
     jwks: RefCell<JwksCache>,
+    tokens: RefCell<TokenCache>,
 }
 
 /// The last parsed `auth/keys` entry.
@@ -54,6 +57,9 @@ impl Auth {
         if version == cache.version {
             return;
         }
+        // The key set changes (or an unparsable entry is about to be ignored): no token
+        // verified before the change is trusted without being verified again.
+        self.tokens.borrow_mut().clear();
         let first = cache.version.is_none() && cache.keys.is_empty();
         let next = match &entry {
             Some(e) => match KvKeys::parse(&e.value) {
@@ -143,15 +149,62 @@ impl Auth {
             .ok_or_else(|| Reject::invalid("unknown key"))
     }
 
-    fn check(&self, request: &Request<'_>) -> Result<serde_json::Map<String, Value>, Reject> {
+    /// The claims of the request's token, verified now or earlier (the token cache).
+    fn check(&self, request: &Request<'_>) -> Result<Rc<Map<String, Value>>, Reject> {
         let token = verify::bearer_token(
             &request.header_all("authorization"),
             self.config.max_token_bytes,
         )?;
-        let header = verify::token_header(&token)?;
         self.refresh_kv();
+        if let Some(result) = self.cached(&token) {
+            return result;
+        }
+        let header = verify::token_header(&token)?;
         let key = self.key_for(&header)?;
-        verify::verify(&token, &header, &key, &self.config, host::now_ms())
+        let claims = Rc::new(verify::verify(
+            &token,
+            &header,
+            &key,
+            &self.config,
+            host::now_ms(),
+        )?);
+        self.tokens.borrow_mut().insert(
+            &token,
+            Verified {
+                kid: header.kid,
+                key,
+                claims: Rc::clone(&claims),
+            },
+        );
+        Ok(claims)
+    }
+
+    /// A cache hit: the claims, once the time claims still hold and the key that verified the
+    /// token is still the one its kid selects; `None` (and the entry forgotten) when the key
+    /// changed, so the token is verified afresh.
+    fn cached(&self, token: &str) -> Option<Result<Rc<Map<String, Value>>, Reject>> {
+        let (kid, key, claims) = {
+            let tokens = self.tokens.borrow();
+            let hit = tokens.get(token)?;
+            (hit.kid.clone(), Rc::clone(&hit.key), Rc::clone(&hit.claims))
+        };
+        let header = TokenHeader { alg: key.alg, kid };
+        if !self.key_for(&header).is_ok_and(|now| same_key(&now, &key)) {
+            self.tokens.borrow_mut().remove(token);
+            return None;
+        }
+        match verify::check_claims(&claims, &self.config, host::now_ms()) {
+            Ok(()) => Some(Ok(claims)),
+            Err(reject) => {
+                self.tokens.borrow_mut().remove(token);
+                Some(Err(reject))
+            }
+        }
+    }
+
+    /// Tokens in this instance's verified-token cache (for tests).
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.borrow().len()
     }
 }
 
@@ -179,6 +232,7 @@ impl Plugin for Auth {
     fn init(config: Config) -> Result<Self, Error> {
         let config = AuthConfig::parse(config.value()).map_err(Error::new)?;
         Ok(Self {
+            tokens: RefCell::new(TokenCache::new(config.token_cache_size)),
             config,
             kv: RefCell::default(),
             jwks: RefCell::default(),

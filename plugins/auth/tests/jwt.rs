@@ -643,3 +643,105 @@ fn config_errors_name_the_field() {
         );
     }
 }
+
+#[test]
+fn token_cache_rechecks_time_claims_on_every_hit() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    // Expires in 60 s; the config allows 30 s of leeway.
+    let token = sign(
+        Algorithm::HS256,
+        "hs",
+        &with(claims(), json!({"exp": NOW + 60})),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(plugin.cached_tokens(), 1, "a verified token is cached");
+    let again = bearer(&token);
+    assert_eq!(status(&plugin, &host, &again), 200, "cache hit");
+    assert_eq!(
+        again.header_str("x-user-id").as_deref(),
+        Some("user-1"),
+        "claims are forwarded on a hit too"
+    );
+    host.advance(Duration::from_secs(60 + 31));
+    assert_eq!(
+        challenge(&plugin, &host, &bearer(&token)).as_deref(),
+        Some("Bearer error=\"invalid_token\", error_description=\"token expired\""),
+        "an expired token is refused on a cache hit"
+    );
+    assert_eq!(plugin.cached_tokens(), 0, "and forgotten");
+
+    // Not yet valid: never cached, so valid later only once verified for real.
+    let early = sign(
+        Algorithm::HS256,
+        "hs",
+        &with(claims(), json!({"nbf": NOW + 200, "exp": NOW + 900})),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&early)), 401);
+    assert_eq!(plugin.cached_tokens(), 0, "refused tokens are not cached");
+}
+
+#[test]
+fn token_cache_never_outlives_a_rotated_key() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let old = hs("old", "old-secret-0123456789");
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("old", "old-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 200);
+    assert_eq!(plugin.cached_tokens(), 1);
+
+    // Rotation empties the cache; the old token is verified again with the retired key and
+    // cached again, but only until the grace period ends.
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("new", "new-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&old)), 200, "in grace");
+    assert_eq!(plugin.cached_tokens(), 1, "cached again after the rotation");
+    host.advance(Duration::from_secs(10 * 60 + 1));
+    assert_eq!(
+        status(&plugin, &host, &bearer(&old)),
+        401,
+        "a cached token stops at the end of its key's grace period"
+    );
+
+    // Removed without grace: refused at once, cached or not.
+    let new = hs("new", "new-secret-0123456789");
+    assert_eq!(status(&plugin, &host, &bearer(&new)), 200);
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("newer", "newer-secret-0123456789")], "0s"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&new)), 401);
+
+    // A key put back under the same kid with other material does not honour tokens cached
+    // for the old material.
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("k", "first-secret-0123456789")], "0s"),
+    );
+    let first = hs("k", "first-secret-0123456789");
+    assert_eq!(status(&plugin, &host, &bearer(&first)), 200);
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("k", "second-secret-012345678")], "0s"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&first)), 401);
+}
+
+#[test]
+fn token_cache_can_be_turned_off() {
+    let host = TestHost::new();
+    let plugin: Auth = host
+        .init(with(config(), json!({"token_cache_size": 0})))
+        .unwrap();
+    let token = sign(Algorithm::HS256, "hs", &claims());
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(plugin.cached_tokens(), 0);
+}
