@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and the tests need, when they are missing:
-#   - protobuf-compiler (protoc): the etcd client's build script generates its gRPC code;
+#   - protobuf-compiler (protoc) and libprotobuf-dev (the well-known types, e.g.
+#     google/protobuf/descriptor.proto, which the etcd protos import; a recommended package of
+#     protobuf-compiler, so not installed by --no-install-recommends): the etcd client's build
+#     script generates its gRPC code;
 #   - etcd-server: the registry tests run a real etcd on 127.0.0.1;
 #   - the wasm32-wasip2 Rust target: the built-in plugins are compiled to Wasm by the build.
 # Usage: setup-system-packages.sh [build|test]   (build: only what compiling needs)
@@ -12,6 +15,7 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "setup: could not add th
 
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ "$what" = test ]; then
     command -v etcd >/dev/null || need+=(etcd-server)
 fi
