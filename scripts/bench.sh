@@ -7,6 +7,9 @@
 #                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 #   scripts/bench.sh chain [seconds] [connections]   the plugin path in one run: nginx, no plugins, the
 #                                                    scaffold template, each built-in, all three; 3 rounds
+#   scripts/bench.sh load [seconds]                  p99 of a bare route while a Python template plugin
+#                                                    compiles (cache off), and the Python/JS template
+#                                                    routes vs the bare route; 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -232,7 +235,8 @@ secret = "sluice-demo-secret-change-me"
 TOML
   "$CARGO_TARGET_DIR/release/sluice" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!
   echo $gw > "$T/gw.pid"
-  sleep 2
+  # Up once the built-in plugins compiled (cold cache: seconds).
+  for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:18081/healthz && break; sleep 0.2; done
   # The README's demo token (HS256, kid "demo", expires in 2100).
   token=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
   for t in none tmpl auth breaker tracing all; do
@@ -286,5 +290,93 @@ for t in targets:
     print(f"{t:<9} {rps[t]:>9.0f} {p99:>8.2f} {cpu:>10} {ratio(t, 'none'):>6.2f} {ratio(t, 'nginx'):>7.2f} {bad:>8}")
 PY
   ;;
-*) echo "usage: $0 proxy|plugins|auth|tracing|chain" >&2; exit 2 ;;
+load)
+  # 1. What compiling a large plugin does to requests being served: wrk on the bare route,
+  #    once idle and once while the Python template (18 MB) is dropped into the plugin
+  #    directory and compiles (compile cache off). 2. The Python and JavaScript templates on a
+  #    route each, against the bare route, interleaved.
+  secs=${2:-10}
+  command -v wrk >/dev/null || apt-get install -y nginx-light wrk
+  export PATH=$PATH:/usr/sbin
+  cargo build --release -p sluice
+  bash scripts/setup-plugin-toolchains.sh >/dev/null
+  T=$(mktemp -d)
+  trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  for lang in python js; do "$CARGO_TARGET_DIR/release/sluice" plugin new "t-$lang" --lang "$lang" --dir "$T" >/dev/null; done
+  (cd "$T/t-python" && ./build.sh >/dev/null)
+  ln -s "$PWD/examples/js-cors/node_modules" "$T/t-js/node_modules"
+  (cd "$T/t-js" && ./build.sh >/dev/null)
+  cat > "$T/up.conf" <<C
+worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
+C
+  nginx -c "$T/up.conf"
+  mkdir -p "$T/plugins" "$T/langs"
+  cp "$T/t-js/t-js.wasm" "$T/langs/"
+  cp "$T/t-python/t-python.wasm" "$T/langs/"
+  gw_config() { # plugin dir
+    cat <<TOML
+[server]
+listen = "127.0.0.1:18080"
+admin = "127.0.0.1:18081"
+workers = 1
+[log]
+access = false
+level = "warn"
+[plugins]
+dir = "$1"
+cache_dir = ""
+[services.up]
+instances = ["127.0.0.1:19001"]
+[[routes]]
+path = "/none"
+service = "up"
+[[routes]]
+path = "/python"
+service = "up"
+plugins = ["t-python"]
+[[routes]]
+path = "/js"
+service = "up"
+plugins = ["t-js"]
+TOML
+  }
+  wrk_line() { # url secs -> "rps p99"
+    local out; out=$(wrk -t1 -c64 -d"$2s" --latency "$1" 2>&1)
+    echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}')"
+  }
+  echo "== requests on the bare route while the Python template compiles (cache off)"
+  gw_config "$T/plugins" > "$T/compile.toml"
+  printf "%-4s %-10s %10s %9s %12s\n" run phase req/s p99 compile_s
+  for run in 1 2 3; do
+    rm -f "$T/plugins/"*.wasm
+    "$CARGO_TARGET_DIR/release/sluice" run --config "$T/compile.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
+    sleep 1.5
+    read -r rps p99 <<< "$(wrk_line http://127.0.0.1:18080/none/ "$secs")"
+    printf "%-4s %-10s %10s %9s %12s\n" "$run" idle "$rps" "$p99" -
+    t0=$(date +%s%N)
+    cp "$T/langs/t-python.wasm" "$T/plugins/t-python.wasm.tmp" && mv "$T/plugins/t-python.wasm.tmp" "$T/plugins/t-python.wasm"
+    read -r rps p99 <<< "$(wrk_line http://127.0.0.1:18080/none/ "$secs")"
+    until curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-python","status":"active"'; do sleep 0.1; done
+    loaded=$(( ($(date +%s%N) - t0) / 1000000 ))
+    printf "%-4s %-10s %10s %9s %12s\n" "$run" compiling "$rps" "$p99" "$(awk -v m=$loaded 'BEGIN {printf "%.1f", m / 1000}')"
+    kill -TERM $gw; wait $gw 2>/dev/null
+  done
+  echo "== the Python and JavaScript templates vs the bare route"
+  gw_config "$T/langs" > "$T/langs.toml"
+  "$CARGO_TARGET_DIR/release/sluice" run --config "$T/langs.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
+  until curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-python","status":"active"' \
+     && curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-js","status":"active"'; do sleep 0.2; done
+  printf "%-4s %-7s %10s %9s %7s\n" run route req/s p99 /none
+  for run in 1 2 3; do
+    read -r base bp99 <<< "$(wrk_line http://127.0.0.1:18080/none/ "$secs")"
+    printf "%-4s %-7s %10s %9s %7s\n" "$run" none "$base" "$bp99" 1.00
+    for lang in python js; do
+      read -r rps p99 <<< "$(wrk_line "http://127.0.0.1:18080/$lang/" "$secs")"
+      printf "%-4s %-7s %10s %9s %7s\n" "$run" "$lang" "$rps" "$p99" "$(awk -v a="$rps" -v b="$base" 'BEGIN {printf "%.2f", a / b}')"
+    done
+  done
+  ;;
+*) echo "usage: $0 proxy|plugins|auth|tracing|chain|load" >&2; exit 2 ;;
 esac

@@ -297,7 +297,7 @@ async fn round_trip(
     response
 }
 
-fn request() -> RequestState {
+fn request() -> Box<RequestState> {
     let (mut parts, ()) = http::Request::get("/bench?x=1")
         .body(())
         .unwrap()
@@ -309,13 +309,13 @@ fn request() -> RequestState {
     ] {
         parts.headers.insert(k, HeaderValue::from_static(v));
     }
-    RequestState::new(
+    Box::new(RequestState::new(
         parts,
         SocketAddr::from(([127, 0, 0, 1], 1234)),
         RouteName::new("bench"),
         HeaderValue::from_static("0123456789abcdef"),
         Default::default(),
-    )
+    ))
 }
 
 async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {

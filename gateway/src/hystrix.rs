@@ -72,6 +72,10 @@ pub struct CommandRecord {
     rolling_buckets: u64,
     timeout_ms: u64,
     max_concurrent_requests: u64,
+    /// The bulkhead's lease period (its `inflight` counters are per period); absent from
+    /// records of older plugin versions.
+    #[serde(default)]
+    lease_ms: u64,
     half_open_requests: u64,
     force_open: bool,
     force_closed: bool,
@@ -203,9 +207,18 @@ fn command(state: &SharedState, record: CommandRecord, now_ms: u64) -> CommandSn
         counts.fallback += n("fallback");
     }
 
-    let concurrent = (0..record.max_concurrent_requests)
-        .filter(|i| state.get(&format!("slot|{c}|{i}")).is_some())
-        .count() as u64;
+    // Requests admitted by the bulkhead in this lease period and the one before (older
+    // periods have outlived their lease; see the plugin's `enter_bulkhead`).
+    let concurrent = match record.lease_ms {
+        0 => 0,
+        lease => {
+            let period = now_ms / lease;
+            counter(state, &format!("inflight|{c}|{period}"))
+                + period
+                    .checked_sub(1)
+                    .map_or(0, |p| counter(state, &format!("inflight|{c}|{p}")))
+        }
+    };
 
     let pcurrent = now_ms / PERCENTILE_BUCKET_MS;
     let mut histogram = [0u64; LATENCY_BOUNDS_MS.len() + 1];

@@ -205,13 +205,13 @@ impl Proxy {
             Ok(pair) => pair,
             Err(e) => return outcome.fail(e),
         };
-        let mut state = RequestState::new(
+        let mut state = Box::new(RequestState::new(
             parts,
             client,
             route.name.clone(),
             request_id,
             PluginBody::new(buffered),
-        );
+        ));
         state.trace.trace_id = outcome.trace.as_ref().map(RequestTrace::trace_id_hex);
         let chain = self.plugins.on_request(&set, &route.plugins, state).await;
         let mut request = chain.request;

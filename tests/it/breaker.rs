@@ -227,9 +227,26 @@ async fn bulkhead_rejects_over_max_concurrent_at_once() {
             (status, headers, body, started.elapsed())
         })
     });
+    let calls: Vec<_> = calls.collect();
+    // While the three admitted requests wait on the upstream, the stream reports them.
+    let in_flight = async {
+        loop {
+            let snapshot = sluice::hystrix::snapshot(&gw.proxy.plugins.shared_state("breaker"));
+            if snapshot
+                .iter()
+                .any(|c| c.record.name == "api GET" && c.concurrent == 3)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(700), in_flight)
+        .await
+        .expect("3 requests reported in flight while the upstream holds them");
     let mut ok = 0;
     let mut rejected = 0;
-    for call in calls.collect::<Vec<_>>() {
+    for call in calls {
         let (status, headers, body, took) = call.await.unwrap();
         match status.as_u16() {
             200 => ok += 1,
@@ -247,7 +264,7 @@ async fn bulkhead_rejects_over_max_concurrent_at_once() {
         }
     }
     assert_eq!((ok, rejected), (3, 7));
-    // The slots were released: 3 more go through.
+    // The places were given back: 3 more go through.
     flaky.delay(0);
     for _ in 0..3 {
         assert_eq!(get(at, "/api/x").await.0, 200);
@@ -258,7 +275,7 @@ async fn bulkhead_rejects_over_max_concurrent_at_once() {
         .find(|c| c.record.name == "api GET")
         .unwrap();
     assert_eq!(api.counts.rejected, 7);
-    assert_eq!(api.concurrent, 0, "no slot leaked");
+    assert_eq!(api.concurrent, 0, "no place leaked");
     gw.shutdown().await;
 }
 

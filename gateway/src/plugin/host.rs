@@ -174,10 +174,19 @@ pub struct HostState {
     pub host_time: Duration,
     /// When the current call started.
     pub call_started: Instant,
-    /// The table handle of the request being served by the current call, so the `host`
-    /// span functions can reach its trace.
-    pub current_request: Option<u32>,
+    /// The request the current call serves (none during `init`). Kept here, not in the
+    /// resource table: a call serves exactly one request (and, in `on-response`, one response),
+    /// so the guest's borrow handles need no lookup, and moving them in and out of the store
+    /// moves one pointer each.
+    request: Option<Box<RequestState>>,
+    /// The response head the current `on-response` call serves.
+    response: Option<Box<ResponseState>>,
 }
+
+/// The representation of the guest's borrow of the current request (there is only one).
+const REQUEST_REP: u32 = 0;
+/// The representation of the guest's borrow of the current response head.
+const RESPONSE_REP: u32 = 1;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -205,46 +214,54 @@ impl HostState {
             plugin,
             host_time: Duration::ZERO,
             call_started: Instant::now(),
-            current_request: None,
+            request: None,
+            response: None,
         }
     }
 
-    /// Puts the request into this store's table for the duration of a call.
-    pub fn push_request(&mut self, r: RequestState) -> wasmtime::Result<Resource<RequestState>> {
-        let handle = self.table.push(r)?;
-        self.current_request = Some(handle.rep());
-        Ok(handle)
+    /// Hands the request to this store for the duration of a call; the guest's borrow of it.
+    pub fn lend_request(&mut self, r: Box<RequestState>) -> Resource<RequestState> {
+        self.request = Some(r);
+        Resource::new_borrow(REQUEST_REP)
     }
 
     /// Takes the request back after a call.
-    pub fn take_request(&mut self, r: Resource<RequestState>) -> wasmtime::Result<RequestState> {
-        self.current_request = None;
-        Ok(self.table.delete(r)?)
+    pub fn take_request(&mut self) -> Box<RequestState> {
+        self.request
+            .take()
+            .expect("a request was lent for this call")
     }
 
     /// The trace of the request the current call serves (none during `init`).
     fn trace(&mut self) -> Option<&mut PluginTrace> {
-        let rep = self.current_request?;
-        let request: &mut RequestState = self.table.get_mut(&Resource::new_borrow(rep)).ok()?;
-        Some(&mut request.trace)
+        self.request.as_deref_mut().map(|r| &mut r.trace)
     }
 
-    /// Puts the response head into this store's table for the duration of a call.
-    pub fn push_response(&mut self, r: ResponseState) -> wasmtime::Result<Resource<ResponseState>> {
-        Ok(self.table.push(r)?)
+    /// Hands the response head to this store for the duration of a call.
+    pub fn lend_response(&mut self, r: Box<ResponseState>) -> Resource<ResponseState> {
+        self.response = Some(r);
+        Resource::new_borrow(RESPONSE_REP)
     }
 
     /// Takes the response head back after a call.
-    pub fn take_response(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<ResponseState> {
-        Ok(self.table.delete(r)?)
+    pub fn take_response(&mut self) -> Box<ResponseState> {
+        self.response
+            .take()
+            .expect("a response was lent for this call")
     }
 
     fn request(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
-        Ok(self.table.get_mut(r)?)
+        debug_assert_eq!(r.rep(), REQUEST_REP);
+        self.request
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("no request is being served"))
     }
 
     fn response(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
-        Ok(self.table.get_mut(r)?)
+        debug_assert_eq!(r.rep(), RESPONSE_REP);
+        self.response
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("no response is being served"))
     }
 }
 

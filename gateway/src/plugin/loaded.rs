@@ -1,14 +1,15 @@
 //! A loaded plugin: its pre-instantiated component, its pool of ready instances, the limits
 //! every call runs under, and its health (failures, quarantine).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
-use wasmtime::component::Resource;
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use super::bindings::{Plugin, PluginPre, types};
@@ -236,8 +237,8 @@ impl LoadedPlugin {
     /// Runs `on-request`. Always gives the request back (also on failure, for fail-open).
     pub async fn on_request(
         &self,
-        request: RequestState,
-    ) -> (RequestState, Result<types::Action, PluginFailure>) {
+        request: Box<RequestState>,
+    ) -> (Box<RequestState>, Result<types::Action, PluginFailure>) {
         let started = Instant::now();
         let mut instance = match self.checkout().await {
             Ok(i) => i,
@@ -250,22 +251,14 @@ impl LoadedPlugin {
         };
         let timeout = self.shared.settings.timeout;
         prepare_call(&mut instance.store, self.shared.settings.cpu_timeout);
-        // Two entries at most live in the table during a call, so pushing cannot fail.
-        let handle = instance
-            .store
-            .data_mut()
-            .push_request(request)
-            .expect("table has room");
-        let borrowed = Resource::new_borrow(handle.rep());
+        let data = instance.store.data_mut();
+        let call_started = data.call_started;
+        let borrowed = data.lend_request(request);
         let call = instance
             .plugin
             .call_on_request(&mut instance.store, borrowed);
-        let outcome = tokio::time::timeout(timeout, call).await;
-        let request = instance
-            .store
-            .data_mut()
-            .take_request(handle)
-            .expect("request in the table");
+        let outcome = within(timeout, call_started, call).await;
+        let request = instance.store.data_mut().take_request();
         let result = self
             .outcome(outcome, timeout)
             .and_then(|r| r.map_err(PluginFailure::Error));
@@ -278,9 +271,13 @@ impl LoadedPlugin {
     /// Runs `on-response`. Always gives the request and response back.
     pub async fn on_response(
         &self,
-        request: RequestState,
-        response: ResponseState,
-    ) -> (RequestState, ResponseState, Result<(), PluginFailure>) {
+        request: Box<RequestState>,
+        response: Box<ResponseState>,
+    ) -> (
+        Box<RequestState>,
+        Box<ResponseState>,
+        Result<(), PluginFailure>,
+    ) {
         let started = Instant::now();
         let mut instance = match self.checkout().await {
             Ok(i) => i,
@@ -295,17 +292,16 @@ impl LoadedPlugin {
         let timeout = self.shared.settings.timeout;
         prepare_call(&mut instance.store, self.shared.settings.cpu_timeout);
         let data = instance.store.data_mut();
-        let req = data.push_request(request).expect("table has room");
-        let resp = data.push_response(response).expect("table has room");
-        let call = instance.plugin.call_on_response(
-            &mut instance.store,
-            Resource::new_borrow(req.rep()),
-            Resource::new_borrow(resp.rep()),
-        );
-        let outcome = tokio::time::timeout(timeout, call).await;
+        let call_started = data.call_started;
+        let req = data.lend_request(request);
+        let resp = data.lend_response(response);
+        let call = instance
+            .plugin
+            .call_on_response(&mut instance.store, req, resp);
+        let outcome = within(timeout, call_started, call).await;
         let data = instance.store.data_mut();
-        let request = data.take_request(req).expect("request in the table");
-        let response = data.take_response(resp).expect("response in the table");
+        let request = data.take_request();
+        let response = data.take_response();
         let result = self
             .outcome(outcome, timeout)
             .and_then(|r| r.map_err(PluginFailure::Error));
@@ -489,6 +485,22 @@ impl LoadedPlugin {
             quarantined_for_s: (until > now).then(|| (until - now) as f64 / 1e9),
             idle_instances: self.pool.lock().expect("plugin pool lock").len(),
         }
+    }
+}
+
+/// Runs a guest call under its wall-clock limit (counted from `started`). Most calls never
+/// suspend (no async host call, no epoch yield): they finish on their first poll, and only a
+/// call that does suspend pays for a timer.
+async fn within<F: Future>(
+    limit: Duration,
+    started: Instant,
+    call: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => tokio::time::timeout_at(started + limit, call).await,
     }
 }
 

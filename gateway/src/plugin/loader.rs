@@ -3,7 +3,6 @@
 //! file can be wrong has its own message.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -93,7 +92,8 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// Compiles and checks a component. CPU-heavy (up to seconds): call it from a blocking thread.
+/// Compiles and checks a component. CPU-heavy (up to seconds): the runtime calls it on its
+/// low-priority compile pool (`compiler.rs`).
 pub fn compile(
     engine: &Engine,
     linker: &Linker<HostState>,
@@ -122,17 +122,6 @@ pub fn compile(
         imports,
         exports,
     })
-}
-
-/// Compiles on a blocking thread, so the event loop keeps serving meanwhile.
-pub async fn compile_off_thread(
-    engine: Engine,
-    linker: Arc<Linker<HostState>>,
-    bytes: Vec<u8>,
-) -> Result<Compiled, LoadError> {
-    tokio::task::spawn_blocking(move || compile(&engine, &linker, &bytes))
-        .await
-        .map_err(|e| LoadError::Compile(format!("compile task failed: {e}")))?
 }
 
 /// SHA-256 of the bytes, as lower-case hex.

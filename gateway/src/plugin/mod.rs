@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod compiler;
 pub mod engine;
 pub mod host;
 pub mod kv;
@@ -90,7 +91,7 @@ pub struct UpstreamOutcome {
 /// The result of the request phase of a chain.
 pub struct RequestChain {
     /// The request as the plugins left it.
-    pub request: RequestState,
+    pub request: Box<RequestState>,
     /// Set when a plugin (or a plugin failure) answered instead of the upstream.
     pub response: Option<Response<ResponseBody>>,
     /// The error behind `response`, when the gateway made it (for the log).
@@ -103,6 +104,8 @@ pub struct RequestChain {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// Compiles components at low priority, beside the data-plane workers.
+    compiler: compiler::CompilePool,
     set: ArcSwap<PluginSet>,
     failures: Mutex<BTreeMap<String, LoadFailure>>,
     /// Shared state by plugin name: kept across reloads, so a new version of a plugin sees
@@ -155,6 +158,7 @@ impl PluginRuntime {
         Ok(Self {
             engine,
             linker,
+            compiler: compiler::CompilePool::new()?,
             set: ArcSwap::from_pointee(PluginSet::default()),
             failures: Mutex::default(),
             states: Mutex::default(),
@@ -340,8 +344,12 @@ impl PluginRuntime {
         bytes: Vec<u8>,
         config_json: String,
     ) -> Result<(LoadedPlugin, (Vec<String>, Vec<String>)), LoadError> {
-        let compiled =
-            loader::compile_off_thread(self.engine.clone(), self.linker.clone(), bytes).await?;
+        let (engine, linker) = (self.engine.clone(), self.linker.clone());
+        let compiled = self
+            .compiler
+            .run(move || loader::compile(&engine, &linker, &bytes))
+            .await
+            .ok_or_else(|| LoadError::Compile("the compile thread panicked".into()))??;
         self.ensure_ticker();
         let shared = self.shared_for(name);
         let plugin = LoadedPlugin::new(shared, source, compiled.digest, config_json, compiled.pre);
@@ -436,7 +444,7 @@ impl PluginRuntime {
         &self,
         set: &PluginSet,
         chain: &[String],
-        mut request: RequestState,
+        mut request: Box<RequestState>,
     ) -> RequestChain {
         let mut ran = Vec::with_capacity(chain.len());
         for name in chain {
@@ -512,7 +520,7 @@ impl PluginRuntime {
     pub async fn on_response(
         &self,
         ran: &[Arc<LoadedPlugin>],
-        mut request: RequestState,
+        mut request: Box<RequestState>,
         response: Response<ResponseBody>,
         upstream: UpstreamOutcome,
     ) -> (Response<ResponseBody>, Option<ProxyError>, PluginTrace) {
@@ -551,12 +559,12 @@ impl PluginRuntime {
                 }
             }
         };
-        let mut head = ResponseState {
+        let mut head = Box::new(ResponseState {
             parts,
             body: PluginBody::new(buffered),
             upstream_failure: upstream.failure,
             upstream_attempted: upstream.attempted,
-        };
+        });
         for plugin in ran.iter().rev() {
             head.body.visible = plugin.shared.settings.response_body;
             let timer = request.trace.call_started();
@@ -685,7 +693,11 @@ pub struct PluginView {
     last_error: Option<LoadFailure>,
 }
 
-fn fail(request: RequestState, error: ProxyError, ran: Vec<Arc<LoadedPlugin>>) -> RequestChain {
+fn fail(
+    request: Box<RequestState>,
+    error: ProxyError,
+    ran: Vec<Arc<LoadedPlugin>>,
+) -> RequestChain {
     RequestChain {
         request,
         response: Some(error.to_response()),

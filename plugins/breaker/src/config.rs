@@ -20,8 +20,10 @@ pub const DEFAULT_ROLLING_WINDOW_MS: u64 = 10_000;
 pub const DEFAULT_ROLLING_BUCKETS: u64 = 10;
 /// Default `timeout` (Hystrix `execution.isolation.thread.timeoutInMilliseconds`).
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
-/// Default `max_concurrent_requests` (Hystrix `execution.isolation.semaphore.maxConcurrentRequests`).
-pub const DEFAULT_MAX_CONCURRENT: u64 = 10;
+/// Default `max_concurrent_requests`: Envoy's default for a cluster's concurrent requests.
+/// (Hystrix's semaphore default, 10, is sized for one client thread pool; a gateway route
+/// carries many clients, and 10 turned a 64-connection load into 85 % rejections.)
+pub const DEFAULT_MAX_CONCURRENT: u64 = 1024;
 /// Default `half_open_requests` (Hystrix lets exactly one trial through).
 pub const DEFAULT_HALF_OPEN_REQUESTS: u64 = 1;
 /// Default `health_snapshot_interval` (Hystrix `metrics.healthSnapshot.intervalInMilliseconds`).
@@ -442,7 +444,7 @@ mod tests {
             (10_000, 10, 1000)
         );
         assert_eq!(s.timeout_ms, 1000);
-        assert_eq!(s.max_concurrent_requests, 10);
+        assert_eq!(s.max_concurrent_requests, 1024);
         assert_eq!(s.half_open_requests, 1);
         assert_eq!(s.health_snapshot_interval_ms, 500);
         assert!(s.error_statuses.contains(500) && s.error_statuses.contains(599));

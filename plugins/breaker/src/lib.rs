@@ -78,9 +78,12 @@ pub mod keys {
     pub fn latency_sum(c: &str, pbucket: u64) -> String {
         format!("latsum|{c}|{pbucket}")
     }
-    /// `slot|C|I`: bulkhead slot I is held (value: the holder's token); TTL the lease.
-    pub fn slot(c: &str, index: u64) -> String {
-        format!("slot|{c}|{index}")
+    /// `inflight|C|L`: requests admitted by the bulkhead in lease period L (= monotonic ms /
+    /// the command's lease) and not finished yet; TTL two leases and a margin. A request counts
+    /// in its own period and the next one, so one that never reports back stops counting
+    /// after one to two leases.
+    pub fn inflight(c: &str, period: u64) -> String {
+        format!("inflight|{c}|{period}")
     }
     /// `transitions|C|TO`: transitions into `open`, `half_open` or `closed` (no TTL).
     pub fn transitions(c: &str, to: &str) -> String {
@@ -133,8 +136,8 @@ impl Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Ticket {
     start_ns: u64,
-    /// Bulkhead slot held, if any.
-    slot: Option<u64>,
+    /// The lease period the request was admitted in by the bulkhead, if there is one.
+    admitted: Option<u64>,
     /// A half-open trial for the open period that started at this time.
     trial: Option<u64>,
     method: String,
@@ -147,7 +150,7 @@ impl Ticket {
         format!(
             "{} {} {} {} {}",
             self.start_ns,
-            opt(self.slot),
+            opt(self.admitted),
             opt(self.trial),
             self.method,
             self.route
@@ -165,13 +168,13 @@ impl Ticket {
                 s.parse().ok().map(Some)
             }
         };
-        let slot = opt(parts.next()?)?;
+        let admitted = opt(parts.next()?)?;
         let trial = opt(parts.next()?)?;
         let method = parts.next()?.to_owned();
         let route = parts.next()?.to_owned();
         Some(Self {
             start_ns,
-            slot,
+            admitted,
             trial,
             method,
             route,
@@ -224,6 +227,12 @@ fn closed_at(raw: &Option<Vec<u8>>) -> u64 {
         .and_then(|r| r.strip_prefix(b"closed:"))
         .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// How long an `inflight` counter lives: its own period and the next, plus a margin, so it
+/// outlives every request that may still give its place back.
+fn inflight_ttl(lease_ms: u64) -> u64 {
+    lease_ms.saturating_mul(2).saturating_add(1000)
 }
 
 fn bucket_ttl(s: &Settings) -> Option<u64> {
@@ -315,6 +324,7 @@ impl Breaker {
             "rolling_buckets": s.rolling_buckets,
             "timeout_ms": s.timeout_ms,
             "max_concurrent_requests": s.max_concurrent_requests,
+            "lease_ms": s.lease_ms(),
             "half_open_requests": s.half_open_requests,
             "force_open": s.force_open,
             "force_closed": s.force_closed,
@@ -324,14 +334,35 @@ impl Breaker {
         self.announced.borrow_mut().insert(cmd.to_owned());
     }
 
-    /// Takes a free bulkhead slot (compare-and-swap from absent, with a TTL so a request
-    /// that never reports back frees it anyway), starting at a spread-out index.
-    fn take_slot(&self, cmd: &str, s: &Settings, now_ns: u64, token: &[u8]) -> Option<u64> {
-        let max = s.max_concurrent_requests;
-        let start = (now_ns >> 10) % max;
-        (0..max).map(|i| (start + i) % max).find(|&i| {
-            state::compare_and_swap(&keys::slot(cmd, i), None, Some(token), Some(s.lease_ms()))
-        })
+    /// Admits a request into the bulkhead: one `incr` on the counter of the current lease
+    /// period and one `get` of the period before (whose requests may still run); older periods
+    /// have outlived their lease. The lease period admitted in, or `None` when full (the count
+    /// is given back). One counter, however large the bulkhead, so a rejection under overload
+    /// costs the same three calls as an admission.
+    fn enter_bulkhead(&self, cmd: &str, s: &Settings, now_ms: u64) -> Result<Option<u64>, Error> {
+        let lease = s.lease_ms();
+        let period = now_ms / lease;
+        let ttl = Some(inflight_ttl(lease));
+        let mine = state::incr(&keys::inflight(cmd, period), 1, ttl)?.max(0) as u64;
+        let before = match period.checked_sub(1) {
+            Some(p) => state::get(&keys::inflight(cmd, p))
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+                .map_or(0, |n| n.max(0) as u64),
+            None => 0,
+        };
+        if mine + before > s.max_concurrent_requests {
+            state::incr(&keys::inflight(cmd, period), -1, ttl)?;
+            return Ok(None);
+        }
+        Ok(Some(period))
+    }
+
+    /// Gives a bulkhead place back, unless its lease period is over (it no longer counts).
+    fn leave_bulkhead(&self, cmd: &str, s: &Settings, period: u64, now_ms: u64) {
+        let lease = s.lease_ms();
+        if now_ms / lease <= period + 1 {
+            let _ = state::incr(&keys::inflight(cmd, period), -1, Some(inflight_ttl(lease)));
+        }
     }
 
     fn short_circuit(&self, cmd: &str, s: &Settings, now_ms: u64, retry_after_ms: u64) -> Action {
@@ -499,12 +530,11 @@ impl Plugin for Breaker {
             }
         }
 
-        let token = now_ns.to_string();
-        let slot = if s.max_concurrent_requests == 0 {
+        let admitted = if s.max_concurrent_requests == 0 {
             None
         } else {
-            match self.take_slot(&cmd, &s, now_ns, token.as_bytes()) {
-                Some(slot) => Some(slot),
+            match self.enter_bulkhead(&cmd, &s, now_ms)? {
+                Some(period) => Some(period),
                 None => {
                     if let Some(opened_at) = trial {
                         self.end_trial(&cmd, &s, opened_at, false, now_ms);
@@ -518,7 +548,7 @@ impl Plugin for Breaker {
         }
         let ticket = Ticket {
             start_ns: now_ns,
-            slot,
+            admitted,
             trial,
             method,
             route,
@@ -535,16 +565,11 @@ impl Plugin for Breaker {
         let cmd = command_name(&s, &ticket.route, &ticket.method);
         if !response.upstream_attempted() {
             // A later plugin answered (or the gateway refused the request): the upstream says
-            // nothing about the command. Give the slot back; count nothing; a half-open trial
-            // stays undecided until its lease lets another caller try.
-            if let Some(slot) = ticket.slot {
-                let token = ticket.start_ns.to_string();
-                state::compare_and_swap(
-                    &keys::slot(&cmd, slot),
-                    Some(token.as_bytes()),
-                    None,
-                    None,
-                );
+            // nothing about the command. Give the bulkhead place back; count nothing; a
+            // half-open trial stays undecided until its lease lets another caller try.
+            if let Some(period) = ticket.admitted {
+                let now_ms = host::monotonic_ns() / 1_000_000;
+                self.leave_bulkhead(&cmd, &s, period, now_ms);
             }
             return Ok(());
         }
@@ -560,9 +585,8 @@ impl Plugin for Breaker {
         // cleared with the window); then what others wait on (the bulkhead slot, the trial's
         // decision); the latency counting after it may fail without keeping them.
         count(&cmd, &s, now_ms, kind);
-        if let Some(slot) = ticket.slot {
-            let token = ticket.start_ns.to_string();
-            state::compare_and_swap(&keys::slot(&cmd, slot), Some(token.as_bytes()), None, None);
+        if let Some(period) = ticket.admitted {
+            self.leave_bulkhead(&cmd, &s, period, now_ms);
         }
         if let Some(opened_at) = ticket.trial {
             self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
@@ -594,7 +618,7 @@ mod tests {
     fn ticket_round_trips_with_spaces_in_the_route() {
         let t = Ticket {
             start_ns: 42,
-            slot: Some(3),
+            admitted: Some(3),
             trial: None,
             method: "GET".into(),
             route: "my route".into(),

@@ -384,17 +384,58 @@ fn bulkhead_rejects_at_once_and_releases_slots() {
         host.on_request(&plugin, &d).unwrap(),
         Action::Continue
     ));
-    // b and d never report back (clients gone): their slots free after the lease (2 s).
+    // b and d never report back (clients gone): their places are held for at least the
+    // lease (2 s) and at most two leases.
     host.advance(Duration::from_millis(1999));
     assert!(matches!(
         host.on_request(&plugin, &TestRequest::get("/x")).unwrap(),
         Action::Respond(_)
     ));
-    host.advance(Duration::from_millis(1));
+    host.advance(Duration::from_millis(2001));
+    let e = TestRequest::get("/x");
     assert!(matches!(
-        host.on_request(&plugin, &TestRequest::get("/x")).unwrap(),
+        host.on_request(&plugin, &e).unwrap(),
         Action::Continue
     ));
+    // A request that reports back after its place stopped counting gives nothing back twice.
+    host.on_response(&plugin, &b, &TestResponseHead::new(200))
+        .unwrap();
+    let f = TestRequest::get("/x");
+    assert!(matches!(
+        host.on_request(&plugin, &f).unwrap(),
+        Action::Continue
+    ));
+    match host.on_request(&plugin, &TestRequest::get("/x")).unwrap() {
+        Action::Respond(r) => assert_eq!(r.status, 503, "e and f hold both places"),
+        Action::Continue => panic!("a late report-back must not free a place it no longer held"),
+    }
+}
+
+#[test]
+fn bulkhead_is_one_counter_however_large() {
+    let (host, plugin) = setup(json!({"max_concurrent_requests": 10_000, "timeout": "1s"}));
+    let held: Vec<TestRequest> = (0..50).map(|_| TestRequest::get("/x")).collect();
+    for r in &held {
+        assert!(matches!(
+            host.on_request(&plugin, r).unwrap(),
+            Action::Continue
+        ));
+    }
+    // Every admitted request is one count in one key, not one key per place.
+    // The test host's monotonic clock reads the same as its wall clock.
+    let period = host.now_ms() / 2000;
+    assert_eq!(
+        host.state(&keys::inflight(CMD, period)).as_deref(),
+        Some(&b"50"[..])
+    );
+    for r in &held {
+        host.on_response(&plugin, r, &TestResponseHead::new(200))
+            .unwrap();
+    }
+    assert_eq!(
+        host.state(&keys::inflight(CMD, period)).as_deref(),
+        Some(&b"0"[..])
+    );
 }
 
 #[test]
