@@ -1,8 +1,10 @@
 //! Body types of the data plane. Concrete enums rather than boxed trait objects: the proxy
 //! path allocates nothing for a body it only streams through.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -23,6 +25,9 @@ pub enum RequestBodyError {
     /// The client connection failed while sending the body.
     #[error("reading request body: {0}")]
     Client(#[from] hyper::Error),
+    /// The body did not arrive in full within `server.body_read_timeout`.
+    #[error("request body not received within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A client's request body on its way upstream, streamed and cut off at a size limit.
@@ -37,6 +42,8 @@ enum RequestKind {
         inner: Incoming,
         seen: u64,
         limit: u64,
+        /// `server.body_read_timeout`: the body must be in by then (a trickling client).
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
     },
     Full(Option<Bytes>),
 }
@@ -50,8 +57,20 @@ impl RequestBody {
                 inner,
                 seen: 0,
                 limit,
+                deadline: None,
             },
         }
+    }
+
+    /// Fails with [`RequestBodyError::Timeout`] when the body has not ended by `deadline`
+    /// (`timeout` after the request head, for the message).
+    pub fn read_deadline(mut self, deadline: tokio::time::Instant, timeout: Duration) -> Self {
+        if let RequestKind::Streaming { inner, deadline: d, .. } = &mut self.kind
+            && !inner.is_end_stream()
+        {
+            *d = Some((Box::pin(tokio::time::sleep_until(deadline)), timeout));
+        }
+        self
     }
 
     /// A body already in memory.
@@ -71,7 +90,12 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match &mut self.get_mut().kind {
-            RequestKind::Streaming { inner, seen, limit } => match Pin::new(inner).poll_frame(cx) {
+            RequestKind::Streaming {
+                inner,
+                seen,
+                limit,
+                deadline,
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
@@ -85,7 +109,15 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => match deadline {
+                    Some((sleep, timeout)) => match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(RequestBodyError::Timeout(*timeout))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                    None => Poll::Pending,
+                },
             },
             RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }

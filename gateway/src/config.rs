@@ -57,6 +57,9 @@ pub struct Config {
     /// `[telemetry]`: OpenTelemetry (OTLP) trace export; absent = no spans at all.
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// `[admin]`: the admin API's token(s).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[server]`
@@ -91,6 +94,25 @@ pub struct ServerConfig {
     /// `hystrix_stream_max_clients = 5`: concurrent `GET /hystrix.stream` clients on the admin
     /// listener; more are answered 503 (Hystrix's `maxConcurrentConnections`).
     pub hystrix_stream_max_clients: usize,
+    /// `merge_slashes = true`: `//` in a request path becomes `/` (see `path.rs`).
+    pub merge_slashes: bool,
+    /// `escaped_slashes = "reject"`: `%2F`, `%5C` and `\` in a path answer 400; `"keep"`
+    /// leaves them, `"decode"` turns them into `/`.
+    pub escaped_slashes: crate::path::EscapedSlashes,
+    /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For` is kept (the peer is
+    /// appended); from anyone else it is replaced by the peer's address.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `body_read_timeout = "60s"`: a request body must have arrived in full within this time
+    /// of the request head, or the request is answered 408 (and the upstream request cut).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// `write_timeout = "30s"`: a connection whose client does not take response bytes for
+    /// this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// `max_connections = 10000`: open client connections (all workers together); more are
+    /// accepted and closed at once. 0 = no limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -106,8 +128,79 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             hystrix_stream_max_clients: crate::hystrix::DEFAULT_MAX_CLIENTS,
+            merge_slashes: true,
+            escaped_slashes: crate::path::EscapedSlashes::Reject,
+            trusted_proxies: Vec::new(),
+            body_read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
+}
+
+impl ServerConfig {
+    /// How request paths are made canonical.
+    pub fn path_policy(&self) -> crate::path::PathPolicy {
+        crate::path::PathPolicy {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `fd00::/8`) or one address (`10.1.2.3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Cidr)
+            .map_err(|_| format!("`{s}` is not an IP address or network (like 10.0.0.0/8)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[admin]`: who may use the admin API.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `token = "..."`: writes and secret-bearing reads need `Authorization: Bearer TOKEN`.
+    /// `SLUICE_ADMIN_TOKEN` in the environment is used when neither this nor `token_file`
+    /// is set.
+    pub token: Option<String>,
+    /// `token_file = "/run/secrets/sluice-admin"`: the token, read from a file at start
+    /// (surrounding whitespace trimmed).
+    pub token_file: Option<PathBuf>,
+    /// `registration_token = "..."`: a second token that may only register and deregister
+    /// instances (`PUT`/`DELETE /registry/...`), for the services themselves.
+    pub registration_token: Option<String>,
+    /// `hosts = ["gateway.internal"]`: Host names (besides loopback ones and the admin bind
+    /// address) accepted on the admin listener when no token is set.
+    pub hosts: Vec<String>,
 }
 
 /// `[log]`
@@ -561,6 +654,10 @@ pub struct RegistryConfig {
     /// `dial_timeout = "2s"`: connecting to etcd, and each etcd call.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
+    /// `allow_addresses = ["127.0.0.0/8"]`: networks a registered instance may be in even
+    /// though the address policy refuses them by default (loopback unless the admin listener
+    /// is loopback-only, link-local, unspecified, multicast, the gateway's own listeners).
+    pub allow_addresses: Vec<Cidr>,
 }
 
 impl Default for RegistryConfig {
@@ -572,6 +669,7 @@ impl Default for RegistryConfig {
             default_ttl: Duration::from_secs(15),
             max_ttl: Duration::from_secs(3600),
             dial_timeout: Duration::from_secs(2),
+            allow_addresses: Vec::new(),
         }
     }
 }
@@ -780,6 +878,31 @@ impl Config {
         }
         if self.server.max_header_count == 0 {
             err(None, "server.max_header_count: must be at least 1".into());
+        }
+        for (key, value) in [
+            ("body_read_timeout", self.server.body_read_timeout),
+            ("write_timeout", self.server.write_timeout),
+        ] {
+            if value.is_zero() {
+                err(None, format!("server.{key}: must be above 0"));
+            }
+        }
+        if self.admin.token.is_some() && self.admin.token_file.is_some() {
+            err(
+                None,
+                "admin.token_file: set either token or token_file, not both".into(),
+            );
+        }
+        for (key, value) in [
+            ("token", &self.admin.token),
+            ("registration_token", &self.admin.registration_token),
+        ] {
+            if value.as_ref().is_some_and(|t| t.trim().len() < 16) {
+                err(
+                    None,
+                    format!("admin.{key}: must be at least 16 characters (use a random string)"),
+                );
+            }
         }
         for (name, service) in &self.services {
             if let Err(why) = crate::registry::check_service_name(name) {

@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// Transfer-Encoding, the request-smuggling vector of RFC 9112 §6.1).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request body did not arrive in full within `server.body_read_timeout`.
+    #[error("request body not received within {}", humantime::format_duration(*.0))]
+    RequestTimeout(std::time::Duration),
     /// The request body is larger than `server.max_body_bytes`.
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge {
@@ -97,6 +100,7 @@ impl ProxyError {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoInstance { .. } | Self::ShuttingDown | Self::PluginUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -113,6 +117,7 @@ impl ProxyError {
         match self {
             Self::NoRoute { .. } => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::NoInstance { .. } => "no_instance",
             Self::UpstreamConnect { .. } => "connect",
@@ -166,7 +171,10 @@ impl ProxyError {
         );
         if matches!(
             self,
-            Self::BadRequest(_) | Self::PayloadTooLarge { .. } | Self::BodyTooLargeForPlugin { .. }
+            Self::BadRequest(_)
+                | Self::RequestTimeout(_)
+                | Self::PayloadTooLarge { .. }
+                | Self::BodyTooLargeForPlugin { .. }
         ) {
             // The rest of the request may still be on the wire; do not try to read past it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -12,6 +12,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
 /// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send).
@@ -52,11 +54,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds `X-Forwarded-For` (appending to the client's list), `-Proto` and `-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// Adds `X-Forwarded-For`, `-Proto` and `-Host`. `trusted`: the peer is one of
+/// `[server] trusted_proxies`, so the list it sent is kept and the peer appended; from any
+/// other peer the list (and `Forwarded`, `X-Real-IP`, which upstreams also read for the
+/// client address) is the client's own claim and is replaced by the peer's address.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
+    if !trusted {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
     let mut ip_buf = itoa_ip(client);
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) if !prior.is_empty() => {
+    let prior = headers.get_all(&X_FORWARDED_FOR);
+    // Several X-Forwarded-For lines from a trusted proxy are one list (RFC 9110 §5.3).
+    let mut joined: Vec<u8> = Vec::new();
+    if trusted {
+        for line in prior.iter().map(HeaderValue::as_bytes).filter(|l| !l.is_empty()) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(line);
+        }
+    }
+    let value = match joined.as_slice() {
+        prior if !prior.is_empty() => {
             let mut v = Vec::with_capacity(prior.len() + 2 + ip_buf.len());
             v.extend_from_slice(prior);
             v.extend_from_slice(b", ");
@@ -125,14 +145,32 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_for_appends_from_a_trusted_proxy() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         h.insert(header::HOST, HeaderValue::from_static("api.example"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
         assert_eq!(h["x-forwarded-host"], "api.example");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn forwarded_for_from_an_untrusted_peer_is_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-real-ip"));
     }
 
     #[test]

@@ -6,15 +6,18 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_auth;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod etcd;
 pub mod headers;
 pub mod hystrix;
 pub mod logging;
 pub mod metrics;
+pub mod path;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
@@ -61,6 +64,8 @@ impl Gateway {
     /// control runtime, which runs the admin listener); data-plane workers get their own
     /// threads.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // Refused before anything is bound: an admin listener open to others without a token.
+        let admin_auth = Arc::new(admin_auth::AdminAuth::from_config(&config)?);
         let shutdown = CancellationToken::new();
         let mut control_tasks = Vec::new();
 
@@ -153,6 +158,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access,
             telemetry,
+            edge: edge::EdgePolicy::from(&config.server),
         });
 
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
@@ -161,7 +167,12 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         control_tasks.push(serve_axum(
             admin_listener,
-            admin::router(proxy.clone()).merge(hystrix::router(hystrix_hub)),
+            admin::router(proxy.clone())
+                .merge(hystrix::router(hystrix_hub))
+                .layer(axum::middleware::from_fn_with_state(
+                    admin_auth,
+                    admin_auth::require,
+                )),
             shutdown.clone(),
         ));
 
@@ -172,6 +183,7 @@ impl Gateway {
         let listeners = server::bind_reuseport(config.server.listen, workers)
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
         let listen_addr = listeners[0].local_addr()?;
+        proxy.registry.policy.set_own(&[listen_addr, admin_addr]);
         let workers = server::spawn_workers(
             listeners,
             proxy.clone(),

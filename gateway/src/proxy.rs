@@ -50,6 +50,8 @@ pub struct Proxy {
     pub access_log: bool,
     /// Trace export, when `[telemetry]` is set.
     pub telemetry: Option<Arc<Telemetry>>,
+    /// Canonical paths, trusted proxies, the body read timeout (`[server]`).
+    pub edge: crate::edge::EdgePolicy,
 }
 
 /// What the access log and metrics need to know about how a request went.
@@ -146,6 +148,11 @@ impl Proxy {
         if let Err(e) = check_framing(&parts.headers, self.max_body_bytes) {
             return outcome.fail(e);
         }
+        // One Host and one canonical path, used by routing, plugins and the upstream alike.
+        if let Err(e) = crate::edge::canonical_request(&mut parts, &self.edge) {
+            return outcome.fail(e);
+        }
+        let body_deadline = Instant::now() + self.edge.body_read_timeout;
         let request_id = headers::ensure_request_id(&mut parts.headers);
         outcome.request_id = Some(request_id.clone());
 
@@ -170,7 +177,8 @@ impl Proxy {
         outcome.route = Some(route.clone());
 
         if route.plugins.is_empty() {
-            let body = RequestBody::limited(body, self.max_body_bytes);
+            let body = RequestBody::limited(body, self.max_body_bytes)
+                .read_deadline(body_deadline, self.edge.body_read_timeout);
             return match self
                 .forward(&route, parts, body, client, None, outcome)
                 .await
@@ -182,7 +190,16 @@ impl Proxy {
 
         // 3.-5. The plugin path lives in its own (boxed) future, so requests on routes
         // without plugins do not carry its state around.
-        Box::pin(self.forward_with_plugins(&route, parts, body, request_id, client, outcome)).await
+        Box::pin(self.forward_with_plugins(
+            &route,
+            parts,
+            body,
+            request_id,
+            client,
+            body_deadline,
+            outcome,
+        ))
+        .await
     }
 
     /// The request path of a route with plugins: plugins in → upstream → plugins out.
@@ -197,11 +214,17 @@ impl Proxy {
         body: Incoming,
         request_id: HeaderValue,
         client: SocketAddr,
+        body_deadline: Instant,
         outcome: &mut Outcome,
     ) -> Response<ResponseBody> {
         // 3. Plugins on the way in. A plugin that opted in to bodies gets it buffered.
         let set = self.plugins.current();
-        let (buffered, streaming) = match self.buffer_for_plugins(&set, route, body).await {
+        let buffering = self.buffer_for_plugins(&set, route, body);
+        let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::RequestTimeout(self.edge.body_read_timeout)),
+        };
+        let (buffered, streaming) = match buffered {
             Ok(pair) => pair,
             Err(e) => return outcome.fail(e),
         };
@@ -229,7 +252,8 @@ impl Proxy {
                 // 4. Upstream, with the request as the plugins left it.
                 let body = match (request.body.bytes.take(), streaming) {
                     (Some(bytes), _) => RequestBody::full(bytes),
-                    (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes),
+                    (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes)
+                        .read_deadline(body_deadline, self.edge.body_read_timeout),
                     (None, None) => RequestBody::full(Bytes::new()),
                 };
                 // `on-response` needs the request head after it went upstream: keep a copy
@@ -346,7 +370,8 @@ impl Proxy {
         parts.uri = upstream_uri(route, &parts.uri)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(&mut parts.headers, client.ip());
+        let trusted = self.edge.trusts(client.ip());
+        headers::add_forwarded(&mut parts.headers, client.ip(), trusted);
         // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
         let add_host = !parts.headers.contains_key(header::HOST);
 
@@ -553,6 +578,7 @@ async fn keep_for_replay(
         Err(crate::body::RequestBodyError::Client(_)) => {
             Err(ProxyError::BadRequest("request body aborted"))
         }
+        Err(crate::body::RequestBodyError::Timeout(t)) => Err(ProxyError::RequestTimeout(t)),
     }
 }
 

@@ -115,9 +115,12 @@ impl Route {
                 .is_none_or(|want| host.is_some_and(|h| host_matches(want, h)))
     }
 
-    /// The path sent upstream: with the prefix removed when `strip_prefix` is set.
+    /// The path sent upstream: with the prefix removed when `strip_prefix` is set. A path no
+    /// longer under the prefix (a plugin's `set-path` moved it) goes upstream as it is: there
+    /// is no prefix to remove, and cutting bytes blindly would cut the wrong ones (or panic
+    /// inside a UTF-8 character).
     pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
-        if !self.strip_prefix || self.path == "/" {
+        if !self.strip_prefix || self.path == "/" || !prefix_matches(&self.path, path) {
             return path;
         }
         match &path[self.path.len()..] {
@@ -303,6 +306,20 @@ mod tests {
         let r = &t.routes()[0];
         assert_eq!(r.upstream_path("/api"), "/");
         assert_eq!(r.upstream_path("/api/users"), "/users");
+    }
+
+    #[test]
+    fn strip_prefix_after_set_path_neither_panics_nor_cuts_the_wrong_bytes() {
+        let t = table("[[routes]]\npath=\"/api/v1\"\nservice=\"s\"\nstrip_prefix=true\n");
+        let r = &t.routes()[0];
+        // Shorter than the prefix (was: index out of range).
+        assert_eq!(r.upstream_path("/x"), "/x");
+        // The prefix length ends inside a two-byte character (was: not a char boundary).
+        assert_eq!(r.upstream_path("/apí/v1x"), "/apí/v1x");
+        // Long enough but elsewhere: the first bytes are not the prefix.
+        assert_eq!(r.upstream_path("/other/users"), "/other/users");
+        assert_eq!(r.upstream_path("/api/v1x"), "/api/v1x");
+        assert_eq!(r.upstream_path("/api/v1/users"), "/users");
     }
 
     #[test]

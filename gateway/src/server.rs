@@ -31,6 +31,10 @@ pub struct EdgeLimits {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     shutdown_timeout: Duration,
+    write_timeout: Duration,
+    /// `max_connections` (0 = none) and the connections open now, across every worker.
+    max_connections: usize,
+    open_connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl From<&ServerConfig> for EdgeLimits {
@@ -41,7 +45,32 @@ impl From<&ServerConfig> for EdgeLimits {
             header_read_timeout: c.header_read_timeout,
             idle_timeout: c.idle_timeout,
             shutdown_timeout: c.shutdown_timeout,
+            write_timeout: c.write_timeout,
+            max_connections: c.max_connections,
+            open_connections: Arc::default(),
         }
+    }
+}
+
+/// One place among `max_connections`, given back when the connection ends.
+struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnectionSlot {
+    /// A place, unless `max` (0 = no limit) connections are open already.
+    fn take(limits: &EdgeLimits) -> Option<Self> {
+        let open = &limits.open_connections;
+        let before = open.fetch_add(1, Ordering::Relaxed);
+        if limits.max_connections != 0 && before >= limits.max_connections {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -134,8 +163,16 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Over `max_connections`: closed at once (not left in the backlog), so the
+                // client fails fast and retries elsewhere; see the README.
+                let Some(slot) = ConnectionSlot::take(&limits) else {
+                    tracing::debug!(%peer, "closing connection: max_connections reached");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 connections.spawn(serve_connection(
+                    slot,
                     stream,
                     peer,
                     proxy.clone(),
@@ -165,6 +202,7 @@ async fn accept_loop(
 }
 
 async fn serve_connection(
+    _slot: ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
@@ -234,6 +272,8 @@ struct ConnState {
     /// When the first byte of the current request head arrived; 0 = none pending.
     head_started: AtomicU64,
     last_activity: AtomicU64,
+    /// When a write to the client last found its socket full; 0 = writes are flowing.
+    write_blocked: AtomicU64,
 }
 
 impl ConnState {
@@ -245,6 +285,7 @@ impl ConnState {
             ambiguous_framing: AtomicBool::new(false),
             head_started: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
         }
     }
 
@@ -263,14 +304,33 @@ impl ConnState {
         }
     }
 
-    /// Resolves when the connection has been idle, or slow to send a request head, for too
-    /// long. Re-checks at each deadline, since activity moves it.
+    /// A write either went through or found the socket full (the client is not reading).
+    fn on_write(&self, blocked: bool) {
+        if blocked {
+            let now = self.now();
+            let _ =
+                self.write_blocked
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        } else if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the connection has been idle, slow to send a request head, or not
+    /// reading what is written to it, for too long. Re-checks at each deadline, since
+    /// activity moves it.
     async fn watchdog(&self, limits: &EdgeLimits) -> &'static str {
+        let write_timeout = limits.write_timeout.as_nanos() as u64;
         loop {
             let now = self.now();
+            let blocked = self.write_blocked.load(Ordering::Relaxed);
+            if blocked != 0 && blocked + write_timeout <= now {
+                return "write timeout (the client is not reading)";
+            }
             let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
-                // The upstream and request timeouts govern a request in flight.
-                (now + limits.idle_timeout.as_nanos() as u64, "")
+                // The upstream and request timeouts govern a request in flight; a stalled
+                // write is noticed within a write timeout.
+                (now + write_timeout.min(limits.idle_timeout.as_nanos() as u64), "")
             } else {
                 match self.head_started.load(Ordering::Relaxed) {
                     0 => (
@@ -287,6 +347,10 @@ impl ConnState {
             if deadline <= now && !why.is_empty() {
                 return why;
             }
+            let deadline = match blocked {
+                0 => deadline,
+                since => deadline.min(since + write_timeout),
+            };
             tokio::time::sleep_until(self.opened + Duration::from_nanos(deadline.max(now))).await;
         }
     }
@@ -411,7 +475,9 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.on_write(result.is_pending());
+        result
     }
 
     fn poll_write_vectored(
@@ -419,7 +485,9 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.on_write(result.is_pending());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -6,6 +6,7 @@ mod breaker;
 pub mod builtin;
 mod cli;
 mod config;
+mod edge;
 mod etcd;
 mod examples;
 mod harness;

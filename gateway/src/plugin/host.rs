@@ -437,6 +437,12 @@ impl types::HostRequest for HostState {
         if !path.starts_with('/') {
             return Ok(Err(format!("path `{path}` must start with `/`")));
         }
+        // The same canonical form as the client's path (issue #15).
+        let policy = req.parts.extensions.get().copied().unwrap_or_default();
+        let path = match crate::path::canonicalize(&path, policy) {
+            Ok(canonical) => canonical.into_owned(),
+            Err(e) => return Ok(Err(format!("path `{path}`: {e}"))),
+        };
         let pq = match req.parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),

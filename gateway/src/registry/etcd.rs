@@ -163,7 +163,9 @@ impl Mirror for RegistryMirror {
     fn reset(&self, entries: Vec<(String, Vec<u8>, i64)>) {
         let mut view = Registrations::new();
         for (key, value, _) in entries {
-            if let Some((service, id, Some(registration))) = parse(&key, Some(&value)) {
+            if let Some((service, id, Some(registration))) = parse(&key, Some(&value))
+                && allowed(&self.0, &key, &registration)
+            {
                 view.entry(Arc::from(service))
                     .or_default()
                     .insert(Arc::from(id), registration);
@@ -174,12 +176,28 @@ impl Mirror for RegistryMirror {
 
     fn change(&self, key: &str, value: Option<&[u8]>, _revision: i64) {
         if let Some((service, id, registration)) = parse(key, value) {
+            // A refused address replaces what was there: the instance goes.
+            let registration = registration.filter(|r| allowed(&self.0, key, r));
             self.0.put(service, id, registration);
         }
     }
 
     fn connected(&self, connected: bool) {
         self.0.metrics.registry_connected.set(i64::from(connected));
+    }
+}
+
+/// Whether the address policy admits an etcd registration (refusals are logged).
+fn allowed(registry: &Registry, key: &str, registration: &Registration) -> bool {
+    match registry
+        .policy
+        .check_authority(&registration.request.address)
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(key, "registry: ignoring an etcd entry: {e}");
+            false
+        }
     }
 }
 

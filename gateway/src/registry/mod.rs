@@ -7,6 +7,7 @@
 //! registration, expiry and etcd events rebuild a service's instance set off that path.
 
 pub mod etcd;
+pub mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,8 @@ pub struct Registry {
     workers: usize,
     metrics: Arc<Metrics>,
     etcd: Option<etcd::EtcdBackend>,
+    /// Which addresses registrations may have.
+    pub policy: policy::AddressPolicy,
 }
 
 impl Registry {
@@ -146,6 +149,7 @@ impl Registry {
             config: config.registry.clone(),
             workers,
             metrics,
+            policy: policy::AddressPolicy::new(config),
         })
     }
 
@@ -213,6 +217,10 @@ impl Registry {
         check_service_name(service).map_err(|e| RegistryError::Invalid(format!("service: {e}")))?;
         check_instance_id(id)?;
         crate::config::check_authority(&request.address)
+            .map_err(|e| RegistryError::Invalid(format!("address: {e}")))?;
+        self.policy
+            .check_resolved(&request.address)
+            .await
             .map_err(|e| RegistryError::Invalid(format!("address: {e}")))?;
         if !(1..=1000).contains(&request.weight) {
             return Err(RegistryError::Invalid(format!(

@@ -425,6 +425,7 @@ impl Service {
                         ProxyError::PayloadTooLarge { limit: *limit }
                     }
                     RequestBodyError::Client(_) => ProxyError::BadRequest("request body aborted"),
+                    RequestBodyError::Timeout(t) => ProxyError::RequestTimeout(*t),
                 };
             }
             source = e.source();

@@ -192,13 +192,21 @@ impl AuthConfig {
     }
 
     /// Whether `path` is under one of the public prefixes (whole segments only: `/health`
-    /// covers `/health` and `/health/live`, not `/healthz`). Paths with dot segments never
-    /// count as public.
+    /// covers `/health` and `/health/live`, not `/healthz`). The gateway hands plugins the
+    /// canonical path (dot segments resolved, `%2F`, backslash and `..;` refused unless
+    /// `[server] escaped_slashes` says otherwise); whatever it lets through, a path that an
+    /// upstream could still resolve elsewhere (dot segments, `..;`, encoded or back slashes)
+    /// never counts as public.
     pub fn is_public(&self, path: &str) -> bool {
-        if path
-            .split('/')
-            .any(|s| s == "." || s == ".." || s.to_ascii_lowercase().contains("%2e"))
-        {
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+            return false;
+        }
+        if path.split('/').any(|s| {
+            let s = s.to_ascii_lowercase();
+            let before_params = s.split(';').next().unwrap_or("");
+            before_params == "." || before_params == ".." || s.contains("%2e")
+        }) {
             return false;
         }
         self.public_paths.iter().any(|prefix| {
@@ -537,6 +545,12 @@ mod tests {
         assert!(!c.is_public("/healthz"));
         assert!(!c.is_public("/health/../admin"));
         assert!(!c.is_public("/health/%2e%2e/admin"));
+        assert!(!c.is_public("/health/..;/admin"));
+        assert!(!c.is_public("/health/.;x/admin"));
+        assert!(!c.is_public("/health/..%2Fadmin"));
+        assert!(!c.is_public("/health/..%5cadmin"));
+        assert!(!c.is_public("/health/..\\admin"));
+        assert!(c.is_public("/health/a;b"));
         assert!(c.is_public("/static/app.js"));
         assert!(!c.is_public("/static"));
         assert!(!c.is_public("/"));
