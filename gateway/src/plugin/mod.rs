@@ -818,12 +818,13 @@ fn plugin_files(dir: &Path) -> std::io::Result<BTreeMap<String, Result<PathBuf, 
         if path.extension().is_some_and(|e| e == "wasm")
             && let Some(name) = path.file_stem().and_then(|s| s.to_str())
         {
+            let name = name.to_owned();
             // `file_type` does not follow symbolic links.
             let file = match sandbox::refuse_non_regular(entry.file_type()?) {
                 Some(why) => Err(format!("{} {why}", path.display())),
                 None => Ok(path),
             };
-            files.insert(name.to_owned(), file);
+            files.insert(name, file);
         }
     }
     Ok(files)
