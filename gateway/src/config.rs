@@ -939,14 +939,14 @@ impl Config {
                  set `[plugins.override.auth] on_failure = \"fail-closed\"`"
             ));
         }
-        let patches = self
-            .plugins
-            .overrides
-            .iter()
-            .filter_map(|(name, o)| Some((format!("plugins.override.{name}"), o.kv_read.as_ref()?)));
-        for (table, patterns) in
-            std::iter::once(("plugins.defaults".to_owned(), &self.plugins.defaults.kv_read))
-                .chain(patches)
+        let patches = self.plugins.overrides.iter().filter_map(|(name, o)| {
+            Some((format!("plugins.override.{name}"), o.kv_read.as_ref()?))
+        });
+        for (table, patterns) in std::iter::once((
+            "plugins.defaults".to_owned(),
+            &self.plugins.defaults.kv_read,
+        ))
+        .chain(patches)
         {
             for pattern in patterns {
                 if let Err(why) = crate::plugin::sandbox::check_kv_pattern(pattern) {

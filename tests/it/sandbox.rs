@@ -39,8 +39,7 @@ async fn a_plugin_spinning_to_its_cpu_deadline_does_not_stall_its_worker() {
                     let (status, _, body) = get(addr, "/p/loop").await;
                     assert_eq!(status.as_u16(), 500, "{body}");
                     assert_eq!(
-                        body,
-                        "plugin testbed failed: used more than its CPU time limit (300ms)\n",
+                        body, "plugin testbed failed: used more than its CPU time limit (300ms)\n",
                         "the CPU deadline still traps"
                     );
                     calls += 1;
@@ -166,7 +165,10 @@ async fn headers_a_plugin_adds_are_capped_in_count_and_bytes() {
     assert_eq!(get(gw.listen_addr, "/p/many?3").await.0, 200);
     let (status, _, body) = get(gw.listen_addr, "/p/many?4").await;
     assert_eq!(status.as_u16(), 500, "{body}");
-    assert!(body.contains("exceed max_added_header_bytes (40)"), "{body}");
+    assert!(
+        body.contains("exceed max_added_header_bytes (40)"),
+        "{body}"
+    );
     gw.shutdown().await;
 }
 
@@ -183,7 +185,11 @@ async fn kv_keys_are_readable_only_by_their_owner_and_by_grants() {
     assert_eq!(send(gw.admin_addr, put("auth/keys", "secret")).await.0, 200);
     assert_eq!(send(gw.admin_addr, put("testbed/mine", "ok")).await.0, 200);
     get(gw.listen_addr, "/p/kv?auth/keys").await;
-    assert_eq!(up.last().headers["x-kv"], "none", "auth's secret stays with auth");
+    assert_eq!(
+        up.last().headers["x-kv"],
+        "none",
+        "auth's secret stays with auth"
+    );
     get(gw.listen_addr, "/p/kv?testbed/mine").await;
     assert_eq!(up.last().headers["x-kv"], "ok@2", "its own keys");
     gw.shutdown().await;
@@ -204,7 +210,8 @@ async fn outbound_http_checks_the_resolved_address_and_keeps_host() {
 
     // A name (any port) that resolves to loopback: refused.
     let dir = plugin_dir(None);
-    let by_name = gateway_with_testbed(dir.path(), up.addr, "allowed_hosts = [\"localhost\"]").await;
+    let by_name =
+        gateway_with_testbed(dir.path(), up.addr, "allowed_hosts = [\"localhost\"]").await;
     get(
         by_name.listen_addr,
         &format!("/p/fetch?http://localhost:{port}/"),
@@ -223,7 +230,10 @@ async fn outbound_http_checks_the_resolved_address_and_keeps_host() {
     let admin = gateway_with_testbed(dir.path(), up.addr, "allowed_hosts = [\"127.0.0.1\"]").await;
     get(
         admin.listen_addr,
-        &format!("/p/fetch?http://127.0.0.1:{}/healthz", admin.admin_addr.port()),
+        &format!(
+            "/p/fetch?http://127.0.0.1:{}/healthz",
+            admin.admin_addr.port()
+        ),
     )
     .await;
     let fetch = up.last().headers["x-fetch"].to_str().unwrap().to_owned();
@@ -253,7 +263,11 @@ async fn outbound_http_checks_the_resolved_address_and_keeps_host() {
         fetch.starts_with("invalid: header `host` is managed by the gateway"),
         "{fetch}"
     );
-    assert_eq!(target.hits(), 1, "the request with a plugin-set Host was not sent");
+    assert_eq!(
+        target.hits(),
+        1,
+        "the request with a plugin-set Host was not sent"
+    );
     pinned.shutdown().await;
 }
 
@@ -346,14 +360,19 @@ async fn links_and_non_regular_files_in_the_plugin_directory_are_refused() {
 
     let (status, _, body) = send(
         gw.admin_addr,
-        Request::post("/admin/plugins/reload").body(full("")).unwrap(),
+        Request::post("/admin/plugins/reload")
+            .body(full(""))
+            .unwrap(),
     )
     .await;
     assert_eq!(status.as_u16(), 422, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let failed = &report["failed"];
     assert!(
-        failed["testbed"].as_str().unwrap().contains("symbolic link"),
+        failed["testbed"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
         "{body}"
     );
     assert!(
@@ -413,6 +432,9 @@ async fn trap_text_is_logged_not_sent_to_the_client() {
         body,
         "plugin testbed failed: trapped (details in the gateway log)\n"
     );
-    assert!(!body.contains("asked to trap") && !body.contains("wasm"), "{body}");
+    assert!(
+        !body.contains("asked to trap") && !body.contains("wasm"),
+        "{body}"
+    );
     gw.shutdown().await;
 }

@@ -233,7 +233,11 @@ impl HostState {
 
     /// Checks a header a plugin sets or appends: a valid name and value, not one the
     /// gateway manages, within the call's caps.
-    fn admit_header(&mut self, name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    fn admit_header(
+        &mut self,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(HeaderName, HeaderValue), String> {
         let (name, value) = parse_header(name, value)?;
         check_plugin_header(&name)?;
         self.added_headers
@@ -978,7 +982,10 @@ async fn resolve_checked(
 ) -> Result<SocketAddr, outbound::Error> {
     use outbound::Error;
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let pinned = plugin.settings.allowed_hosts.iter().any(|a| {
         a.eq_ignore_ascii_case(authority.as_str())
             && a.parse::<http::uri::Authority>()

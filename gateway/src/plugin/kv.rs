@@ -358,6 +358,9 @@ mod tests {
         assert!(kv3.put("after", Bytes::from_static(b"2")).is_err());
         assert_eq!(kv3.get("after"), None, "a failed write is not applied");
         assert!(kv3.delete("before").is_err());
-        assert!(kv3.get("before").is_some(), "a failed delete is not applied");
+        assert!(
+            kv3.get("before").is_some(),
+            "a failed delete is not applied"
+        );
     }
 }

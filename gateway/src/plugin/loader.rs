@@ -71,7 +71,9 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
         return Err(LoadError::Read(format!("{} {why}", path.display())));
     }
     let mut file = std::fs::File::open(path).map_err(|e| LoadError::Read(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| LoadError::Read(e.to_string()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| LoadError::Read(e.to_string()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

@@ -513,17 +513,19 @@ impl PluginRuntime {
                     ran.push(plugin.clone());
                     continue;
                 }
-                Ok(types::Action::Respond(answer)) => match plugin_response(answer, &plugin.shared.settings) {
-                    Ok(response) => {
-                        return RequestChain {
-                            request,
-                            response: Some(response),
-                            error: None,
-                            ran,
-                        };
+                Ok(types::Action::Respond(answer)) => {
+                    match plugin_response(answer, &plugin.shared.settings) {
+                        Ok(response) => {
+                            return RequestChain {
+                                request,
+                                response: Some(response),
+                                error: None,
+                                ran,
+                            };
+                        }
+                        Err(reason) => PluginFailure::Error(reason),
                     }
-                    Err(reason) => PluginFailure::Error(reason),
-                },
+                }
                 Err(failure) => failure,
             };
             match plugin.shared.settings.on_failure {

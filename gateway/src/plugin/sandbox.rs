@@ -78,10 +78,12 @@ pub fn kv_readable(plugin: &str, key: &str, kv_read: &[String]) -> bool {
     let own = key
         .strip_prefix(plugin)
         .is_some_and(|rest| rest.starts_with('/'));
-    own || kv_read.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => key.starts_with(prefix),
-        None => key == pattern,
-    })
+    own || kv_read
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == pattern,
+        })
 }
 
 /// A problem with a `kv_read` pattern (a `*` anywhere but at the end), if any.
@@ -172,8 +174,8 @@ pub fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
             .create(dir)
             .map_err(|e| format!("plugins.cache_dir: cannot create {}: {e}", dir.display()))?;
     }
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| format!("plugins.cache_dir: {}: {e}", dir.display()))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| format!("plugins.cache_dir: {}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!(
             "plugins.cache_dir: {} is not a directory",
