@@ -333,8 +333,18 @@ pub struct PluginSettings {
     /// body answers 413, a larger response body 502.
     pub max_body_bytes: usize,
     /// `allowed_hosts = ["auth.internal:8080"]`: hosts (`host` or `host:port`) the plugin may
-    /// reach with outbound HTTP. Empty = none.
+    /// reach with outbound HTTP. Empty = none. Loopback, link-local and unspecified
+    /// addresses, and the admin port, are reachable only through a `host:port` entry.
     pub allowed_hosts: Vec<String>,
+    /// `kv_read = ["shared/*"]`: kv keys the plugin may read besides its own `NAME/...`
+    /// keys: exact keys, or prefixes ending in `*`. Empty = only its own.
+    pub kv_read: Vec<String>,
+    /// `max_added_headers = 64`: headers one call may set or append (request, response or
+    /// `respond` answer); past it the call gets an error.
+    pub max_added_headers: usize,
+    /// `max_added_header_bytes = 16384`: bytes (names + values) of the headers one call may
+    /// set or append.
+    pub max_added_header_bytes: usize,
 }
 
 impl Default for PluginSettings {
@@ -353,6 +363,9 @@ impl Default for PluginSettings {
             response_body: false,
             max_body_bytes: 1024 * 1024,
             allowed_hosts: Vec::new(),
+            kv_read: Vec::new(),
+            max_added_headers: 64,
+            max_added_header_bytes: 16 * 1024,
         }
     }
 }
@@ -377,6 +390,9 @@ pub struct PluginSettingsPatch {
     response_body: Option<bool>,
     max_body_bytes: Option<usize>,
     allowed_hosts: Option<Vec<String>>,
+    kv_read: Option<Vec<String>>,
+    max_added_headers: Option<usize>,
+    max_added_header_bytes: Option<usize>,
 }
 
 impl PluginSettingsPatch {
@@ -397,7 +413,10 @@ impl PluginSettingsPatch {
             request_body,
             response_body,
             max_body_bytes,
-            allowed_hosts
+            allowed_hosts,
+            kv_read,
+            max_added_headers,
+            max_added_header_bytes
         );
     }
 }
@@ -962,6 +981,9 @@ impl Config {
                 format!("kv.prefix: `{}` must end with `/`", self.kv.prefix),
             );
         }
+        for message in self.plugin_policy_problems() {
+            err(None, message);
+        }
         if !self.resolver.prefix.starts_with('/') {
             err(
                 None,
@@ -1018,6 +1040,46 @@ impl Config {
 }
 
 impl Config {
+    /// Plugin settings that would weaken the sandbox: an authenticating plugin that fails
+    /// open (a failure would let the request through without identity), bad `kv_read`
+    /// patterns.
+    fn plugin_policy_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let auth_used = self.plugin.contains_key("auth")
+            || self.plugins.overrides.contains_key("auth")
+            || self
+                .routes
+                .iter()
+                .any(|r| r.plugins.iter().any(|p| p.get_ref() == "auth"));
+        if auth_used && self.plugins.settings_for("auth").on_failure == FailurePolicy::FailOpen {
+            let key = match self.plugins.overrides.get("auth") {
+                Some(o) if o.on_failure.is_some() => "plugins.override.auth.on_failure",
+                _ => "plugins.defaults.on_failure",
+            };
+            problems.push(format!(
+                "{key}: the auth plugin authenticates requests and must be fail-closed \
+                 (a fail-open auth would let a request through unauthenticated); \
+                 set `[plugins.override.auth] on_failure = \"fail-closed\"`"
+            ));
+        }
+        let patches = self.plugins.overrides.iter().filter_map(|(name, o)| {
+            Some((format!("plugins.override.{name}"), o.kv_read.as_ref()?))
+        });
+        for (table, patterns) in std::iter::once((
+            "plugins.defaults".to_owned(),
+            &self.plugins.defaults.kv_read,
+        ))
+        .chain(patches)
+        {
+            for pattern in patterns {
+                if let Err(why) = crate::plugin::sandbox::check_kv_pattern(pattern) {
+                    problems.push(format!("{table}.kv_read: {why}"));
+                }
+            }
+        }
+        problems
+    }
+
     fn validate_service(
         &self,
         name: &str,

@@ -165,6 +165,8 @@ impl Gateway {
             .await
             .with_context(|| format!("server.admin: cannot bind {}", config.server.admin))?;
         let admin_addr = admin_listener.local_addr()?;
+        // Plugins' outbound HTTP refuses the admin port (unless pinned in allowed_hosts).
+        proxy.plugins.set_admin_addr(admin_addr);
         control_tasks.push(serve_axum(
             admin_listener,
             admin::router(proxy.clone())

@@ -16,6 +16,7 @@ mod otlp;
 mod plugins;
 mod proxy;
 mod reload;
+mod sandbox;
 mod scaffold;
 pub mod services;
 mod shutdown;

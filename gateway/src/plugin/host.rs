@@ -18,6 +18,7 @@ use super::bindings::{host, kv, outbound, state, types};
 use super::kv::KvStore;
 use super::loaded::MemoryLimiter;
 use super::log_stream::PluginLogStream;
+use super::sandbox::{AddedHeaders, OutboundGuard, check_plugin_header};
 use super::state::{SharedState, StateError};
 use crate::config::PluginSettings;
 use crate::metrics::RouteName;
@@ -40,6 +41,8 @@ pub struct PluginShared {
     pub metrics: Arc<super::metrics::PluginMetrics>,
     /// Client for outbound HTTP.
     pub outbound: OutboundClient,
+    /// The address checks of outbound HTTP (shared by every plugin).
+    pub outbound_guard: Arc<OutboundGuard>,
 }
 
 /// The pooled client used for plugins' outbound HTTP.
@@ -181,6 +184,13 @@ pub struct HostState {
     request: Option<Box<RequestState>>,
     /// The response head the current `on-response` call serves.
     response: Option<Box<ResponseState>>,
+    /// Headers the current call set or appended, against the plugin's caps.
+    pub added_headers: AddedHeaders,
+    /// Time (ns) the current call spent yielded to the event loop at its CPU-deadline
+    /// checks; the CPU deadline excludes it. Shared with the yield future that measures it.
+    pub yielded_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether a refused kv read was already logged at warn level by this instance.
+    kv_denied_logged: bool,
 }
 
 /// The representation of the guest's borrow of the current request (there is only one).
@@ -216,13 +226,32 @@ impl HostState {
             call_started: Instant::now(),
             request: None,
             response: None,
+            added_headers: AddedHeaders::default(),
+            yielded_ns: Arc::default(),
+            kv_denied_logged: false,
         }
     }
 
     /// Hands the request to this store for the duration of a call; the guest's borrow of it.
     pub fn lend_request(&mut self, r: Box<RequestState>) -> Resource<RequestState> {
         self.request = Some(r);
+        // Every call (on-request, on-response) starts with its own header allowance.
+        self.added_headers = AddedHeaders::default();
         Resource::new_borrow(REQUEST_REP)
+    }
+
+    /// Checks a header a plugin sets or appends: a valid name and value, not one the
+    /// gateway manages, within the call's caps.
+    fn admit_header(
+        &mut self,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(HeaderName, HeaderValue), String> {
+        let (name, value) = parse_header(name, value)?;
+        check_plugin_header(&name)?;
+        self.added_headers
+            .admit(&name, value.len(), &self.plugin.settings)?;
+        Ok((name, value))
     }
 
     /// Takes the request back after a call.
@@ -379,19 +408,12 @@ fn parse_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), S
     Ok((name, value))
 }
 
-fn set_header(
-    headers: &mut HeaderMap,
-    name: &str,
-    value: &[u8],
-    append: bool,
-) -> Result<(), String> {
-    let (name, value) = parse_header(name, value)?;
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue, append: bool) {
     if append {
         headers.append(name, value);
     } else {
         headers.insert(name, value);
     }
-    Ok(())
 }
 
 fn remove_header(headers: &mut HeaderMap, name: &str) -> bool {
@@ -510,12 +532,12 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(
-            &mut self.request(&r)?.parts.headers,
-            &name,
-            &value,
-            false,
-        ))
+        let (name, value) = match self.admit_header(&name, &value) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(e)),
+        };
+        set_header(&mut self.request(&r)?.parts.headers, name, value, false);
+        Ok(Ok(()))
     }
 
     fn append_header(
@@ -524,12 +546,12 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(
-            &mut self.request(&r)?.parts.headers,
-            &name,
-            &value,
-            true,
-        ))
+        let (name, value) = match self.admit_header(&name, &value) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(e)),
+        };
+        set_header(&mut self.request(&r)?.parts.headers, name, value, true);
+        Ok(Ok(()))
     }
 
     fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
@@ -647,12 +669,12 @@ impl types::HostResponseHead for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(
-            &mut self.response(&r)?.parts.headers,
-            &name,
-            &value,
-            false,
-        ))
+        let (name, value) = match self.admit_header(&name, &value) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(e)),
+        };
+        set_header(&mut self.response(&r)?.parts.headers, name, value, false);
+        Ok(Ok(()))
     }
 
     fn append_header(
@@ -661,12 +683,12 @@ impl types::HostResponseHead for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(
-            &mut self.response(&r)?.parts.headers,
-            &name,
-            &value,
-            true,
-        ))
+        let (name, value) = match self.admit_header(&name, &value) {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(e)),
+        };
+        set_header(&mut self.response(&r)?.parts.headers, name, value, true);
+        Ok(Ok(()))
     }
 
     fn remove_header(
@@ -866,6 +888,17 @@ impl state::Host for HostState {
 
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<kv::Entry>> {
+        let plugin = &self.plugin;
+        if !super::sandbox::kv_readable(&plugin.name, &key, &plugin.settings.kv_read) {
+            // Read as absent: a plugin cannot tell a secret it may not read from no secret.
+            let why = "not its own (NAME/...) and not granted by kv_read";
+            if std::mem::replace(&mut self.kv_denied_logged, true) {
+                tracing::debug!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+            } else {
+                tracing::warn!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+            }
+            return Ok(None);
+        }
         Ok(self.plugin.kv.get(&key).map(|(value, version)| kv::Entry {
             value: value.to_vec(),
             version,
@@ -911,10 +944,26 @@ async fn send_outbound(
     }
     let method = Method::from_bytes(request.method.as_bytes())
         .map_err(|_| Error::InvalidRequest(format!("invalid method `{}`", request.method)))?;
-    let mut builder = http::Request::builder().method(method).uri(uri);
+    let mut headers = HeaderMap::new();
     for h in &request.headers {
         let (name, value) = parse_header(&h.name, &h.value).map_err(Error::InvalidRequest)?;
-        builder = builder.header(name, value);
+        check_plugin_header(&name).map_err(Error::InvalidRequest)?;
+        headers.append(name, value);
+    }
+    // The name is resolved here and the connection made to the address that was checked,
+    // so a name cannot resolve to an allowed address for the check and another for the
+    // connection (DNS rebinding). The upstream still sees the name in `Host`.
+    let target = resolve_checked(plugin, authority).await?;
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| Error::InvalidRequest(format!("invalid host `{authority}`")))?;
+    headers.insert(http::header::HOST, host);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("http://{target}{path}")
+        .parse()
+        .map_err(|_| Error::InvalidRequest(format!("invalid URL `{}`", request.url)))?;
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
     }
     let req = builder
         .body(Full::new(Bytes::from(request.body)))
@@ -945,6 +994,43 @@ async fn send_outbound(
     tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| Error::Timeout)?
+}
+
+/// Resolves the authority and picks an address outbound HTTP may reach: loopback,
+/// link-local, unspecified addresses and the admin port only when an `allowed_hosts` entry
+/// names this exact `host:port`.
+async fn resolve_checked(
+    plugin: &PluginShared,
+    authority: &http::uri::Authority,
+) -> Result<SocketAddr, outbound::Error> {
+    use outbound::Error;
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let pinned = plugin.settings.allowed_hosts.iter().any(|a| {
+        a.eq_ignore_ascii_case(authority.as_str())
+            && a.parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.port().is_some())
+    });
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Error::Transport(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut refused = None;
+    for addr in addrs {
+        match plugin.outbound_guard.restricted(addr) {
+            Some(why) if !pinned => refused = Some((addr, why)),
+            _ => return Ok(addr),
+        }
+    }
+    Err(match refused {
+        Some((addr, why)) => Error::NotAllowed(format!(
+            "{authority} resolves to {addr}, {why}: reachable only through an allowed_hosts entry naming `host:port` exactly"
+        )),
+        None => Error::Transport(format!("{host} resolves to no address")),
+    })
 }
 
 /// `allowed_hosts` entries are `host` (any port) or `host:port`.

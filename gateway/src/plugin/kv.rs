@@ -126,6 +126,14 @@ impl KvStore {
     pub fn open(file: &Path) -> Result<Self, KvError> {
         let mut entries = BTreeMap::new();
         let mut max_version = 0;
+        // The file holds secrets (JWT keys): never read or replace it through a link that
+        // could point at a file someone else controls.
+        if std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(KvError::Corrupt {
+                path: file.to_owned(),
+                message: "is a symbolic link; kv.file must be a regular file".into(),
+            });
+        }
         match std::fs::read(file) {
             Ok(bytes) => {
                 let stored: BTreeMap<String, StoredValue> = serde_json::from_slice(&bytes)
@@ -204,23 +212,38 @@ impl KvStore {
             .collect()
     }
 
-    /// Sets a value; returns its new version.
+    /// Sets a value; returns its new version. The value is on disk (with `kv.file`) before
+    /// plugins can read it: a write that cannot be saved changes nothing.
     pub fn put(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         let mut entries = self.entries.write().expect("kv lock");
-        entries.insert(key.to_owned(), (value, version));
-        self.persist(&entries)?;
+        if self.file.is_some() {
+            // Values are `Bytes`: the copy shares them.
+            let mut next = entries.clone();
+            next.insert(key.to_owned(), (value, version));
+            self.persist(&next)?;
+            *entries = next;
+        } else {
+            entries.insert(key.to_owned(), (value, version));
+        }
         Ok(version)
     }
 
-    /// Removes a key; whether it existed.
+    /// Removes a key; whether it existed. Persisted before it is applied, as [`Self::put`].
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
         let mut entries = self.entries.write().expect("kv lock");
-        let existed = entries.remove(key).is_some();
-        if existed {
-            self.persist(&entries)?;
+        if !entries.contains_key(key) {
+            return Ok(false);
         }
-        Ok(existed)
+        if self.file.is_some() {
+            let mut next = entries.clone();
+            next.remove(key);
+            self.persist(&next)?;
+            *entries = next;
+        } else {
+            entries.remove(key);
+        }
+        Ok(true)
     }
 
     fn persist(&self, entries: &BTreeMap<String, (Bytes, u64)>) -> Result<(), KvError> {
@@ -244,15 +267,35 @@ impl KvStore {
             })
             .collect();
         let json = serde_json::to_vec_pretty(&stored).expect("kv entries serialize");
-        // Write then rename, so a crash never leaves a half-written file.
-        let tmp = path.with_extension("tmp");
         let io = |source| KvError::File {
             path: path.clone(),
             source,
         };
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_private_file(path, &json).map_err(io)
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never a
+/// half-written one, and only the gateway's user can read it: a fresh temp file beside it
+/// (mode 0600, created exclusively under a random name, so no planted link is followed),
+/// written and fsynced, then renamed over `path` (a rename replaces a link at `path` rather
+/// than writing through it), then the directory fsynced so the rename survives a crash.
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sluice-kv-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -279,6 +322,45 @@ mod tests {
         assert!(
             again.put("x", Bytes::new()).unwrap() > v2,
             "versions keep growing after a restart"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_private_never_followed_and_written_before_applied() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kv.json");
+        let kv = KvStore::open(&file).unwrap();
+        kv.put("auth/keys", Bytes::from_static(b"secret")).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "kv file mode {mode:o}");
+
+        // A link planted at the file's place is refused at open...
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, "{}").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = KvStore::open(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // ...and one planted after open is replaced, not written through.
+        let kv2 = KvStore::open(&dir.path().join("later.json")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("later.json")).unwrap();
+        kv2.put("k", Bytes::from_static(b"v")).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "{}");
+
+        // A write that cannot be saved is not applied (its directory is gone).
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let kv3 = KvStore::open(&sub.join("kv.json")).unwrap();
+        kv3.put("before", Bytes::from_static(b"1")).unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        assert!(kv3.put("after", Bytes::from_static(b"2")).is_err());
+        assert_eq!(kv3.get("after"), None, "a failed write is not applied");
+        assert!(kv3.delete("before").is_err());
+        assert!(
+            kv3.get("before").is_some(),
+            "a failed delete is not applied"
         );
     }
 }

@@ -509,19 +509,42 @@ fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration) {
     let data = store.data_mut();
     data.host_time = Duration::ZERO;
     data.call_started = Instant::now();
-    store.set_epoch_deadline(ticks(cpu_timeout));
+    data.yielded_ns.store(0, Ordering::Relaxed);
+    store.set_epoch_deadline(ticks(cpu_timeout).min(YIELD_EVERY_TICKS));
 }
 
-/// Installs, once per store, what happens when a call reaches its epoch deadline: the CPU
-/// deadline counts only time in wasm, so time spent in async host calls is given back.
+/// A call still running after this many epoch ticks yields to its worker's event loop, then
+/// goes on: a plugin spinning until its CPU deadline must not stall the other requests of
+/// the worker (each worker is a single-threaded event loop).
+const YIELD_EVERY_TICKS: u64 = 1;
+
+/// Installs, once per store, what happens when a call reaches its epoch deadline: past the
+/// CPU deadline it traps; before, it yields to the event loop and goes on. The CPU deadline
+/// counts only time in wasm: time in async host calls and time spent yielded are given back.
 fn arm_cpu_deadline(store: &mut Store<HostState>, cpu_timeout: Duration) {
     store.epoch_deadline_callback(move |ctx| {
         let data = ctx.data();
-        let cpu = data.call_started.elapsed().saturating_sub(data.host_time);
+        let yielded = Duration::from_nanos(data.yielded_ns.load(Ordering::Relaxed));
+        let cpu = data
+            .call_started
+            .elapsed()
+            .saturating_sub(data.host_time)
+            .saturating_sub(yielded);
         if cpu >= cpu_timeout {
             return Ok(UpdateDeadline::Interrupt);
         }
-        Ok(UpdateDeadline::Continue(ticks(cpu_timeout - cpu)))
+        let next = ticks(cpu_timeout - cpu).min(YIELD_EVERY_TICKS);
+        let yielded_ns = data.yielded_ns.clone();
+        // tokio's yield_now lets the worker poll its I/O driver before the call resumes, so
+        // requests waiting on sockets get their turn.
+        Ok(UpdateDeadline::YieldCustom(
+            next,
+            Box::pin(async move {
+                let started = Instant::now();
+                tokio::task::yield_now().await;
+                yielded_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }),
+        ))
     });
 }
 

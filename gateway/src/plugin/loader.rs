@@ -61,13 +61,35 @@ pub struct Compiled {
     pub exports: Vec<String>,
 }
 
-/// Reads a plugin file.
+/// Reads a plugin file: a regular file, not a symbolic link (checked on the path, then on
+/// the opened file, so a swap between the two is caught too).
 pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let meta = std::fs::metadata(path).map_err(|e| LoadError::Read(e.to_string()))?;
+    use std::io::Read as _;
+    let link = std::fs::symlink_metadata(path).map_err(|e| LoadError::Read(e.to_string()))?;
+    if let Some(why) = super::sandbox::refuse_non_regular(link.file_type()) {
+        return Err(LoadError::Read(format!("{} {why}", path.display())));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| LoadError::Read(e.to_string()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (meta.dev(), meta.ino()) != (link.dev(), link.ino()) {
+            return Err(LoadError::Read(format!(
+                "{} changed while being opened (replaced by a link?)",
+                path.display()
+            )));
+        }
+    }
     if meta.len() as usize > MAX_PLUGIN_BYTES {
         return Err(LoadError::TooLarge(meta.len() as usize));
     }
-    std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| LoadError::Read(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// Checks the header: `\0asm`, then the component layer.

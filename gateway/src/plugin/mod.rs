@@ -16,6 +16,7 @@ pub mod loaded;
 pub mod loader;
 pub mod log_stream;
 pub mod metrics;
+pub mod sandbox;
 pub mod state;
 pub mod watcher;
 
@@ -114,6 +115,11 @@ pub struct PluginRuntime {
     kv: Arc<KvStore>,
     metrics: Arc<PluginMetrics>,
     outbound: host::OutboundClient,
+    /// Address checks of outbound HTTP (knows the admin listener).
+    outbound_guard: Arc<sandbox::OutboundGuard>,
+    /// Headers `auth` forwards (`[plugin.auth] forward_claims`): client-sent copies are
+    /// removed before a chain with `auth` runs, so no failure of `auth` lets them through.
+    identity_headers: Vec<http::HeaderName>,
     settings: PluginsConfig,
     plugin_config: BTreeMap<String, toml::Table>,
     /// One reload at a time (watcher and admin API may both ask).
@@ -138,8 +144,16 @@ impl PluginRuntime {
     pub fn new(config: &Config, metrics: Arc<PluginMetrics>) -> anyhow::Result<Self> {
         let cache_dir = match &config.plugins.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => None,
-            Some(dir) => Some(dir.clone()),
-            None => engine::default_cache_dir(),
+            Some(dir) => {
+                sandbox::prepare_cache_dir(dir).map_err(|e| anyhow::anyhow!(e))?;
+                Some(dir.clone())
+            }
+            None => engine::default_cache_dir().filter(|dir| {
+                // The default location is the user's own: refused, it only costs compile time.
+                sandbox::prepare_cache_dir(dir)
+                    .map_err(|e| tracing::warn!("compiled-plugin cache disabled: {e}"))
+                    .is_ok()
+            }),
         };
         let max_memory = config
             .plugins
@@ -165,6 +179,8 @@ impl PluginRuntime {
             kv: Arc::new(kv),
             metrics,
             outbound: host::outbound_client(),
+            outbound_guard: Arc::new(sandbox::OutboundGuard::new(config.server.admin)),
+            identity_headers: identity_headers(config),
             settings: config.plugins.clone(),
             plugin_config: config.plugin.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -180,6 +196,11 @@ impl PluginRuntime {
                 .map(str::to_owned)
                 .collect(),
         })
+    }
+
+    /// Tells outbound HTTP checks where the admin listener is bound.
+    pub fn set_admin_addr(&self, addr: std::net::SocketAddr) {
+        self.outbound_guard.set_admin(addr);
     }
 
     /// The key-value store plugins read.
@@ -223,8 +244,17 @@ impl PluginRuntime {
                 report.failed.insert(name.to_owned(), e.to_string());
             }
         };
-        for (name, path) in &files {
-            record(name, self.load_file(name, path).await);
+        for (name, file) in &files {
+            match file {
+                Ok(path) => record(name, self.load_file(name, path).await),
+                Err(why) => {
+                    // Refused like a bad file: a version already serving keeps serving.
+                    let refused = Err(LoadError::Read(why.clone()));
+                    let path = dir_entry(self.settings.dir.as_deref(), name);
+                    self.note_result(name, &path, &refused);
+                    record(name, refused);
+                }
+            }
         }
         // Built-ins in use, unless a file of the same name overrides them.
         for name in &self.wanted_builtins {
@@ -396,6 +426,7 @@ impl PluginRuntime {
             kv: self.kv.clone(),
             metrics: self.metrics.clone(),
             outbound: self.outbound.clone(),
+            outbound_guard: self.outbound_guard.clone(),
         })
     }
 
@@ -446,6 +477,11 @@ impl PluginRuntime {
         chain: &[String],
         mut request: Box<RequestState>,
     ) -> RequestChain {
+        if !self.identity_headers.is_empty() && chain.iter().any(|n| n == "auth") {
+            for name in &self.identity_headers {
+                request.parts.headers.remove(name);
+            }
+        }
         let mut ran = Vec::with_capacity(chain.len());
         for name in chain {
             let Some(plugin) = set.get(name) else {
@@ -485,17 +521,19 @@ impl PluginRuntime {
                     ran.push(plugin.clone());
                     continue;
                 }
-                Ok(types::Action::Respond(answer)) => match plugin_response(answer) {
-                    Ok(response) => {
-                        return RequestChain {
-                            request,
-                            response: Some(response),
-                            error: None,
-                            ran,
-                        };
+                Ok(types::Action::Respond(answer)) => {
+                    match plugin_response(answer, &plugin.shared.settings) {
+                        Ok(response) => {
+                            return RequestChain {
+                                request,
+                                response: Some(response),
+                                error: None,
+                                ran,
+                            };
+                        }
+                        Err(reason) => PluginFailure::Error(reason),
                     }
-                    Err(reason) => PluginFailure::Error(reason),
-                },
+                }
                 Err(failure) => failure,
             };
             match plugin.shared.settings.on_failure {
@@ -708,6 +746,22 @@ fn fail(
 
 fn plugin_error(name: &str, failure: PluginFailure) -> ProxyError {
     match failure {
+        // Trap text (panic messages, wasm backtraces) may tell a client about the plugin's
+        // internals or data: it goes to the log only.
+        PluginFailure::Trap(text) => {
+            tracing::warn!(plugin = name, "plugin trapped: {text}");
+            ProxyError::PluginFailed {
+                plugin: name.to_owned(),
+                reason: "trapped (details in the gateway log)".into(),
+            }
+        }
+        PluginFailure::Instantiate(text) => {
+            tracing::warn!(plugin = name, "plugin instance could not start: {text}");
+            ProxyError::PluginFailed {
+                plugin: name.to_owned(),
+                reason: "could not start an instance (details in the gateway log)".into(),
+            }
+        }
         PluginFailure::Quarantined => ProxyError::PluginUnavailable {
             plugin: name.to_owned(),
             reason: failure.to_string(),
@@ -719,8 +773,13 @@ fn plugin_error(name: &str, failure: PluginFailure) -> ProxyError {
     }
 }
 
-/// A response a plugin made (`action.respond`), checked.
-fn plugin_response(answer: types::Response) -> Result<Response<ResponseBody>, String> {
+/// A response a plugin made (`action.respond`), checked: framing and hop-by-hop headers are
+/// the gateway's, and its headers count against the call's caps.
+fn plugin_response(
+    answer: types::Response,
+    settings: &crate::config::PluginSettings,
+) -> Result<Response<ResponseBody>, String> {
+    let mut added = sandbox::AddedHeaders::default();
     let status = StatusCode::from_u16(answer.status)
         .ok()
         .filter(|_| (100..=599).contains(&answer.status))
@@ -732,20 +791,54 @@ fn plugin_response(answer: types::Response) -> Result<Response<ResponseBody>, St
             .map_err(|_| format!("answered with invalid header name `{}`", h.name))?;
         let value = HeaderValue::from_bytes(&h.value)
             .map_err(|_| format!("answered with an invalid value for header `{}`", h.name))?;
+        sandbox::check_plugin_header(&name).map_err(|e| format!("answered with {e}"))?;
+        added
+            .admit(&name, value.len(), settings)
+            .map_err(|e| format!("answered with {e}"))?;
         response.headers_mut().append(name, value);
     }
     Ok(response)
 }
 
-/// `NAME → path` of every `*.wasm` in the directory.
-fn plugin_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+/// The path of `NAME.wasm` in the plugin directory.
+fn dir_entry(dir: Option<&Path>, name: &str) -> PathBuf {
+    dir.unwrap_or(Path::new(".")).join(format!("{name}.wasm"))
+}
+
+/// The headers the built-in `auth` forwards claims in (`[plugin.auth] forward_claims`).
+fn identity_headers(config: &Config) -> Vec<http::HeaderName> {
+    let Some(claims) = config
+        .plugin
+        .get("auth")
+        .and_then(|t| t.get("forward_claims"))
+        .and_then(toml::Value::as_table)
+    else {
+        return Vec::new();
+    };
+    claims
+        .values()
+        .filter_map(toml::Value::as_str)
+        .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect()
+}
+
+/// `NAME → path` of every `*.wasm` in the directory; a name that is not a regular file maps
+/// to the reason it is refused.
+fn plugin_files(dir: &Path) -> std::io::Result<BTreeMap<String, Result<PathBuf, String>>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         if path.extension().is_some_and(|e| e == "wasm")
             && let Some(name) = path.file_stem().and_then(|s| s.to_str())
         {
-            files.insert(name.to_owned(), path);
+            let name = name.to_owned();
+            // `file_type` does not follow symbolic links.
+            let file = match sandbox::refuse_non_regular(entry.file_type()?) {
+                Some(why) => Err(format!("{} {why}", path.display())),
+                None => Ok(path),
+            };
+            files.insert(name, file);
         }
     }
     Ok(files)
