@@ -1,7 +1,7 @@
 //! What keeps a plugin from hurting its neighbours, in one place: the headers the gateway
 //! keeps for itself, the cap on headers a call adds, who may read which kv keys, which
 //! addresses outbound HTTP may reach, and the checks on the plugin and cache directories.
-//! The threat model is in docs/security-plugins.md.
+//! The threat model is in docs/security.md ("Plugin author").
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
