@@ -494,7 +494,7 @@ async fn stalled_stream_clients(admin: SocketAddr, n: usize) -> Vec<tokio::net::
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(
             &mut s,
-            b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
         )
         .await
         .unwrap();
