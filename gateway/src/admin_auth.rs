@@ -56,9 +56,8 @@ impl AdminAuth {
         let token = match (&admin.token, &admin.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("admin.token_file: cannot read {}", path.display())
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
                 let token = text.trim().to_owned();
                 if token.len() < 16 {
                     bail!(
@@ -108,13 +107,14 @@ impl AdminAuth {
         self.token.is_some()
     }
 
-    fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Response> {
+    /// `Some(refusal)` when the request may not go on.
+    fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Response> {
         let access = access_of(method, path);
         let Some(token) = &self.token else {
             return self.check_browser(method, headers);
         };
         if access == Access::Open {
-            return Ok(());
+            return None;
         }
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -125,7 +125,10 @@ impl AdminAuth {
             })
             .map(|(_, t)| digest(t.trim()));
         let Some(presented) = presented else {
-            return Err(unauthorized("", "the admin API needs Authorization: Bearer TOKEN"));
+            return Some(unauthorized(
+                "",
+                "the admin API needs Authorization: Bearer TOKEN",
+            ));
         };
         // Constant time: compare digests with `subtle`, so neither the token's bytes nor its
         // length show in the timing.
@@ -135,9 +138,9 @@ impl AdminAuth {
                 .registration_token
                 .is_some_and(|t| bool::from(presented.ct_eq(&t)));
         if admin_ok || registration_ok {
-            Ok(())
+            None
         } else {
-            Err(unauthorized(
+            Some(unauthorized(
                 ", error=\"invalid_token\"",
                 "the admin token is wrong (or only allows registrations)",
             ))
@@ -145,18 +148,18 @@ impl AdminAuth {
     }
 
     /// Without a token: only loopback (or configured) Host names, and no cross-site writes.
-    fn check_browser(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
+    fn check_browser(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
         if let Some(host) = headers.get(header::HOST) {
             let host = host.to_str().unwrap_or("");
             if !self.host_allowed(host) {
-                return Err(forbidden(&format!(
+                return Some(forbidden(&format!(
                     "Host `{host}` is not a loopback name or one of [admin] hosts (DNS rebinding \
                      protection; set [admin] token to use other names)"
                 )));
             }
         }
         if method == Method::GET || method == Method::HEAD {
-            return Ok(());
+            return None;
         }
         let cross_site = headers
             .get("sec-fetch-site")
@@ -169,11 +172,11 @@ impl AdminAuth {
                 origin == "null" || !self.host_allowed(host)
             });
         if cross_site || foreign_origin {
-            return Err(forbidden(
+            return Some(forbidden(
                 "cross-site admin writes are refused (CSRF protection)",
             ));
         }
-        Ok(())
+        None
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -190,14 +193,10 @@ impl AdminAuth {
 }
 
 /// axum middleware applying [`AdminAuth`] to every admin request.
-pub async fn require(
-    State(auth): State<Arc<AdminAuth>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require(State(auth): State<Arc<AdminAuth>>, request: Request, next: Next) -> Response {
     match auth.check(request.method(), request.uri().path(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refusal,
+        None => next.run(request).await,
+        Some(refusal) => refusal,
     }
 }
 
@@ -234,7 +233,9 @@ fn digest(token: &str) -> [u8; 32] {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..=h.len()]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -279,19 +280,28 @@ mod tests {
 
     fn status(a: &AdminAuth, m: Method, path: &str, h: &[(&str, &str)]) -> u16 {
         match a.check(&m, path, &headers(h)) {
-            Ok(()) => 200,
-            Err(r) => r.status().as_u16(),
+            None => 200,
+            Some(r) => r.status().as_u16(),
         }
     }
 
     #[test]
     fn endpoints_are_classified_open_registration_or_admin() {
         assert_eq!(access_of(&Method::GET, "/metrics"), Access::Open);
-        assert_eq!(access_of(&Method::GET, "/registry/services/a"), Access::Open);
+        assert_eq!(
+            access_of(&Method::GET, "/registry/services/a"),
+            Access::Open
+        );
         assert_eq!(access_of(&Method::GET, "/admin/kv"), Access::Admin);
-        assert_eq!(access_of(&Method::GET, "/admin/kv/auth/keys"), Access::Admin);
+        assert_eq!(
+            access_of(&Method::GET, "/admin/kv/auth/keys"),
+            Access::Admin
+        );
         assert_eq!(access_of(&Method::POST, "/admin/routes"), Access::Admin);
-        assert_eq!(access_of(&Method::POST, "/admin/plugins/reload"), Access::Admin);
+        assert_eq!(
+            access_of(&Method::POST, "/admin/plugins/reload"),
+            Access::Admin
+        );
         assert_eq!(access_of(&Method::GET, "/admin/new-thing"), Access::Admin);
         assert_eq!(
             access_of(&Method::PUT, "/registry/services/a/instances/1"),
@@ -311,15 +321,43 @@ mod tests {
         let reg = bearer("reg-token-0123456789");
         assert_eq!(status(&a, Method::GET, "/metrics", &[]), 200);
         assert_eq!(status(&a, Method::GET, "/admin/kv/k", &[]), 401);
-        assert_eq!(status(&a, Method::GET, "/admin/kv/k", &[("authorization", "Bearer nope")]), 401);
-        assert_eq!(status(&a, Method::GET, "/admin/kv/k", &[("authorization", &admin)]), 200);
-        assert_eq!(status(&a, Method::GET, "/admin/kv/k", &[("authorization", &reg)]), 401);
+        assert_eq!(
+            status(
+                &a,
+                Method::GET,
+                "/admin/kv/k",
+                &[("authorization", "Bearer nope")]
+            ),
+            401
+        );
+        assert_eq!(
+            status(&a, Method::GET, "/admin/kv/k", &[("authorization", &admin)]),
+            200
+        );
+        assert_eq!(
+            status(&a, Method::GET, "/admin/kv/k", &[("authorization", &reg)]),
+            401
+        );
         let put = "/registry/services/a/instances/1";
-        assert_eq!(status(&a, Method::PUT, put, &[("authorization", &reg)]), 200);
-        assert_eq!(status(&a, Method::PUT, put, &[("authorization", &admin)]), 200);
+        assert_eq!(
+            status(&a, Method::PUT, put, &[("authorization", &reg)]),
+            200
+        );
+        assert_eq!(
+            status(&a, Method::PUT, put, &[("authorization", &admin)]),
+            200
+        );
         assert_eq!(status(&a, Method::PUT, put, &[]), 401);
         // Any Host is fine with a token.
-        assert_eq!(status(&a, Method::GET, "/admin/routes", &[("host", "evil.example")]), 200);
+        assert_eq!(
+            status(
+                &a,
+                Method::GET,
+                "/admin/routes",
+                &[("host", "evil.example")]
+            ),
+            200
+        );
     }
 
     #[test]
@@ -327,26 +365,69 @@ mod tests {
         let a = auth(None, None);
         let ok_host = [("host", "127.0.0.1:9901")];
         assert_eq!(status(&a, Method::GET, "/admin/kv", &ok_host), 200);
-        assert_eq!(status(&a, Method::GET, "/admin/kv", &[("host", "localhost:9901")]), 200);
-        assert_eq!(status(&a, Method::GET, "/admin/kv", &[("host", "[::1]:9901")]), 200);
-        assert_eq!(status(&a, Method::GET, "/admin/kv", &[("host", "gw.internal")]), 200);
-        assert_eq!(status(&a, Method::GET, "/admin/kv", &[("host", "rebind.evil.example:9901")]), 403);
+        assert_eq!(
+            status(&a, Method::GET, "/admin/kv", &[("host", "localhost:9901")]),
+            200
+        );
+        assert_eq!(
+            status(&a, Method::GET, "/admin/kv", &[("host", "[::1]:9901")]),
+            200
+        );
+        assert_eq!(
+            status(&a, Method::GET, "/admin/kv", &[("host", "gw.internal")]),
+            200
+        );
+        assert_eq!(
+            status(
+                &a,
+                Method::GET,
+                "/admin/kv",
+                &[("host", "rebind.evil.example:9901")]
+            ),
+            403
+        );
         let reload = "/admin/plugins/reload";
         assert_eq!(status(&a, Method::POST, reload, &ok_host), 200);
         assert_eq!(
-            status(&a, Method::POST, reload, &[("host", "127.0.0.1:9901"), ("origin", "https://evil.example")]),
+            status(
+                &a,
+                Method::POST,
+                reload,
+                &[
+                    ("host", "127.0.0.1:9901"),
+                    ("origin", "https://evil.example")
+                ]
+            ),
             403
         );
         assert_eq!(
-            status(&a, Method::POST, reload, &[("host", "127.0.0.1:9901"), ("origin", "null")]),
+            status(
+                &a,
+                Method::POST,
+                reload,
+                &[("host", "127.0.0.1:9901"), ("origin", "null")]
+            ),
             403
         );
         assert_eq!(
-            status(&a, Method::POST, reload, &[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]),
+            status(
+                &a,
+                Method::POST,
+                reload,
+                &[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]
+            ),
             403
         );
         assert_eq!(
-            status(&a, Method::POST, reload, &[("host", "127.0.0.1:9901"), ("origin", "http://127.0.0.1:9901")]),
+            status(
+                &a,
+                Method::POST,
+                reload,
+                &[
+                    ("host", "127.0.0.1:9901"),
+                    ("origin", "http://127.0.0.1:9901")
+                ]
+            ),
             200
         );
     }

@@ -65,7 +65,9 @@ impl RequestBody {
     /// Fails with [`RequestBodyError::Timeout`] when the body has not ended by `deadline`
     /// (`timeout` after the request head, for the message).
     pub fn read_deadline(mut self, deadline: tokio::time::Instant, timeout: Duration) -> Self {
-        if let RequestKind::Streaming { inner, deadline: d, .. } = &mut self.kind
+        if let RequestKind::Streaming {
+            inner, deadline: d, ..
+        } = &mut self.kind
             && !inner.is_end_stream()
         {
             *d = Some((Box::pin(tokio::time::sleep_until(deadline)), timeout));

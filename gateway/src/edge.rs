@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use http::Uri;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::Uri;
 
 use crate::config::{Cidr, ServerConfig};
 use crate::error::ProxyError;
@@ -83,8 +83,7 @@ pub fn canonical_request(
 /// The origin-form URI with its path made canonical, when that changes it.
 pub fn canonical_uri(uri: &Uri, policy: PathPolicy) -> Result<Option<Uri>, ProxyError> {
     let path = uri.path();
-    let canonical =
-        canonicalize(path, policy).map_err(|e| ProxyError::BadRequest(e.as_str()))?;
+    let canonical = canonicalize(path, policy).map_err(|e| ProxyError::BadRequest(e.as_str()))?;
     if canonical == path && uri.authority().is_none() {
         return Ok(None);
     }
@@ -92,8 +91,8 @@ pub fn canonical_uri(uri: &Uri, policy: PathPolicy) -> Result<Option<Uri>, Proxy
         Some(q) => format!("{canonical}?{q}"),
         None => canonical.into_owned(),
     };
-    let pq = PathAndQuery::try_from(pq)
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let pq =
+        PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     Ok(Some(Uri::from(pq)))
 }
 

@@ -68,7 +68,11 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     // Several X-Forwarded-For lines from a trusted proxy are one list (RFC 9110 §5.3).
     let mut joined: Vec<u8> = Vec::new();
     if trusted {
-        for line in prior.iter().map(HeaderValue::as_bytes).filter(|l| !l.is_empty()) {
+        for line in prior
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .filter(|l| !l.is_empty())
+        {
             if !joined.is_empty() {
                 joined.extend_from_slice(b", ");
             }

@@ -330,7 +330,10 @@ impl ConnState {
             let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
                 // The upstream and request timeouts govern a request in flight; a stalled
                 // write is noticed within a write timeout.
-                (now + write_timeout.min(limits.idle_timeout.as_nanos() as u64), "")
+                (
+                    now + write_timeout.min(limits.idle_timeout.as_nanos() as u64),
+                    "",
+                )
             } else {
                 match self.head_started.load(Ordering::Relaxed) {
                     0 => (

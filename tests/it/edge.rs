@@ -26,8 +26,7 @@ fn embedded_default(up: SocketAddr) -> String {
 /// One raw request (`Connection: close`) with the given target and extra header lines; the
 /// status answered.
 async fn raw_get(addr: SocketAddr, target: &str, extra: &str) -> u16 {
-    let request =
-        format!("GET {target} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n");
     raw_status(&raw(addr, request.as_bytes(), Duration::from_secs(5)).await)
 }
 
@@ -47,7 +46,11 @@ async fn the_embedded_default_cannot_be_talked_past_by_path_spelling() {
         "/demo/x/%2E%2E/private/",
         "//demo/private",
     ] {
-        assert_eq!(raw_get(gw.listen_addr, target, spoof).await, 401, "{target}");
+        assert_eq!(
+            raw_get(gw.listen_addr, target, spoof).await,
+            401,
+            "{target}"
+        );
     }
     // Spellings with no one meaning across upstreams are refused outright.
     for target in [
@@ -58,7 +61,11 @@ async fn the_embedded_default_cannot_be_talked_past_by_path_spelling() {
         "/demo/x\\..\\private/",
         "/demo/%zz",
     ] {
-        assert_eq!(raw_get(gw.listen_addr, target, spoof).await, 400, "{target}");
+        assert_eq!(
+            raw_get(gw.listen_addr, target, spoof).await,
+            400,
+            "{target}"
+        );
     }
     assert_eq!(up.hits(), 0, "nothing reached the upstream without auth");
 
@@ -87,7 +94,10 @@ async fn escaped_slashes_can_be_kept_or_decoded_by_config() {
         one_route(up.addr, "/")
     ))
     .await;
-    assert_eq!(raw_get(decode.listen_addr, "/a/b%2f..%2f..%5cc", "").await, 200);
+    assert_eq!(
+        raw_get(decode.listen_addr, "/a/b%2f..%2f..%5cc", "").await,
+        200
+    );
     assert_eq!(up.last().uri, "/c");
     decode.shutdown().await;
 }
@@ -156,7 +166,8 @@ service = "other"
         good.addr, other.addr
     ))
     .await;
-    let two = "GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let two =
+        "GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
     assert_eq!(
         raw_status(&raw(gw.listen_addr, two.as_bytes(), Duration::from_secs(5)).await),
         400
@@ -287,7 +298,11 @@ async fn connections_over_max_connections_are_closed_at_once() {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(3), third.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "closed at once, not held");
-    assert!(out.is_empty(), "no answer: {}", String::from_utf8_lossy(&out));
+    assert!(
+        out.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&out)
+    );
     // The two within the limit are served.
     first
         .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
@@ -376,7 +391,13 @@ async fn the_admin_token_guards_writes_and_secrets_but_not_health() {
     let auth = |v: &str| [("authorization", v.to_owned())];
 
     // Open reads.
-    for path in ["/healthz", "/metrics", "/admin/routes", "/admin/services", "/admin/plugins"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/admin/routes",
+        "/admin/services",
+        "/admin/plugins",
+    ] {
         assert_eq!(admin(at, "GET", path, &[], "").await.0, 200, "{path}");
     }
     // Secrets and writes need the admin token.
@@ -390,18 +411,40 @@ async fn the_admin_token_guards_writes_and_secrets_but_not_health() {
     );
     let wrong = "Bearer test-admin-token-0123456788";
     assert_eq!(
-        admin(at, "PUT", "/admin/kv/auth/keys", &[("authorization", wrong)], "mine").await.0,
+        admin(
+            at,
+            "PUT",
+            "/admin/kv/auth/keys",
+            &[("authorization", wrong)],
+            "mine"
+        )
+        .await
+        .0,
         401
     );
     let a = auth(&bearer);
     let a: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    assert_eq!(admin(at, "PUT", "/admin/kv/auth/keys", &a, "theirs").await.0, 200);
-    assert_eq!(admin(at, "GET", "/admin/kv/auth/keys", &[], "").await.0, 401);
+    assert_eq!(
+        admin(at, "PUT", "/admin/kv/auth/keys", &a, "theirs")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        admin(at, "GET", "/admin/kv/auth/keys", &[], "").await.0,
+        401
+    );
     assert_eq!(admin(at, "GET", "/admin/kv", &[], "").await.0, 401);
     let (status, _, value) = admin(at, "GET", "/admin/kv/auth/keys", &a, "").await;
     assert_eq!((status, value.as_str()), (200, "theirs"));
-    assert_eq!(admin(at, "POST", "/admin/plugins/reload", &[], "").await.0, 401);
-    assert_eq!(admin(at, "POST", "/admin/plugins/reload", &a, "").await.0, 200);
+    assert_eq!(
+        admin(at, "POST", "/admin/plugins/reload", &[], "").await.0,
+        401
+    );
+    assert_eq!(
+        admin(at, "POST", "/admin/plugins/reload", &a, "").await.0,
+        200
+    );
 
     // The registration token registers, and nothing else.
     let up = Upstream::named("up").await;
@@ -411,9 +454,17 @@ async fn the_admin_token_guards_writes_and_secrets_but_not_health() {
     let put = "/registry/services/users/instances/u1";
     assert_eq!(admin(at, "PUT", put, &[], &body).await.0, 401);
     assert_eq!(admin(at, "PUT", put, &r, &body).await.0, 200);
-    assert_eq!(admin(at, "GET", "/registry/services/users", &[], "").await.0, 200);
+    assert_eq!(
+        admin(at, "GET", "/registry/services/users", &[], "")
+            .await
+            .0,
+        200
+    );
     assert_eq!(admin(at, "GET", "/admin/kv/auth/keys", &r, "").await.0, 401);
-    assert_eq!(admin(at, "POST", "/admin/plugins/reload", &r, "").await.0, 401);
+    assert_eq!(
+        admin(at, "POST", "/admin/plugins/reload", &r, "").await.0,
+        401
+    );
     assert_eq!(admin(at, "DELETE", put, &r, "").await.0, 204);
     gw.shutdown().await;
 }
@@ -430,7 +481,10 @@ async fn a_public_admin_listener_without_a_token_is_refused_at_start() {
         "t.toml",
     )
     .unwrap();
-    let error = sluice::Gateway::start(config).await.unwrap_err().to_string();
+    let error = sluice::Gateway::start(config)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.starts_with("server.admin: 0.0.0.0:0"), "{error}");
     assert!(error.contains("no token"), "{error}");
     // With a token it would start (checked without binding a public address in a test).
@@ -450,7 +504,9 @@ async fn without_a_token_foreign_hosts_and_cross_site_writes_are_refused() {
     let gw = gateway("").await;
     let at = gw.admin_addr;
     let request = |host: &str, extra: &str| {
-        format!("POST /admin/plugins/reload HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        format!(
+            "POST /admin/plugins/reload HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
     };
     let status = |text: String| async move {
         raw_status(&raw(at, text.as_bytes(), Duration::from_secs(5)).await)
@@ -473,7 +529,14 @@ async fn registrations_are_checked_against_the_address_policy() {
     let at = gw.admin_addr;
     let register = |address: String| async move {
         let body = format!("{{\"address\": \"{address}\"}}");
-        admin(at, "PUT", "/registry/services/users/instances/u1", &[], &body).await
+        admin(
+            at,
+            "PUT",
+            "/registry/services/users/instances/u1",
+            &[],
+            &body,
+        )
+        .await
     };
     for bad in [
         "169.254.169.254:80".to_string(),

@@ -170,7 +170,10 @@ mod tests {
         assert!(p.check_authority("10.0.0.5:80").is_ok());
         assert!(p.check_authority("users.internal:80").is_ok());
         let e = p.check_authority("169.254.169.254:80").unwrap_err();
-        assert!(e.contains("link-local") && e.contains("allow_addresses"), "{e}");
+        assert!(
+            e.contains("link-local") && e.contains("allow_addresses"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -179,7 +182,10 @@ mod tests {
         assert!(p.check_authority("127.0.0.1:9001").is_err());
         assert!(p.check_authority("localhost:9001").is_err());
         assert!(p.check_authority("[::1]:9001").is_err());
-        assert!(p.check_authority("10.0.0.5:9901").is_err(), "own port on 0.0.0.0");
+        assert!(
+            p.check_authority("10.0.0.5:9901").is_err(),
+            "own port on 0.0.0.0"
+        );
         assert!(p.check_authority("10.0.0.5:80").is_ok());
     }
 
