@@ -9,12 +9,14 @@
 pub mod bindings;
 pub mod builtin;
 pub mod engine;
+pub mod extra;
 pub mod host;
 pub mod kv;
 pub mod loaded;
 pub mod loader;
 pub mod log_stream;
 pub mod metrics;
+mod reconfigure;
 pub mod state;
 pub mod watcher;
 
@@ -111,15 +113,14 @@ pub struct PluginRuntime {
     kv: Arc<KvStore>,
     metrics: Arc<PluginMetrics>,
     outbound: host::OutboundClient,
+    /// Per-node settings (`dir`, `watch`, `cache_dir`).
     settings: PluginsConfig,
-    plugin_config: BTreeMap<String, toml::Table>,
+    /// Settings a cluster configuration may replace at run time (`reconfigure`).
+    live: ArcSwap<reconfigure::Live>,
     /// One reload at a time (watcher and admin API may both ask).
     reload_lock: tokio::sync::Mutex<()>,
     /// The epoch ticker starts before the first plugin code runs.
     ticker: std::sync::Once,
-    /// Built-in plugins the config uses (named on a route or configured under
-    /// `[plugin.NAME]`); the others are not loaded.
-    wanted_builtins: Vec<String>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -162,19 +163,9 @@ impl PluginRuntime {
             metrics,
             outbound: host::outbound_client(),
             settings: config.plugins.clone(),
-            plugin_config: config.plugin.clone(),
+            live: ArcSwap::from_pointee(reconfigure::Live::from_config(config)),
             reload_lock: tokio::sync::Mutex::new(()),
             ticker: std::sync::Once::new(),
-            wanted_builtins: builtin::names()
-                .filter(|name| {
-                    config.plugin.contains_key(*name)
-                        || config
-                            .routes
-                            .iter()
-                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
-                })
-                .map(str::to_owned)
-                .collect(),
         })
     }
 
@@ -198,8 +189,9 @@ impl PluginRuntime {
     /// never replaces a working version.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reload_lock.lock().await;
+        let live = self.live.load_full();
         let mut report = ReloadReport::default();
-        let files = match &self.settings.dir {
+        let mut files = match &self.settings.dir {
             None => BTreeMap::new(),
             Some(dir) => match plugin_files(dir) {
                 Ok(f) => f,
@@ -212,6 +204,7 @@ impl PluginRuntime {
                 }
             },
         };
+        extra::add_files(&mut files, &self.settings.files);
         let mut record = |name: &str, result: Result<bool, LoadError>| match result {
             Ok(true) => report.loaded.push(name.to_owned()),
             Ok(false) => report.unchanged.push(name.to_owned()),
@@ -223,7 +216,7 @@ impl PluginRuntime {
             record(name, self.load_file(name, path).await);
         }
         // Built-ins in use, unless a file of the same name overrides them.
-        for name in &self.wanted_builtins {
+        for name in &live.wanted_builtins {
             if !files.contains_key(name) {
                 record(name, self.load_builtin(name).await);
             }
@@ -232,7 +225,7 @@ impl PluginRuntime {
         for (name, plugin) in &current.plugins {
             let file_gone =
                 matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name);
-            if file_gone && !self.wanted_builtins.iter().any(|b| b == &**name) {
+            if file_gone && !live.wanted_builtins.iter().any(|b| b == &**name) {
                 self.unload(name);
                 report.unloaded.push(name.to_string());
             }
@@ -322,6 +315,7 @@ impl PluginRuntime {
             if same_kind
                 && active.digest == loader::digest(&bytes)
                 && active.config_json == config_json
+                && active.shared.settings == self.live.load().plugins.settings_for(name)
             {
                 return Ok(false);
             }
@@ -383,7 +377,7 @@ impl PluginRuntime {
         let state = self.shared_state(name);
         Arc::new(PluginShared {
             name: Arc::from(name),
-            settings: self.settings.settings_for(name),
+            settings: self.live.load().plugins.settings_for(name),
             state,
             kv: self.kv.clone(),
             metrics: self.metrics.clone(),
@@ -393,7 +387,13 @@ impl PluginRuntime {
 
     /// `[plugin.NAME]` from the main config, with `NAME.toml` beside the file on top.
     fn config_json(&self, name: &str, wasm: Option<&Path>) -> Result<String, LoadError> {
-        let mut table = self.plugin_config.get(name).cloned().unwrap_or_default();
+        let mut table = self
+            .live
+            .load()
+            .plugin
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
         let Some(wasm) = wasm else {
             return Ok(serde_json::to_string(&table).expect("TOML values serialize to JSON"));
         };
@@ -450,7 +450,7 @@ impl PluginRuntime {
                 request
                     .trace
                     .call_finished(timer, &name, "on_request", "not_loaded");
-                match self.settings.settings_for(&name).on_failure {
+                match self.live.load().plugins.settings_for(&name).on_failure {
                     FailurePolicy::FailClosed => return fail(request, error, ran),
                     FailurePolicy::FailOpen => {
                         self.metrics
