@@ -401,3 +401,53 @@ async fn a_new_configuration_replaces_routes_services_and_resolver_at_once() {
     assert_eq!(get(gw.listen_addr, "/svc/greeter/hi").await.2, "one");
     gw.shutdown().await;
 }
+
+/// A new `[plugin.NAME]` rebuilds the plugin and swaps it in; one its `init` refuses is
+/// reported and the running version keeps serving.
+#[tokio::test]
+async fn a_new_configuration_rebuilds_plugins_whose_settings_changed() {
+    let up = Upstream::named("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("testbed"), dir.path().join("testbed.wasm")).unwrap();
+    let text = |tag: &str, reject: bool| {
+        format!(
+            "[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n[plugin.testbed]\ntag = \"{tag}\"\nreject = {reject}\n\
+             [services.s]\ninstances = [\"{}\"]\n[[routes]]\npath = \"/a\"\nservice = \"s\"\nplugins = [\"testbed\"]\n",
+            dir.path().display(),
+            plugin_cache_dir().display(),
+            up.addr
+        )
+    };
+    let gw = gateway(&text("v1", false)).await;
+    let tag = |up: &Upstream| {
+        up.last()
+            .headers
+            .get("x-tag")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    assert_eq!(tag(&up).as_deref(), Some("v1"));
+    let parse = |t: &str| sluice::config::Config::parse(t, "t").unwrap();
+    let reconfigurer = sluice::cluster::apply::Reconfigurer::new(
+        gw.proxy.clone(),
+        parse(&text("v1", false)),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let report = reconfigurer.apply(&parse(&text("v2", false))).await;
+    assert_eq!(report.loaded, ["testbed"]);
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    assert_eq!(tag(&up).as_deref(), Some("v2"));
+
+    let report = reconfigurer.apply(&parse(&text("v3", true))).await;
+    assert!(
+        report.failed["testbed"].contains("rejected by config"),
+        "{report:?}"
+    );
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    assert_eq!(
+        tag(&up).as_deref(),
+        Some("v2"),
+        "the running version keeps serving"
+    );
+    gw.shutdown().await;
+}
