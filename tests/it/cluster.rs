@@ -193,8 +193,12 @@ async fn three_nodes_follow_one_document_refuse_bad_ones_and_survive_etcd_loss()
     let first = converged(&nodes, "/svc", "one").await;
 
     // A pushed change reaches every node, at one revision.
+    let pushed = std::time::Instant::now();
     push(work.path(), &endpoint, &prefix, &document(two.addr, "/svc"));
     let second = converged(&nodes, "/svc", "two").await;
+    let took = pushed.elapsed();
+    eprintln!("three nodes converged {took:?} after the push began");
+    assert!(took < Duration::from_secs(1), "converged after {took:?}");
     assert!(second > first);
     assert_eq!(
         metric(nodes[0].admin, "sluice_config_revision").await,
@@ -379,6 +383,13 @@ async fn a_new_configuration_replaces_routes_services_and_resolver_at_once() {
     let two = Upstream::named("two").await;
     let gw = gateway(&one_route(one.addr, "/a")).await;
     assert_eq!(get(gw.listen_addr, "/a").await.2, "one");
+    // Without [cluster], the configuration is the file's.
+    let (_, _, body) = get(gw.admin_addr, "/admin/config").await;
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&config["source"], &config["revision"]),
+        (&"file".into(), &0.into())
+    );
     let old = sluice::config::Config::parse(&one_route(one.addr, "/a"), "old").unwrap();
     let reconfigurer = sluice::cluster::apply::Reconfigurer::new(
         gw.proxy.clone(),
