@@ -662,6 +662,7 @@ impl Follow {
             Arc::new(DocumentMirror(tx)),
             shutdown.clone(),
         ));
+        let mut missing = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -670,7 +671,10 @@ impl Follow {
             let seen = rx.borrow_and_update().clone();
             match seen {
                 None => {}
+                // Reported once, not again at each resync that still finds no document.
+                Some(Seen::Deleted { .. }) if missing => {}
                 Some(Seen::Deleted { revision }) => {
+                    missing = true;
                     let current = status.view().revision;
                     let reason = format!(
                         "there is no cluster configuration at etcd key {key} (deleted?); keeping revision {current}"
@@ -679,6 +683,7 @@ impl Follow {
                     status.refuse(revision, reason);
                 }
                 Some(Seen::Put { revision, text }) => {
+                    missing = false;
                     self.consider(&key, revision, text, &status, &reconfigurer)
                         .await;
                 }
