@@ -163,6 +163,9 @@ pub struct PluginsConfig {
     /// `[plugins.override.NAME]`: settings for one plugin, on top of the defaults.
     #[serde(rename = "override")]
     pub overrides: BTreeMap<String, PluginSettingsPatch>,
+    /// `[plugins.sources.NAME]`: plugins named by SHA-256 digest, fetched from a URL or a
+    /// shared path, verified, and cached by digest.
+    pub sources: BTreeMap<String, crate::plugin::digest::DigestSource>,
     /// Plugin files loaded beside those in `dir`, each named after its file: set from the
     /// `SLUICE_PLUGINS` environment variable (`sluice run`), never from the file.
     #[serde(skip)]
@@ -177,6 +180,7 @@ impl Default for PluginsConfig {
             cache_dir: None,
             defaults: PluginSettings::default(),
             overrides: BTreeMap::new(),
+            sources: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -893,6 +897,11 @@ impl Config {
         if let Some(telemetry) = &self.telemetry {
             for (span, message) in telemetry.problems() {
                 err(span, message);
+            }
+        }
+        for (name, source) in &self.plugins.sources {
+            for message in source.problems(name) {
+                err(None, message);
             }
         }
         if let Some(cluster) = &self.cluster {

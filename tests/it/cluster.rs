@@ -462,3 +462,59 @@ async fn a_new_configuration_rebuilds_plugins_whose_settings_changed() {
     );
     gw.shutdown().await;
 }
+
+/// A plugin named by digest is fetched over HTTP, verified and cached; a new digest that the
+/// bytes do not match is refused and the running version keeps serving.
+#[tokio::test]
+async fn a_plugin_named_by_digest_is_fetched_verified_and_a_mismatch_refused() {
+    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
+    let served = wasm.clone();
+    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let up = Upstream::named("up").await;
+    let cache = tempfile::tempdir().unwrap();
+    let text = |sha: &str, tag: &str| {
+        format!(
+            "[plugins]\ncache_dir = \"{}\"\n[plugins.sources.testbed]\nsha256 = \"{sha}\"\n\
+             url = \"http://{}/testbed.wasm\"\n[plugin.testbed]\ntag = \"{tag}\"\n\
+             [services.s]\ninstances = [\"{}\"]\n[[routes]]\npath = \"/a\"\nservice = \"s\"\nplugins = [\"testbed\"]\n",
+            cache.path().display(),
+            store.addr,
+            up.addr
+        )
+    };
+    let gw = gateway(&text(&digest, "v1")).await;
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    let tag = |up: &Upstream| up.last().headers.get("x-tag").cloned();
+    assert_eq!(tag(&up).unwrap(), "v1");
+    assert_eq!(store.hits(), 1);
+    assert!(cache.path().join(format!("sha256/{digest}.wasm")).exists());
+
+    let parse = |t: &str| sluice::config::Config::parse(t, "t").unwrap();
+    let reconfigurer = sluice::cluster::apply::Reconfigurer::new(
+        gw.proxy.clone(),
+        parse(&text(&digest, "v1")),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    // Same digest, new settings: rebuilt from the cache, not fetched again.
+    let report = reconfigurer.apply(&parse(&text(&digest, "v2"))).await;
+    assert_eq!(report.loaded, ["testbed"]);
+    assert_eq!(store.hits(), 1);
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    assert_eq!(tag(&up).unwrap(), "v2");
+
+    // A digest the served bytes do not have: refused, v2 keeps serving.
+    let wrong = "0".repeat(64);
+    let report = reconfigurer.apply(&parse(&text(&wrong, "v3"))).await;
+    let why = &report.failed["testbed"];
+    assert!(why.contains(&format!("its sha256 is {digest}")), "{why}");
+    assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
+    assert_eq!(tag(&up).unwrap(), "v2");
+    gw.shutdown().await;
+}

@@ -55,6 +55,7 @@ impl Reconfigurer {
         next.plugin = new.plugin.clone();
         next.plugins.defaults = new.plugins.defaults.clone();
         next.plugins.overrides = new.plugins.overrides.clone();
+        next.plugins.sources = new.plugins.sources.clone();
 
         let report = self.proxy.plugins.reconfigure(&next).await;
         let built = self.proxy.registry.reconfigure(&next.services, |name| {

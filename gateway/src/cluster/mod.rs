@@ -96,7 +96,7 @@ fn default_dial_timeout() -> Duration {
 /// The top-level tables a cluster document may hold (`plugins` only with `defaults` and
 /// `override`).
 const SHARED_KEYS: [&str; 5] = ["routes", "services", "resolver", "plugin", "plugins"];
-const SHARED_PLUGINS_KEYS: [&str; 2] = ["defaults", "override"];
+const SHARED_PLUGINS_KEYS: [&str; 3] = ["defaults", "override", "sources"];
 
 impl ClusterConfig {
     /// The document's etcd key.
@@ -196,7 +196,7 @@ fn per_node(file: &str, key: &str) -> ConfigError {
         position: None,
         message: format!(
             "{key}: is per node and stays in each node's file; the cluster configuration \
-             holds routes, services, resolver, plugin.NAME, plugins.defaults and plugins.override"
+             holds routes, services, resolver, plugin.NAME, plugins.defaults, plugins.override and plugins.sources"
         ),
     }
 }
@@ -210,6 +210,7 @@ pub fn merge(node: &Config, document: &Config) -> Config {
     merged.plugin = document.plugin.clone();
     merged.plugins.defaults = document.plugins.defaults.clone();
     merged.plugins.overrides = document.plugins.overrides.clone();
+    merged.plugins.sources = document.plugins.sources.clone();
     merged
 }
 

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod digest;
 pub mod engine;
 pub mod extra;
 pub mod host;
@@ -215,6 +216,12 @@ impl PluginRuntime {
         for (name, path) in &files {
             record(name, self.load_file(name, path).await);
         }
+        // Plugins named by digest, unless a file of the same name overrides them.
+        for (name, source) in &live.plugins.sources {
+            if !files.contains_key(name) {
+                record(name, self.load_by_digest(name, source).await);
+            }
+        }
         // Built-ins in use, unless a file of the same name overrides them.
         for name in &live.wanted_builtins {
             if !files.contains_key(name) {
@@ -225,7 +232,10 @@ impl PluginRuntime {
         for (name, plugin) in &current.plugins {
             let file_gone =
                 matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name);
-            if file_gone && !live.wanted_builtins.iter().any(|b| b == &**name) {
+            if file_gone
+                && !live.wanted_builtins.iter().any(|b| b == &**name)
+                && !live.plugins.sources.contains_key(&**name)
+            {
                 self.unload(name);
                 report.unloaded.push(name.to_string());
             }
