@@ -33,8 +33,9 @@ impl Node {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
         let config = format!(
             "[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n[log]\naccess = false\n\
-             [cluster]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\n\
+             [plugins]\ncache_dir = \"{}\"\n[cluster]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"{prefix}\"\n\
              snapshot = \"{}\"\ndial_timeout = \"500ms\"\n",
+            plugin_cache_dir().display(),
             dir.path().join("state/config.snapshot").display()
         );
         std::fs::write(dir.path().join("node.toml"), config).unwrap();
@@ -484,7 +485,7 @@ async fn a_plugin_named_by_digest_is_fetched_verified_and_a_mismatch_refused() {
             "[plugins]\ncache_dir = \"{}\"\n[plugins.sources.testbed]\nsha256 = \"{sha}\"\n\
              url = \"http://{}/testbed.wasm\"\n[plugin.testbed]\ntag = \"{tag}\"\n\
              [services.s]\ninstances = [\"{}\"]\n[[routes]]\npath = \"/a\"\nservice = \"s\"\nplugins = [\"testbed\"]\n",
-            cache.path().display(),
+            cache.path().join("compiled").display(),
             store.addr,
             up.addr
         )
@@ -494,7 +495,14 @@ async fn a_plugin_named_by_digest_is_fetched_verified_and_a_mismatch_refused() {
     let tag = |up: &Upstream| up.last().headers.get("x-tag").cloned();
     assert_eq!(tag(&up).unwrap(), "v1");
     assert_eq!(store.hits(), 1);
-    assert!(cache.path().join(format!("sha256/{digest}.wasm")).exists());
+    let cached = cache.path().join(format!("compiled.sha256/{digest}.wasm"));
+    assert!(
+        cached.exists(),
+        "{} not in {:?}",
+        cached.display(),
+        std::fs::read_dir(cache.path().join("compiled.sha256"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+    );
 
     let parse = |t: &str| sluice::config::Config::parse(t, "t").unwrap();
     let reconfigurer = sluice::cluster::apply::Reconfigurer::new(
@@ -517,4 +525,71 @@ async fn a_plugin_named_by_digest_is_fetched_verified_and_a_mismatch_refused() {
     assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
     assert_eq!(tag(&up).unwrap(), "v2");
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plugin_pushed_by_digest_is_served_by_every_node_and_a_wrong_digest_refused() {
+    let etcd = Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let prefix = unique_prefix();
+    let work = tempfile::tempdir().unwrap();
+    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
+    let served = wasm.clone();
+    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let up = Upstream::named("up").await;
+    let doc = |sha: &str, tag: &str| {
+        format!(
+            "{}[plugins.sources.testbed]\nsha256 = \"{sha}\"\nurl = \"http://{}/testbed.wasm\"\n\
+             [plugin.testbed]\ntag = \"{tag}\"\n",
+            document(up.addr, "/svc").replace(
+                "service = \"s\"\n",
+                "service = \"s\"\nplugins = [\"testbed\"]\n"
+            ),
+            store.addr
+        )
+    };
+    push(work.path(), &endpoint, &prefix, &doc(&digest, "d1"));
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let mut node = Node::new(&endpoint, &prefix).await;
+        node.start().await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        let listen = node.listen;
+        wait_for(
+            Duration::from_secs(30),
+            "the plugin to serve",
+            || async move { get(listen, "/svc").await.0 == 200 },
+        )
+        .await;
+        assert_eq!(up.last().headers["x-tag"], "d1");
+    }
+
+    push(work.path(), &endpoint, &prefix, &doc(&"0".repeat(64), "d2"));
+    for node in &nodes {
+        let admin = node.admin;
+        wait_for(
+            Duration::from_secs(10),
+            "the wrong digest refused",
+            || async move {
+                let (_, _, body) = get(admin, "/admin/config").await;
+                body.contains("not the 0000")
+            },
+        )
+        .await;
+        assert_eq!(get(node.listen, "/svc").await.0, 200);
+        assert_eq!(
+            up.last().headers["x-tag"],
+            "d1",
+            "the running version serves"
+        );
+    }
 }

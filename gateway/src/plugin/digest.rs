@@ -1,8 +1,9 @@
 //! Plugins named by digest: `[plugins.sources.NAME] sha256 = "…"` with a `url` (fetched with
 //! the gateway's own HTTP client) or a `path` (a shared directory). The bytes are checked
-//! against the digest before anything else, kept in the compile cache's `sha256/` folder under
-//! their digest (so a node fetches each version once), and only then loaded like any plugin
-//! file; a mismatch is refused and the running version, if any, keeps serving.
+//! against the digest before anything else, kept beside the compile cache in
+//! `CACHE_DIR.sha256/` under their digest (so a node fetches each version once), and only then
+//! loaded like any plugin file; a mismatch is refused and the running version, if any, keeps
+//! serving.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,14 +126,17 @@ impl PluginRuntime {
         }
     }
 
-    /// `CACHE_DIR/sha256`, unless the cache is off.
+    /// `CACHE_DIR.sha256`, unless the cache is off. Beside the compile cache, not in it:
+    /// wasmtime's cache clean-up deletes files it did not write.
     fn digest_cache(&self) -> Option<PathBuf> {
         let dir = match &self.settings.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => return None,
             Some(dir) => dir.clone(),
             None => engine::default_cache_dir()?,
         };
-        Some(dir.join("sha256"))
+        let mut name = dir.file_name()?.to_owned();
+        name.push(".sha256");
+        Some(dir.with_file_name(name))
     }
 }
 
