@@ -60,6 +60,10 @@ pub struct Config {
     /// `[admin]`: the admin API's token(s).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[cluster]`: routes, services and plugin settings come from one document on etcd
+    /// (see `cluster`); absent = they come from this file.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[server]`
@@ -250,6 +254,13 @@ pub struct PluginsConfig {
     /// `[plugins.override.NAME]`: settings for one plugin, on top of the defaults.
     #[serde(rename = "override")]
     pub overrides: BTreeMap<String, PluginSettingsPatch>,
+    /// `[plugins.sources.NAME]`: plugins named by SHA-256 digest, fetched from a URL or a
+    /// shared path, verified, and cached by digest.
+    pub sources: BTreeMap<String, crate::plugin::digest::DigestSource>,
+    /// Plugin files loaded beside those in `dir`, each named after its file: set from the
+    /// `SLUICE_PLUGINS` environment variable (`sluice run`), never from the file.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -260,6 +271,8 @@ impl Default for PluginsConfig {
             cache_dir: None,
             defaults: PluginSettings::default(),
             overrides: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -296,7 +309,7 @@ pub enum FailurePolicy {
 }
 
 /// `[plugins.defaults]` and the result of applying `[plugins.override.NAME]`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginSettings {
     /// `instance = "pooled"` or `"per-request"`.
@@ -369,7 +382,7 @@ impl Default for PluginSettings {
 }
 
 /// `[plugins.override.NAME]`: any subset of the settings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginSettingsPatch {
     instance: Option<InstanceMode>,
@@ -420,7 +433,7 @@ impl PluginSettingsPatch {
 }
 
 /// `[services.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// `instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]`: static
@@ -478,7 +491,7 @@ impl Default for ServiceConfig {
 }
 
 /// One static instance: `"host:port"` or `{ address = "host:port", weight = 2 }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum InstanceConfig {
     /// Just the address (weight 1).
@@ -534,7 +547,7 @@ pub enum BalancerKind {
 }
 
 /// `[services.NAME.retry]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// `on = ["connect"]`: which failures retry: `connect` (no connection could be made),
@@ -578,7 +591,7 @@ impl Default for RetryConfig {
 }
 
 /// `[services.NAME.passive_health]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// `consecutive_failures = 5`: connect failures, resets or 5xx in a row that eject an
@@ -608,7 +621,7 @@ impl Default for PassiveHealthConfig {
 }
 
 /// `[services.NAME.active_health]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthConfig {
     /// `path = "/health"`: probed with GET; 2xx is healthy.
@@ -1027,6 +1040,16 @@ impl Config {
         if let Some(telemetry) = &self.telemetry {
             for (span, message) in telemetry.problems() {
                 err(span, message);
+            }
+        }
+        for (name, source) in &self.plugins.sources {
+            for message in source.problems(name) {
+                err(None, message);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            for message in cluster.problems(text) {
+                err(None, message);
             }
         }
         if errors.is_empty() {

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 pub struct EtcdConnection {
     endpoints: Vec<String>,
     timeout: Duration,
+    /// etcd user name and password, when etcd has authentication on.
+    user: Option<(String, String)>,
     client: tokio::sync::Mutex<Option<Client>>,
     health: Mutex<Health>,
 }
@@ -49,9 +51,19 @@ impl EtcdConnection {
     /// A connection to `endpoints`, made on first use; `timeout` bounds connecting and each
     /// call.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Arc<Self> {
+        Self::with_user(endpoints, timeout, None)
+    }
+
+    /// The same, authenticating as `user` (name, password).
+    pub fn with_user(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        user: Option<(String, String)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoints,
             timeout,
+            user,
             client: tokio::sync::Mutex::new(None),
             health: Mutex::new(Health {
                 connected: false,
@@ -67,7 +79,11 @@ impl EtcdConnection {
         if let Some(client) = &*slot {
             return Ok(client.clone());
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new();
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name.clone(), password.clone());
+        }
+        let options = options
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             // Notice a dead etcd within seconds even on an idle watch.

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
@@ -84,6 +85,8 @@ impl Gateway {
         };
 
         let metrics = Arc::new(Metrics::new());
+        // With `[cluster]`, the shared parts come from etcd (or the last-known-good snapshot).
+        let (config, node) = cluster::bootstrap(config, &metrics).await?;
         let plugins = Arc::new(PluginRuntime::new(&config, metrics.plugins.clone())?);
         let report = plugins.reload().await;
         if !report.loaded.is_empty() || !report.failed.is_empty() {
@@ -124,7 +127,8 @@ impl Gateway {
         }
         let registry = Registry::new(&config, metrics.clone(), etcd);
         control_tasks.push(registry.spawn(shutdown.clone()));
-        for service in registry.services() {
+        // A clustered node's checks follow its services as they change (`cluster::apply`).
+        for service in registry.services().iter().filter(|_| !node.is_clustered()) {
             if let Some(active) = &service.active {
                 control_tasks.push(upstream::health::spawn_active_checks(
                     service.clone(),
@@ -151,7 +155,6 @@ impl Gateway {
         let proxy = Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::from_config(&config, &metrics)),
             registry,
-            resolver: routing::Resolver::from_config(&config.resolver),
             unmatched: metrics.route(&metrics::RouteName::unmatched()),
             plugins,
             metrics,
@@ -171,12 +174,14 @@ impl Gateway {
             admin_listener,
             admin::router(proxy.clone())
                 .merge(hystrix::router(hystrix_hub))
+                .merge(cluster::router(node.status()))
                 .layer(axum::middleware::from_fn_with_state(
                     admin_auth,
                     admin_auth::require,
                 )),
             shutdown.clone(),
         ));
+        control_tasks.extend(node.spawn(proxy.clone(), config.clone(), shutdown.clone()));
 
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

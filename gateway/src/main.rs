@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sluice::Gateway;
 use sluice::config::{Config, LogFormat};
 
@@ -43,6 +43,59 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Work with the cluster configuration on etcd (nodes with `[cluster]` follow it).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE as every node will, then write it to etcd if the document did not change
+    /// since it was read (compare-and-swap on its revision). Prints the new revision.
+    Push {
+        /// The cluster configuration (routes, services, resolver, plugin settings).
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print the cluster configuration on etcd (its revision goes to stderr).
+    Get {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show what pushing FILE would change: a unified line diff from etcd to FILE.
+    Diff {
+        /// The cluster configuration to compare.
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// etcd client endpoints (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// The nodes' `[cluster] prefix`; the document is at PREFIX + "config".
+    #[arg(long, default_value = sluice::cluster::DEFAULT_PREFIX)]
+    prefix: String,
+    /// etcd user as NAME:PASSWORD, when etcd has authentication on.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(self) -> sluice::cluster::cli::Target {
+        sluice::cluster::cli::Target {
+            endpoints: self.endpoints,
+            prefix: self.prefix,
+            user: self.user.map(|u| match u.split_once(':') {
+                Some((name, password)) => (name.to_owned(), password.to_owned()),
+                None => (u, String::new()),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +135,7 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, log_format),
         Command::Plugin(PluginCommand::Check { file }) => check_plugin(&file),
+        Command::Config(command) => config_command(command),
         Command::Plugin(PluginCommand::New { name, lang, dir }) => {
             match sluice::scaffold::new_plugin(&name, lang, &dir) {
                 Ok(path) => {
@@ -97,6 +151,55 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn config_command(command: ConfigCommand) -> ExitCode {
+    use sluice::cluster::cli;
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        match command {
+            ConfigCommand::Push { file, target } => {
+                let target = target.target();
+                let (before, after) = cli::push(&target, &file).await?;
+                println!(
+                    "pushed {} to {} (revision {before} -> {after})",
+                    file.display(),
+                    target.key()
+                );
+                Ok(())
+            }
+            ConfigCommand::Get { target } => {
+                let target = target.target();
+                match target.get().await? {
+                    (revision, Some(text)) => {
+                        eprintln!("# {} at revision {revision}", target.key());
+                        print!("{text}");
+                        Ok(())
+                    }
+                    (_, None) => Err(format!("no cluster configuration at {}", target.key())),
+                }
+            }
+            ConfigCommand::Diff { file, target } => {
+                let diff = cli::diff(&target.target(), &file).await?;
+                if diff.is_empty() {
+                    println!("no changes");
+                } else {
+                    print!("{diff}");
+                }
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice config: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -129,10 +232,19 @@ fn check(file: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(file: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
-    let config = match load(file) {
+    let mut config = match load(file) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Ok(list) = std::env::var(sluice::plugin::extra::ENV) {
+        match sluice::plugin::extra::parse_list(&list) {
+            Ok(files) => config.plugins.files = files,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     sluice::logging::init(log_format.unwrap_or(config.log.format), &config.log.level);
     // The control runtime runs the admin listener and background work; the data plane runs
     // on its own worker threads (see `server`).

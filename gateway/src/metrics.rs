@@ -138,6 +138,8 @@ pub struct Metrics {
     pub breaker_state: Arc<std::sync::OnceLock<Arc<crate::plugin::state::SharedState>>>,
     /// Trace export (`sluice_telemetry_*`).
     pub telemetry: crate::telemetry::TelemetryMetrics,
+    /// The configuration in force (`sluice_config_*`).
+    pub config: crate::cluster::ConfigMetrics,
 }
 
 impl Default for Metrics {
@@ -212,7 +214,9 @@ impl Metrics {
         let breaker_state = breaker.state.clone();
         registry.register_collector(Box::new(breaker));
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
+        let config = crate::cluster::ConfigMetrics::register(&mut registry);
         Self {
+            config,
             breaker_state,
             telemetry,
             registry,

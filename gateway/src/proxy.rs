@@ -23,7 +23,7 @@ use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::state::monotonic_ns;
 use crate::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
 use crate::registry::Registry;
-use crate::routing::{Resolver, Route};
+use crate::routing::Route;
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{FinishedRequest, RequestTrace, Telemetry};
@@ -32,12 +32,10 @@ use crate::upstream::{AttemptError, Service};
 /// Everything a data-plane worker needs to answer requests; shared by all workers.
 #[derive(Debug)]
 pub struct Proxy {
-    /// Routes; swapped whole on reload.
+    /// Routes and the resolver; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
     /// Services and their instances.
     pub registry: Arc<Registry>,
-    /// Routing by service name, when `[resolver]` enables it.
-    pub resolver: Option<Resolver>,
     /// The plugin runtime.
     pub plugins: Arc<PluginRuntime>,
     /// Metrics registry.
@@ -162,7 +160,7 @@ impl Proxy {
         let found = snapshot.routes.find(host, &parts.method, parts.uri.path());
         let route = match found {
             Some(route) => route.clone(),
-            None => match self.resolve(parts.uri.path()) {
+            None => match self.resolve(&snapshot, parts.uri.path()) {
                 Some(route) => route,
                 None => {
                     let error = ProxyError::NoRoute {
@@ -340,8 +338,9 @@ impl Proxy {
     }
 
     /// The route of a path that names a service, when `[resolver]` is on.
-    fn resolve(&self, path: &str) -> Option<Arc<Route>> {
-        self.resolver
+    fn resolve(&self, snapshot: &Snapshot, path: &str) -> Option<Arc<Route>> {
+        snapshot
+            .resolver
             .as_ref()?
             .resolve(path, &self.registry, &self.metrics)
     }

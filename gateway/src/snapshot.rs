@@ -1,16 +1,18 @@
-//! One consistent view of routes. Each request loads the current snapshot once, so a reload
-//! in the middle of a request never mixes two versions. (Services live in the registry,
+//! One consistent view of routes and the resolver. Each request loads the current snapshot
+//! once, so a reload in the middle of a request never mixes two versions. (Services live in the registry,
 //! which changes as instances register and expire.)
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::routing::RouteTable;
+use crate::routing::{Resolver, RouteTable};
 
-/// Routes as of one load of the config.
+/// Routes (and routing by service name) as of one load of the config.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Routes in match order.
     pub routes: RouteTable,
+    /// Routing by service name, when `[resolver]` enables it.
+    pub resolver: Option<Resolver>,
 }
 
 impl Snapshot {
@@ -18,6 +20,7 @@ impl Snapshot {
     pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
         Self {
             routes: RouteTable::from_config(config, metrics),
+            resolver: Resolver::from_config(&config.resolver),
         }
     }
 }

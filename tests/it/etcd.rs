@@ -11,12 +11,12 @@ use crate::harness::*;
 use crate::services::{metric, register};
 
 /// A free port on 127.0.0.1 (bound, then released).
-async fn free_port() -> u16 {
+pub(crate) async fn free_port() -> u16 {
     closed_port().await.port()
 }
 
 /// A real etcd with its own data directory, killed on drop.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client: u16,
@@ -24,7 +24,7 @@ struct Etcd {
 }
 
 impl Etcd {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let mut etcd = Self {
             child: None,
             dir: tempfile::tempdir().unwrap(),
@@ -35,12 +35,12 @@ impl Etcd {
         etcd
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client)
     }
 
     /// Starts (or restarts, on the same data) the etcd process and waits until it serves.
-    async fn spawn(&mut self) {
+    pub(crate) async fn spawn(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let child = Command::new("etcd")
@@ -72,7 +72,7 @@ impl Etcd {
         .await;
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -148,7 +148,7 @@ fn log_file(dir: &Path) -> std::fs::File {
 }
 
 /// Polls `check` every 100 ms until it holds; panics after `limit` naming what it waited for.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -163,7 +163,7 @@ where
     }
 }
 
-fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     format!(
         "/sluice-test/{}/",
         std::process::id() as u128 * 1000 + fastrand_like()

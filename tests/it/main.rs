@@ -5,6 +5,7 @@ mod admin;
 mod breaker;
 pub mod builtin;
 mod cli;
+mod cluster;
 mod config;
 mod edge;
 mod etcd;

@@ -9,7 +9,9 @@
 pub mod bindings;
 pub mod builtin;
 pub mod compiler;
+pub mod digest;
 pub mod engine;
+pub mod extra;
 pub mod host;
 pub mod kv;
 pub mod loaded;
@@ -17,6 +19,7 @@ pub mod loader;
 pub mod log_stream;
 pub mod metrics;
 pub mod sandbox;
+mod reconfigure;
 pub mod state;
 pub mod watcher;
 
@@ -120,15 +123,14 @@ pub struct PluginRuntime {
     /// Headers `auth` forwards (`[plugin.auth] forward_claims`): client-sent copies are
     /// removed before a chain with `auth` runs, so no failure of `auth` lets them through.
     identity_headers: Vec<http::HeaderName>,
+    /// Per-node settings (`dir`, `watch`, `cache_dir`).
     settings: PluginsConfig,
-    plugin_config: BTreeMap<String, toml::Table>,
+    /// Settings a cluster configuration may replace at run time (`reconfigure`).
+    live: ArcSwap<reconfigure::Live>,
     /// One reload at a time (watcher and admin API may both ask).
     reload_lock: tokio::sync::Mutex<()>,
     /// The epoch ticker starts before the first plugin code runs.
     ticker: std::sync::Once,
-    /// Built-in plugins the config uses (named on a route or configured under
-    /// `[plugin.NAME]`); the others are not loaded.
-    wanted_builtins: Vec<String>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -182,19 +184,9 @@ impl PluginRuntime {
             outbound_guard: Arc::new(sandbox::OutboundGuard::new(config.server.admin)),
             identity_headers: identity_headers(config),
             settings: config.plugins.clone(),
-            plugin_config: config.plugin.clone(),
+            live: ArcSwap::from_pointee(reconfigure::Live::from_config(config)),
             reload_lock: tokio::sync::Mutex::new(()),
             ticker: std::sync::Once::new(),
-            wanted_builtins: builtin::names()
-                .filter(|name| {
-                    config.plugin.contains_key(*name)
-                        || config
-                            .routes
-                            .iter()
-                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
-                })
-                .map(str::to_owned)
-                .collect(),
         })
     }
 
@@ -223,8 +215,9 @@ impl PluginRuntime {
     /// never replaces a working version.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reload_lock.lock().await;
+        let live = self.live.load_full();
         let mut report = ReloadReport::default();
-        let files = match &self.settings.dir {
+        let mut files = match &self.settings.dir {
             None => BTreeMap::new(),
             Some(dir) => match plugin_files(dir) {
                 Ok(f) => f,
@@ -237,6 +230,7 @@ impl PluginRuntime {
                 }
             },
         };
+        extra::add_files(&mut files, &self.settings.files);
         let mut record = |name: &str, result: Result<bool, LoadError>| match result {
             Ok(true) => report.loaded.push(name.to_owned()),
             Ok(false) => report.unchanged.push(name.to_owned()),
@@ -256,8 +250,14 @@ impl PluginRuntime {
                 }
             }
         }
+        // Plugins named by digest, unless a file of the same name overrides them.
+        for (name, source) in &live.plugins.sources {
+            if !files.contains_key(name) {
+                record(name, self.load_by_digest(name, source).await);
+            }
+        }
         // Built-ins in use, unless a file of the same name overrides them.
-        for name in &self.wanted_builtins {
+        for name in &live.wanted_builtins {
             if !files.contains_key(name) {
                 record(name, self.load_builtin(name).await);
             }
@@ -266,7 +266,10 @@ impl PluginRuntime {
         for (name, plugin) in &current.plugins {
             let file_gone =
                 matches!(plugin.source, PluginSource::File(_)) && !files.contains_key(&**name);
-            if file_gone && !self.wanted_builtins.iter().any(|b| b == &**name) {
+            if file_gone
+                && !live.wanted_builtins.iter().any(|b| b == &**name)
+                && !live.plugins.sources.contains_key(&**name)
+            {
                 self.unload(name);
                 report.unloaded.push(name.to_string());
             }
@@ -356,6 +359,7 @@ impl PluginRuntime {
             if same_kind
                 && active.digest == loader::digest(&bytes)
                 && active.config_json == config_json
+                && active.shared.settings == self.live.load().plugins.settings_for(name)
             {
                 return Ok(false);
             }
@@ -421,7 +425,7 @@ impl PluginRuntime {
         let state = self.shared_state(name);
         Arc::new(PluginShared {
             name: Arc::from(name),
-            settings: self.settings.settings_for(name),
+            settings: self.live.load().plugins.settings_for(name),
             state,
             kv: self.kv.clone(),
             metrics: self.metrics.clone(),
@@ -432,7 +436,13 @@ impl PluginRuntime {
 
     /// `[plugin.NAME]` from the main config, with `NAME.toml` beside the file on top.
     fn config_json(&self, name: &str, wasm: Option<&Path>) -> Result<String, LoadError> {
-        let mut table = self.plugin_config.get(name).cloned().unwrap_or_default();
+        let mut table = self
+            .live
+            .load()
+            .plugin
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
         let Some(wasm) = wasm else {
             return Ok(serde_json::to_string(&table).expect("TOML values serialize to JSON"));
         };
@@ -494,7 +504,7 @@ impl PluginRuntime {
                 request
                     .trace
                     .call_finished(timer, &name, "on_request", "not_loaded");
-                match self.settings.settings_for(&name).on_failure {
+                match self.live.load().plugins.settings_for(&name).on_failure {
                     FailurePolicy::FailClosed => return fail(request, error, ran),
                     FailurePolicy::FailOpen => {
                         self.metrics

@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod policy;
+mod reconfigure;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -102,8 +103,8 @@ pub struct Registry {
     services: ArcSwap<HashMap<Arc<str>, Arc<Service>>>,
     /// Registered instances by service and id.
     registered: Mutex<Registrations>,
-    /// Static instances of configured services.
-    statics: HashMap<Arc<str>, Vec<EndpointSpec>>,
+    /// Static instances of configured services (swapped by `reconfigure`).
+    statics: ArcSwap<HashMap<Arc<str>, Vec<EndpointSpec>>>,
     config: RegistryConfig,
     workers: usize,
     metrics: Arc<Metrics>,
@@ -139,7 +140,7 @@ impl Registry {
         Arc::new(Self {
             services: ArcSwap::from_pointee(services),
             registered: Mutex::default(),
-            statics,
+            statics: ArcSwap::from_pointee(statics),
             etcd: etcd
                 .filter(|_| config.registry.backend == RegistryBackend::Etcd)
                 .map(|conn| etcd::EtcdBackend {
@@ -358,7 +359,7 @@ impl Registry {
     /// Rebuilds a service's instances from its static ones and `registered`; creates the
     /// service if registration introduced it.
     fn apply(&self, name: &Arc<str>, registered: &BTreeMap<Arc<str>, Registration>) {
-        let mut specs = self.statics.get(name).cloned().unwrap_or_default();
+        let mut specs = self.statics.load().get(name).cloned().unwrap_or_default();
         specs.extend(registered.iter().map(|(id, r)| EndpointSpec {
             id: id.clone(),
             address: Arc::from(r.request.address.as_str()),

@@ -1,0 +1,67 @@
+//! The plugin settings a cluster configuration may replace at run time: `[plugins.defaults]`,
+//! `[plugins.override.NAME]`, `[plugin.NAME]`, and which built-in plugins are in use. The
+//! per-node ones (`dir`, `watch`, `cache_dir`) stay as the node's file set them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{PluginRuntime, ReloadReport, builtin};
+use crate::config::{Config, PluginsConfig};
+
+/// The replaceable part of the plugin configuration.
+#[derive(Debug)]
+pub(super) struct Live {
+    /// `[plugins]`: only `defaults` and `overrides` are read from here.
+    pub(super) plugins: PluginsConfig,
+    /// `[plugin.NAME]`.
+    pub(super) plugin: BTreeMap<String, toml::Table>,
+    /// Built-in plugins the config uses (named on a route or configured under
+    /// `[plugin.NAME]`); the others are not loaded.
+    pub(super) wanted_builtins: Vec<String>,
+}
+
+impl Live {
+    pub(super) fn from_config(config: &Config) -> Self {
+        Self {
+            plugins: config.plugins.clone(),
+            plugin: config.plugin.clone(),
+            wanted_builtins: builtin::names()
+                .filter(|name| {
+                    config.plugin.contains_key(*name)
+                        || config
+                            .routes
+                            .iter()
+                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
+                })
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl PluginRuntime {
+    /// Takes the plugin settings of a new, validated config, then reloads: a plugin whose
+    /// settings or `[plugin.NAME]` changed is built again and swapped in (requests in flight
+    /// keep the version they started with); one that fails to build keeps its previous
+    /// version serving and is reported. Built-ins no longer used are unloaded.
+    pub async fn reconfigure(&self, config: &Config) -> ReloadReport {
+        self.live.store(Arc::new(Live::from_config(config)));
+        let mut report = self.reload().await;
+        let live = self.live.load();
+        let unused: Vec<Arc<str>> = self
+            .current()
+            .plugins
+            .iter()
+            .filter(|(name, plugin)| {
+                matches!(plugin.source, super::loaded::PluginSource::BuiltIn)
+                    && !live.wanted_builtins.iter().any(|b| b == &***name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in unused {
+            self.unload(&name);
+            report.unloaded.push(name.to_string());
+        }
+        report
+    }
+}
