@@ -43,10 +43,7 @@ fn plugin_name(path: &Path) -> Option<String> {
 
 /// Adds the named files to the directory's `NAME → path (or why it is refused)` map; they
 /// are then read with the same checks as the directory's files.
-pub(super) fn add_files(
-    files: &mut BTreeMap<String, Result<PathBuf, String>>,
-    extra: &[PathBuf],
-) {
+pub(super) fn add_files(files: &mut BTreeMap<String, Result<PathBuf, String>>, extra: &[PathBuf]) {
     for path in extra {
         let Some(name) = plugin_name(path) else {
             continue;

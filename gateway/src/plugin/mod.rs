@@ -18,8 +18,8 @@ pub mod loaded;
 pub mod loader;
 pub mod log_stream;
 pub mod metrics;
-pub mod sandbox;
 mod reconfigure;
+pub mod sandbox;
 pub mod state;
 pub mod watcher;
 

@@ -42,6 +42,9 @@ struct KvCache {
     grace_ms: u64,
 }
 
+/// How long a retirement record is kept after its grace period ends.
+const RETIRED_RECORD_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// State key of a retired kv key: `{"at": ms, "grace_ms": n, "key": {...}}`.
 fn retired_key(kid: &str) -> String {
     format!("retired:{kid}")
@@ -85,12 +88,14 @@ impl Auth {
                     continue;
                 }
                 let record = json!({"at": now, "grace_ms": next.grace_ms, "key": key.raw});
-                // The first instance to notice sets the retirement time; the others agree.
+                // The first instance to notice sets the retirement time; the others agree. The
+                // record outlives the grace period by a day, so an instance that notices late
+                // (it served nothing meanwhile) finds it and does not grant a fresh grace.
                 state::compare_and_swap(
                     &retired_key(kid),
                     None,
                     Some(record.to_string().as_bytes()),
-                    Some(next.grace_ms),
+                    Some(next.grace_ms.saturating_add(RETIRED_RECORD_MS)),
                 );
             }
         }

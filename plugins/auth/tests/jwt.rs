@@ -745,3 +745,30 @@ fn token_cache_can_be_turned_off() {
     assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
     assert_eq!(plugin.cached_tokens(), 0);
 }
+
+#[test]
+fn an_instance_that_notices_a_rotation_late_grants_no_fresh_grace() {
+    let host = TestHost::new();
+    let first: Auth = host.init(config()).unwrap();
+    let late: Auth = host.init(config()).unwrap();
+    let old = hs("old", "old-secret-0123456789");
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("old", "old-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&first, &host, &bearer(&old)), 200);
+    assert_eq!(status(&late, &host, &bearer(&old)), 200);
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("new", "new-secret-0123456789")], "10m"),
+    );
+    assert_eq!(status(&first, &host, &bearer(&old)), 200, "in grace");
+    // `late` serves nothing until the grace period is over (a pooled instance left idle).
+    host.advance(Duration::from_secs(10 * 60 + 1));
+    assert_eq!(
+        status(&late, &host, &bearer(&old)),
+        401,
+        "the retirement time is the first instance's, not the late one's"
+    );
+    assert_eq!(status(&first, &host, &bearer(&old)), 401);
+}
