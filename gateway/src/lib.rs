@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod etcd;
+pub mod grpc;
 pub mod headers;
 pub mod hystrix;
 pub mod logging;
@@ -23,7 +24,9 @@ pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct Gateway {
     pub listen_addr: SocketAddr,
     /// The admin listener's address.
     pub admin_addr: SocketAddr,
+    /// The TLS listener's address, when `[server.tls]` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// The demo upstream's address, when `[demo_upstream]` is set.
     pub demo_addr: Option<SocketAddr>,
     /// Shared request-handling state (routes, services, metrics).
@@ -153,6 +158,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.log.access,
             telemetry,
+            websocket: config.server.websocket.clone(),
         });
 
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
@@ -172,16 +178,33 @@ impl Gateway {
         let listeners = server::bind_reuseport(config.server.listen, workers)
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
         let listen_addr = listeners[0].local_addr()?;
+        let (tls, tls_addr) = match &config.server.tls {
+            Some(tls_config) => {
+                let tls = tls::Tls::new(tls_config, config.server.http2.enabled)?;
+                if tls_config.watch {
+                    control_tasks.push(tls.watch(tls_config, shutdown.clone())?);
+                }
+                let listeners = server::bind_reuseport(tls_config.listen, listeners.len())
+                    .with_context(|| {
+                        format!("server.tls.listen: cannot bind {}", tls_config.listen)
+                    })?;
+                let addr = listeners[0].local_addr()?;
+                (Some((listeners, tls)), Some(addr))
+            }
+            None => (None, None),
+        };
         let workers = server::spawn_workers(
             listeners,
+            tls,
             proxy.clone(),
             server::EdgeLimits::from(&config.server),
             shutdown.clone(),
         )?;
-        tracing::info!(%listen_addr, %admin_addr, workers = workers.len(), "sluice is serving");
+        tracing::info!(%listen_addr, ?tls_addr, %admin_addr, workers = workers.len(), "sluice is serving");
         Ok(Self {
             listen_addr,
             admin_addr,
+            tls_addr,
             demo_addr,
             proxy,
             shutdown,
