@@ -328,3 +328,30 @@ async fn raw_unary(
         .unwrap();
     (response.status().as_u16(), response.headers().clone())
 }
+
+#[tokio::test]
+async fn a_plugin_refusal_is_a_grpc_status() {
+    let up = echo_upstream().await;
+    let config = format!(
+        "[plugins]\ncache_dir = \"{}\"\n\
+         [services.greeter]\ninstances = [\"{}\"]\nprotocol = \"h2c\"\n\
+         [[routes]]\npath = \"/echo.Echo\"\nservice = \"greeter\"\nplugins = [\"auth\"]\n\
+         [[plugin.auth.keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret = \"{}\"\n",
+        crate::harness::plugin_cache_dir().display(),
+        up.addr,
+        crate::builtin::SECRET
+    );
+    let gw = gateway(&config).await;
+    let mut c = client(gw.listen_addr).await;
+    let status = c.unary(msg("hi", 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    let mut request = Request::new(msg("hi", 1));
+    let bearer = format!("Bearer {}", crate::builtin::token("alice", 60));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let reply = c.unary(request).await.unwrap();
+    assert_eq!(reply.get_ref(), &msg("echo hi", 1));
+    gw.shutdown().await;
+}

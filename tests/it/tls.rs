@@ -353,3 +353,118 @@ fn a_missing_or_bad_certificate_is_a_config_error_naming_the_file() {
         .to_string();
     assert!(e.contains("does not fit the certificate"), "{e}");
 }
+
+/// An HTTPS upstream on 127.0.0.1:0 (ALPN h2 and http/1.1) answering with the HTTP version it
+/// saw; with `client_ca`, it requires a client certificate. Counts TCP connections.
+async fn tls_upstream(
+    issued: &Issued,
+    client_ca: Option<&TestCa>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.issuer.der().clone()).unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(
+            vec![issued.der.clone()],
+            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host.
+                        let host = match req.headers().get("host") {
+                            Some(h) => h.to_str().unwrap().to_owned(),
+                            None => req.uri().authority().unwrap().to_string(),
+                        };
+                        let text = format!("{:?} {host}", req.version());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(text)),
+                        ))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn upstreams_over_tls_http1_and_h2_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (addr, conns) = tls_upstream(&ca.issue(&["upstream.test"]), Some(&ca)).await;
+    let (client_cert, client_key) = write_pair(dir.path(), "gw", &ca.issue(&["gateway.test"]));
+    let tls = format!(
+        "tls_ca = {ca_file:?}\ntls_server_name = \"upstream.test\"\ntls_client_cert = {client_cert:?}\ntls_client_key = {client_key:?}\n"
+    );
+    let config = format!(
+        "[services.h1]\ninstances = [\"{addr}\"]\ntls = true\n{tls}\
+         [services.h2]\ninstances = [\"{addr}\"]\nprotocol = \"h2\"\n{tls}\
+         [services.anonymous]\ninstances = [\"{addr}\"]\ntls = true\nretries = 0\ntls_ca = {ca_file:?}\ntls_server_name = \"upstream.test\"\n\
+         [[routes]]\npath = \"/h1\"\nservice = \"h1\"\n\
+         [[routes]]\npath = \"/h2\"\nservice = \"h2\"\n\
+         [[routes]]\npath = \"/anonymous\"\nservice = \"anonymous\"\n"
+    );
+    let gw = gateway(&config).await;
+    let (status, _, body) = crate::harness::get(gw.listen_addr, "/h1").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, &*format!("HTTP/1.1 {}", gw.listen_addr))
+    );
+
+    // HTTP/2 to the instance: concurrent requests share one connection.
+    let before = conns.load(std::sync::atomic::Ordering::SeqCst);
+    let requests = (0..10).map(|_| crate::harness::get(gw.listen_addr, "/h2"));
+    for (status, _, body) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            format!("HTTP/2.0 {}", gw.listen_addr),
+            "Host became :authority"
+        );
+    }
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst) - before,
+        1,
+        "one multiplexed h2 connection"
+    );
+
+    // Without the client certificate the instance refuses the gateway.
+    let (status, _, _) = crate::harness::get(gw.listen_addr, "/anonymous").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    gw.shutdown().await;
+}

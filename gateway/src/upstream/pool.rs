@@ -125,8 +125,9 @@ pub enum ConnectError {
 pub struct InstancePool {
     address: Arc<str>,
     idle: Box<[Mutex<Vec<SendRequest<RequestBody>>>]>,
-    /// Each worker's HTTP/2 connection (HTTP/2 transports only).
-    shared: Box<[Mutex<Option<http2::SendRequest<RequestBody>>>]>,
+    /// Each worker's HTTP/2 connection (HTTP/2 transports only). An async lock: requests
+    /// that arrive while it is being made wait for it instead of making their own.
+    shared: Box<[tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>]>,
     transport: Arc<Transport>,
 }
 
@@ -145,12 +146,14 @@ impl InstancePool {
         Arc::new(Self {
             address,
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-            shared: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            shared: (0..workers.max(1))
+                .map(|_| tokio::sync::Mutex::default())
+                .collect(),
             transport,
         })
     }
 
-    fn shared_slot(&self) -> &Mutex<Option<http2::SendRequest<RequestBody>>> {
+    fn shared_slot(&self) -> &tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>> {
         let index = WORKER.with(Cell::get);
         &self.shared[index % self.shared.len()]
     }
@@ -166,16 +169,7 @@ impl InstancePool {
         connect_timeout: Duration,
     ) -> Result<Pooled, ConnectError> {
         if self.transport.is_h2() {
-            let shared = self.shared_slot().lock().expect("pool lock").clone();
-            if let Some(sender) = shared.filter(|s| !s.is_closed()) {
-                return Ok(Pooled {
-                    sender: Some(Sender::H2(sender)),
-                    pool: self.clone(),
-                    reused: true,
-                    in_flight: None,
-                });
-            }
-            return self.connect(connect_timeout).await;
+            return self.shared_h2(connect_timeout).await;
         }
         loop {
             let idle = self.idle_list().lock().expect("pool lock").pop();
@@ -194,11 +188,51 @@ impl InstancePool {
         self.connect(connect_timeout).await
     }
 
-    /// Opens a new connection; its I/O task runs on the current worker.
+    /// This worker's HTTP/2 connection, made when there is none or it closed.
+    async fn shared_h2(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<Pooled, ConnectError> {
+        let mut slot = self.shared_slot().lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(Pooled {
+                sender: Some(Sender::H2(sender.clone())),
+                pool: self.clone(),
+                reused: true,
+                in_flight: None,
+            });
+        }
+        let sender = self.open(connect_timeout).await?;
+        if let Sender::H2(shared) = &sender {
+            *slot = Some(shared.clone());
+        }
+        Ok(Pooled {
+            sender: Some(sender),
+            pool: self.clone(),
+            reused: false,
+            in_flight: None,
+        })
+    }
+
+    /// A new connection (for HTTP/2, this worker's shared one, new if it closed); its I/O
+    /// task runs on the current worker.
     pub async fn connect(
         self: &Arc<Self>,
         connect_timeout: Duration,
     ) -> Result<Pooled, ConnectError> {
+        if self.transport.is_h2() {
+            return self.shared_h2(connect_timeout).await;
+        }
+        Ok(Pooled {
+            sender: Some(self.open(connect_timeout).await?),
+            pool: self.clone(),
+            reused: false,
+            in_flight: None,
+        })
+    }
+
+    /// Connects (TCP, then TLS when the transport says so) and shakes hands.
+    async fn open(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
         let stream =
             match tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.address)).await {
                 Err(_) => return Err(ConnectError::Timeout),
@@ -225,15 +259,7 @@ impl InstancePool {
                 self.handshake(tls).await?
             }
         };
-        if let Sender::H2(shared) = &sender {
-            *self.shared_slot().lock().expect("pool lock") = Some(shared.clone());
-        }
-        Ok(Pooled {
-            sender: Some(sender),
-            pool: self.clone(),
-            reused: false,
-            in_flight: None,
-        })
+        Ok(sender)
     }
 
     /// The HTTP handshake on a connected stream; the connection's I/O task runs on the
