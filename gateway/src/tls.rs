@@ -59,10 +59,7 @@ impl CertSet {
     fn pick(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
         if let Some(name) = server_name {
             let name = name.to_ascii_lowercase();
-            let exact = self
-                .entries
-                .iter()
-                .find(|e| e.names.iter().any(|n| *n == name));
+            let exact = self.entries.iter().find(|e| e.names.contains(&name));
             let wildcard = || {
                 let parent = name.split_once('.').map(|(_, rest)| rest)?;
                 self.entries.iter().find(|e| {

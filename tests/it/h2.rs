@@ -104,12 +104,12 @@ async fn http2_limits_are_applied() {
     let refused = tokio::time::timeout(Duration::from_secs(5), sender.send_request(big))
         .await
         .expect("an answer");
-    match refused {
-        Ok(response) => assert_eq!(
+    // Either a 431 or a reset stream: both are refusals.
+    if let Ok(response) = refused {
+        assert_eq!(
             response.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        ),
-        Err(_) => {} // the stream was reset: also a refusal
+        );
     }
     assert_eq!(up.hits(), hits, "the upstream saw nothing");
     gw.shutdown().await;

@@ -335,8 +335,7 @@ fn a_missing_or_bad_certificate_is_a_config_error_naming_the_file() {
         let text =
             format!("[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = {cert:?}\nkey = {key:?}\n");
         let e = sluice::config::Config::parse(&text, "t.toml")
-            .err()
-            .expect("the config is refused")
+            .expect_err("the config is refused")
             .to_string();
         assert!(
             e.contains(&format!("server.tls: {}: {what}", cert.display())),
