@@ -400,9 +400,8 @@ impl Proxy {
             );
         }
         if let Some(upgrade) = upgrade {
-            return self
-                .forward_websocket(&service, parts, body, upgrade, outcome)
-                .await;
+            // Boxed: its state does not enlarge every request's future.
+            return Box::pin(self.forward_websocket(&service, parts, body, upgrade, outcome)).await;
         }
         // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
         let add_host = !parts.headers.contains_key(header::HOST);
