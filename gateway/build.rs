@@ -19,6 +19,19 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=SLUICE_SKIP_BUILTINS");
 
+    // The echo service of the gRPC pass-through tests (tests/it/grpc.rs includes it).
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tests/proto").display()
+    );
+    tonic_prost_build::configure()
+        .out_dir(&out_dir)
+        .compile_protos(
+            &[root.join("tests/proto/echo.proto")],
+            &[root.join("tests/proto")],
+        )
+        .expect("compiling tests/proto/echo.proto (is protoc installed? scripts/setup-system-packages.sh)");
+
     let names = builtin_names(&root.join("plugins"));
     let skip = std::env::var_os("SLUICE_SKIP_BUILTINS").is_some();
     let mut entries = Vec::new();

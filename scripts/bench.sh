@@ -3,6 +3,7 @@
 #   scripts/bench.sh proxy [seconds] [connections]   gateway vs nginx/haproxy/caddy, 3 runs
 #   scripts/bench.sh plugins                          plugin runtime costs (+ auth verify cost)
 #   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
+#   scripts/bench.sh tls [seconds] [connections]     HTTPS keep-alive (wrk) and h2 (h2load) vs nginx
 #   scripts/bench.sh tracing [seconds] [connections] telemetry off vs collector live/down/blackholed
 #                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 #   scripts/bench.sh chain [seconds] [connections]   the plugin path in one run: nginx, no plugins, the
@@ -69,6 +70,50 @@ TOML
     GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
     GATEWAY_URL=http://127.0.0.1:18080/ bash ../shared/bench/peers.sh "$secs" "$conns"
   rm -f "$cfg"
+  ;;
+tls)
+  # nginx and the gateway, each one worker, both terminating TLS (the same self-signed
+  # P-256 certificate, ALPN h2 and http/1.1) in front of an nginx upstream on 127.0.0.1:19101 (ports apart from peers.sh).
+  secs=${2:-8}; conns=${3:-64}
+  export PATH=$PATH:/usr/sbin
+  for t in nginx wrk h2load openssl; do
+    command -v $t >/dev/null || apt-get install -y nginx-light wrk nghttp2-client openssl
+  done
+  cargo build --release -p sluice
+  T=$(mktemp -d); trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  bash scripts/make-dev-cert.sh "$T" localhost 127.0.0.1 >/dev/null
+  cat > $T/up.conf <<C
+worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:19101; location / { return 200 "hello from upstream\n"; } } }
+C
+  cat > $T/ngx.conf <<C
+worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; upstream u { server 127.0.0.1:19101; keepalive 64; }
+  server { listen 127.0.0.1:19443 ssl http2; ssl_certificate $T/dev.pem; ssl_certificate_key $T/dev.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+C
+  bench_config "" | sed 's/:18080/:18180/; s/:18081/:18181/; s/:19001/:19101/' > $T/gw.toml
+  cat >> $T/gw.toml <<TOML
+[server.tls]
+listen = "127.0.0.1:18443"
+cert = "$T/dev.pem"
+key = "$T/dev.key"
+TOML
+  nginx -c $T/up.conf; nginx -c $T/ngx.conf
+  "$CARGO_TARGET_DIR/release/sluice" run --config $T/gw.toml >$T/gw.log 2>&1 & echo $! > $T/gw.pid
+  sleep 1.5
+  for run in 1 2 3; do
+    echo "== run $run"
+    for target in nginx:19443 gateway:18443; do
+      name=${target%%:*}; port=${target##*:}
+      https=$(wrk -t1 -c$conns -d${secs}s https://127.0.0.1:$port/ | awk '/Requests\/sec/ {print $2}')
+      h2=$(h2load -t1 -c$conns -m10 -D$secs https://127.0.0.1:$port/ 2>/dev/null | awk '/^finished in/ {print $4}')
+      echo "$name https_keepalive_req/s=$https h2_req/s=$h2"
+    done
+  done
   ;;
 plugins)
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true

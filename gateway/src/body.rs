@@ -169,6 +169,29 @@ impl ResponseBody {
         }
     }
 
+    /// No body at all (ends at once: an HTTP/2 answer is one HEADERS frame).
+    pub fn empty() -> Self {
+        Self {
+            kind: ResponseKind::Full(None),
+            active: None,
+            _connection: None,
+        }
+    }
+
+    /// An upstream's body on a connection that is not pooled.
+    pub fn streamed(body: Incoming) -> Self {
+        Self {
+            kind: ResponseKind::Upstream(body),
+            active: None,
+            _connection: None,
+        }
+    }
+
+    /// Whether this body is an upstream's, streamed through.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind, ResponseKind::Upstream(_))
+    }
+
     /// An upstream's body, streamed through; `connection` goes back to its pool afterwards.
     pub fn upstream(body: Incoming, connection: Pooled) -> Self {
         Self {

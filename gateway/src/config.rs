@@ -117,6 +117,137 @@ pub struct ServerConfig {
     /// `max_connections = 10000`: open client connections (all workers together); more are
     /// accepted and closed at once. 0 = no limit.
     pub max_connections: usize,
+    /// `[server.tls]`: a TLS listener beside the plain one (absent = no TLS).
+    pub tls: Option<TlsConfig>,
+    /// `[server.http2]`: HTTP/2 from clients (over TLS with ALPN, and h2c on `listen`).
+    pub http2: Http2Config,
+    /// `[server.websocket]`: limits of WebSocket connections relayed to upstreams.
+    pub websocket: WebSocketConfig,
+}
+
+/// `[server.websocket]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// `idle_timeout = "5m"`: a WebSocket with no bytes in either direction for this long is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `max_duration = "24h"`: a WebSocket is closed after this long, busy or not.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_duration: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `listen = "127.0.0.1:8443"`: the TLS listener.
+    pub listen: SocketAddr,
+    /// `cert = "certs/api.pem"`: the certificate chain (PEM), leaf first. Served when the
+    /// client sends no SNI or one no certificate names.
+    pub cert: PathBuf,
+    /// `key = "certs/api.key"`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// `[[server.tls.certificates]]`: more certificates, chosen by SNI from their subject
+    /// alternative names (DNS names, `*.` wildcards included).
+    #[serde(default)]
+    pub certificates: Vec<TlsCertificate>,
+    /// `min_version = "1.2"` or `"1.3"`: the oldest TLS version accepted.
+    #[serde(default)]
+    pub min_version: TlsMinVersion,
+    /// `client_ca = "certs/clients.pem"`: require a client certificate signed by one of these
+    /// CAs (mTLS); absent = no client certificates asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `watch = true`: reload the certificates when their files change.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// `[[server.tls.certificates]]`: one more certificate and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `min_version`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[server.http2]`: HTTP/2 limits. HTTP/2 is offered over TLS (ALPN `h2`) and, with `h2c`,
+/// as cleartext with prior knowledge on `server.listen` (what gRPC clients send without TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// `enabled = true`: offer HTTP/2 at all (ALPN `h2`, and h2c when `h2c` is on).
+    pub enabled: bool,
+    /// `h2c = true`: accept cleartext HTTP/2 with prior knowledge on `server.listen`.
+    pub h2c: bool,
+    /// `max_concurrent_streams = 128`: streams a client may have open on one connection.
+    pub max_concurrent_streams: u32,
+    /// `max_header_list_size = 16384`: the largest decoded header list of one request
+    /// (also bounds CONTINUATION floods: headers past it are refused).
+    pub max_header_list_size: u32,
+    /// `initial_stream_window_size = 1048576`: per-stream flow-control window (bytes).
+    pub initial_stream_window_size: u32,
+    /// `initial_connection_window_size = 2097152`: per-connection flow-control window.
+    pub initial_connection_window_size: u32,
+    /// `max_pending_accept_reset_streams = 20`: streams reset by the client before the
+    /// gateway accepted them; past it the connection is closed (rapid reset, CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// `max_local_error_reset_streams = 1024`: streams the gateway had to reset because the
+    /// client misbehaved; past it the connection is closed.
+    pub max_local_error_reset_streams: usize,
+    /// `keep_alive_interval = "30s"`: PING an idle client this often (0 = never); a client
+    /// that does not answer within `keep_alive_timeout` is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// `keep_alive_timeout = "10s"`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            h2c: true,
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            initial_stream_window_size: 1024 * 1024,
+            initial_connection_window_size: 2 * 1024 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -138,6 +269,9 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            tls: None,
+            http2: Http2Config::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -471,6 +605,48 @@ pub struct ServiceConfig {
     /// `[services.NAME.active_health]`: probe instances with an HTTP GET.
     #[serde(default)]
     pub active_health: Option<ActiveHealthConfig>,
+    /// `protocol = "http1"` (default), `"h2"` (HTTP/2 over TLS, ALPN `h2`) or `"h2c"`
+    /// (cleartext HTTP/2 with prior knowledge, what gRPC servers without TLS speak).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// `tls = true`: connect to the instances over TLS (implied by `protocol = "h2"`).
+    #[serde(default)]
+    pub tls: bool,
+    /// `tls_server_name = "api.internal"`: the name the instances' certificate must carry
+    /// (default: the host part of each instance address).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// `tls_ca = "certs/internal-ca.pem"`: CA certificates (PEM) that sign the instances'
+    /// certificates (default: the system's trusted roots).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_client_cert = "certs/gw.pem"`: a client certificate to present (mTLS upstream),
+    /// with `tls_client_key`.
+    #[serde(default)]
+    pub tls_client_cert: Option<PathBuf>,
+    /// `tls_client_key = "certs/gw.key"`: the client certificate's private key.
+    #[serde(default)]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ServiceConfig {
+    /// Whether instances are reached over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.protocol == UpstreamProtocol::H2
+    }
+}
+
+/// `protocol` of a service.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS when `tls = true`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over cleartext TCP, prior knowledge.
+    H2c,
 }
 
 impl Default for ServiceConfig {
@@ -486,6 +662,12 @@ impl Default for ServiceConfig {
             retry: RetryConfig::default(),
             passive_health: PassiveHealthConfig::default(),
             active_health: None,
+            protocol: UpstreamProtocol::default(),
+            tls: false,
+            tls_server_name: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -934,6 +1116,13 @@ impl Config {
                 );
             }
         }
+        if let Some(tls) = &self.server.tls {
+            // The files are read here so that `sluice check-config` catches a missing or bad
+            // certificate too, named with its path.
+            for problem in crate::tls::check(tls) {
+                err(None, problem);
+            }
+        }
         for (name, service) in &self.services {
             if let Err(why) = crate::registry::check_service_name(name) {
                 err(None, format!("services.{name}: {why}"));
@@ -1162,6 +1351,30 @@ impl Config {
                 }
             }
             (None, _) => {}
+        }
+        if service.protocol == UpstreamProtocol::H2c && service.tls {
+            err(
+                None,
+                format!(
+                    "services.{name}.protocol: `h2c` is cleartext HTTP/2; with `tls = true` use `protocol = \"h2\"`"
+                ),
+            );
+        }
+        let tls_keys = service.tls_server_name.is_some()
+            || service.tls_ca.is_some()
+            || service.tls_client_cert.is_some()
+            || service.tls_client_key.is_some();
+        if tls_keys && !service.uses_tls() {
+            err(
+                None,
+                format!(
+                    "services.{name}: tls_server_name, tls_ca and tls_client_* need `tls = true` or `protocol = \"h2\"`"
+                ),
+            );
+        } else if service.uses_tls()
+            && let Err(e) = crate::tls::upstream_connector(service)
+        {
+            err(None, format!("services.{name}: {e}"));
         }
         if let Some(active) = &service.active_health {
             if !active.path.get_ref().starts_with('/') {

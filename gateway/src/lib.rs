@@ -14,6 +14,7 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod etcd;
+pub mod grpc;
 pub mod headers;
 pub mod hystrix;
 pub mod logging;
@@ -27,7 +28,9 @@ pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +53,8 @@ pub struct Gateway {
     pub listen_addr: SocketAddr,
     /// The admin listener's address.
     pub admin_addr: SocketAddr,
+    /// The TLS listener's address, when `[server.tls]` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// The demo upstream's address, when `[demo_upstream]` is set.
     pub demo_addr: Option<SocketAddr>,
     /// Shared request-handling state (routes, services, metrics).
@@ -162,6 +167,7 @@ impl Gateway {
             access_log: config.log.access,
             telemetry,
             edge: edge::EdgePolicy::from(&config.server),
+            websocket: config.server.websocket.clone(),
         });
 
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
@@ -191,16 +197,33 @@ impl Gateway {
             .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
         let listen_addr = listeners[0].local_addr()?;
         proxy.registry.policy.set_own(&[listen_addr, admin_addr]);
+        let (tls, tls_addr) = match &config.server.tls {
+            Some(tls_config) => {
+                let tls = tls::Tls::new(tls_config, config.server.http2.enabled)?;
+                if tls_config.watch {
+                    control_tasks.push(tls.watch(tls_config, shutdown.clone())?);
+                }
+                let listeners = server::bind_reuseport(tls_config.listen, listeners.len())
+                    .with_context(|| {
+                        format!("server.tls.listen: cannot bind {}", tls_config.listen)
+                    })?;
+                let addr = listeners[0].local_addr()?;
+                (Some((listeners, tls)), Some(addr))
+            }
+            None => (None, None),
+        };
         let workers = server::spawn_workers(
             listeners,
+            tls,
             proxy.clone(),
             server::EdgeLimits::from(&config.server),
             shutdown.clone(),
         )?;
-        tracing::info!(%listen_addr, %admin_addr, workers = workers.len(), "sluice is serving");
+        tracing::info!(%listen_addr, ?tls_addr, %admin_addr, workers = workers.len(), "sluice is serving");
         Ok(Self {
             listen_addr,
             admin_addr,
+            tls_addr,
             demo_addr,
             proxy,
             shutdown,

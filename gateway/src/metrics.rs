@@ -57,6 +57,40 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+    tls: &'static str,
+}
+
+/// How a request came: the `protocol` label of `sluice_requests_by_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (or 1.0).
+    Http1,
+    /// HTTP/2, not gRPC.
+    H2,
+    /// gRPC (over HTTP/2).
+    Grpc,
+    /// A WebSocket upgrade.
+    Ws,
+}
+
+impl Protocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+            Self::Grpc => "grpc",
+            Self::Ws => "ws",
+        }
+    }
+}
+
+/// The `tls` label values: none, then the versions.
+const TLS_LABELS: [&str; 3] = ["", "TLSv1.2", "TLSv1.3"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: RouteName,
 }
@@ -140,6 +174,12 @@ pub struct Metrics {
     pub telemetry: crate::telemetry::TelemetryMetrics,
     /// The configuration in force (`sluice_config_*`).
     pub config: crate::cluster::ConfigMetrics,
+    /// TLS handshakes that failed or timed out.
+    tls_handshake_errors: Counter,
+    websockets_open: Gauge,
+    websockets: Counter,
+    /// `sluice_requests_by_protocol`, one cached handle per (protocol, tls) pair.
+    by_protocol: [[Counter; 3]; 4],
 }
 
 impl Default for Metrics {
@@ -215,8 +255,46 @@ impl Metrics {
         registry.register_collector(Box::new(breaker));
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         let config = crate::cluster::ConfigMetrics::register(&mut registry);
+        let tls_handshake_errors = Counter::default();
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes from clients that failed or timed out",
+            tls_handshake_errors.clone(),
+        );
+        let websockets_open = Gauge::default();
+        registry.register(
+            "websocket_connections",
+            "WebSocket connections being relayed now",
+            websockets_open.clone(),
+        );
+        let websockets = Counter::default();
+        registry.register(
+            "websocket_upgrades",
+            "WebSocket connections relayed (upgrades the upstream accepted)",
+            websockets.clone(),
+        );
+        let protocols = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "requests_by_protocol",
+            "Requests answered, by protocol (http1, h2, grpc, ws) and TLS version (empty: no TLS)",
+            protocols.clone(),
+        );
+        let by_protocol = [Protocol::Http1, Protocol::H2, Protocol::Grpc, Protocol::Ws].map(|p| {
+            TLS_LABELS.map(|tls| {
+                protocols
+                    .get_or_create(&ProtocolLabels {
+                        protocol: p.as_str(),
+                        tls,
+                    })
+                    .clone()
+            })
+        });
         Self {
             config,
+            by_protocol,
+            tls_handshake_errors,
+            websockets_open,
+            websockets,
             breaker_state,
             telemetry,
             registry,
@@ -284,6 +362,28 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    /// Counts a request by how it came; `tls` is `""`, `"TLSv1.2"` or `"TLSv1.3"`.
+    pub fn record_protocol(&self, protocol: Protocol, tls: &str) {
+        let tls = TLS_LABELS.iter().position(|l| *l == tls).unwrap_or(0);
+        self.by_protocol[protocol as usize][tls].inc();
+    }
+
+    /// A WebSocket started being relayed.
+    pub fn websocket_opened(&self) {
+        self.websockets.inc();
+        self.websockets_open.inc();
+    }
+
+    /// A relayed WebSocket ended.
+    pub fn websocket_closed(&self) {
+        self.websockets_open.dec();
+    }
+
+    /// Counts a failed client TLS handshake.
+    pub fn record_tls_handshake_error(&self) {
+        self.tls_handshake_errors.inc();
     }
 
     /// The open-connections gauge.

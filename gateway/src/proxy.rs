@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, Protocol, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::state::monotonic_ns;
 use crate::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
@@ -50,6 +50,8 @@ pub struct Proxy {
     pub telemetry: Option<Arc<Telemetry>>,
     /// Canonical paths, trusted proxies, the body read timeout (`[server]`).
     pub edge: crate::edge::EdgePolicy,
+    /// `[server.websocket]`.
+    pub websocket: crate::config::WebSocketConfig,
 }
 
 /// What the access log and metrics need to know about how a request went.
@@ -90,8 +92,32 @@ impl Proxy {
             request_id: None,
             trace,
         };
+        // gRPC runs over HTTP/2 only: HTTP/1.1 requests are not looked at.
+        let grpc = request.version() == Version::HTTP_2 && crate::grpc::is_grpc(request.headers());
+        let protocol = if grpc {
+            Protocol::Grpc
+        } else if request.version() == Version::HTTP_2 {
+            Protocol::H2
+        } else if request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
+            && crate::websocket::is_websocket(request.headers())
+        {
+            Protocol::Ws
+        } else {
+            Protocol::Http1
+        };
+        let tls = request
+            .extensions()
+            .get::<crate::server::TlsInfo>()
+            .map_or("", |t| t.version);
 
         let mut response = self.route_and_forward(request, client, &mut outcome).await;
+        if grpc && !response.body().is_upstream() && !crate::grpc::is_grpc(response.headers()) {
+            // Answered by the gateway or a plugin: a gRPC client reads grpc-status.
+            response = crate::grpc::answer(response, outcome.error.as_ref());
+        }
         if let Some(id) = outcome.request_id.take() {
             response
                 .headers_mut()
@@ -105,6 +131,7 @@ impl Proxy {
             .as_ref()
             .map_or(&self.unmatched, |r| &r.metrics);
         route_metrics.record(status, elapsed.as_secs_f64());
+        self.metrics.record_protocol(protocol, tls);
         if let (Some(trace), Some((method, path))) = (outcome.trace.take(), &request_line) {
             trace.finish(&FinishedRequest {
                 method,
@@ -125,6 +152,7 @@ impl Proxy {
                 elapsed,
                 client,
                 response.headers(),
+                (protocol, tls),
             );
         }
         response
@@ -151,6 +179,9 @@ impl Proxy {
             return outcome.fail(e);
         }
         let body_deadline = Instant::now() + self.edge.body_read_timeout;
+        if parts.version == Version::HTTP_2 {
+            h2_request_view(&mut parts);
+        }
         let request_id = headers::ensure_request_id(&mut parts.headers);
         outcome.request_id = Some(request_id.clone());
 
@@ -364,6 +395,21 @@ impl Proxy {
             .registry
             .service(&route.service)
             .ok_or_else(no_instance)?;
+        // A gRPC call's deadline bounds the wait for the upstream, like a plugin's cap.
+        let cap = match (parts.version == Version::HTTP_2)
+            .then(|| crate::grpc::timeout(&parts.headers))
+            .flatten()
+        {
+            Some(deadline) => Some(cap.map_or(deadline, |c| c.min(deadline))),
+            None => cap,
+        };
+
+        // hyper marks requests that ask for an upgrade (none on the usual path: this is a
+        // check of an empty extension map).
+        let upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .filter(|_| crate::websocket::is_websocket(&parts.headers));
 
         // Origin-form URI; hop-by-hop headers off, X-Forwarded-* on.
         parts.uri = upstream_uri(route, &parts.uri)?;
@@ -371,6 +417,16 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         let trusted = self.edge.trusts(client.ip());
         headers::add_forwarded(&mut parts.headers, client.ip(), trusted);
+        if parts.extensions.get::<crate::server::TlsInfo>().is_some() {
+            parts.headers.insert(
+                header::HeaderName::from_static("x-forwarded-proto"),
+                HeaderValue::from_static("https"),
+            );
+        }
+        if let Some(upgrade) = upgrade {
+            // Boxed: its state does not enlarge every request's future.
+            return Box::pin(self.forward_websocket(&service, parts, body, upgrade, outcome)).await;
+        }
         // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
         let add_host = !parts.headers.contains_key(header::HOST);
 
@@ -501,6 +557,50 @@ impl Proxy {
         }
     }
 
+    /// A WebSocket upgrade: one instance, no retries (see [`crate::websocket`]).
+    async fn forward_websocket(
+        &self,
+        service: &Arc<Service>,
+        parts: http::request::Parts,
+        body: RequestBody,
+        upgrade: hyper::upgrade::OnUpgrade,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let endpoints = service.endpoints();
+        let picked = service.pick(&endpoints, &parts.headers, &[], monotonic_ns());
+        let Some(index) = picked else {
+            return Err(ProxyError::NoInstance {
+                service: service.name.clone(),
+            });
+        };
+        let endpoint = &endpoints.endpoints[index as usize];
+        outcome.upstream = Some(endpoint.address.clone());
+        let mut request = Request::from_parts(parts, body);
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, endpoint.host_header.clone());
+        }
+        let result = crate::websocket::forward(
+            service,
+            endpoint,
+            request,
+            upgrade,
+            &self.websocket,
+            &self.metrics,
+        )
+        .await;
+        let failed = match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        service.record_attempt(endpoint, failed, monotonic_ns());
+        if let Err(e) = &result {
+            self.metrics.record_upstream_error(&service.name, e.kind());
+        }
+        result
+    }
+
     /// Takes a retry from the service's budget, counting it either way.
     fn take_retry(&self, service: &Service) -> bool {
         if service.budget.try_retry(monotonic_ns() / 1_000_000_000) {
@@ -615,6 +715,26 @@ fn check_framing(headers: &http::HeaderMap, max_body: u64) -> Result<(), ProxyEr
     Ok(())
 }
 
+/// An HTTP/2 request as plugins and routes see every request: `:authority` as the `Host`
+/// header (when the client sent no `Host` of its own) and an origin-form URI. hyper keeps
+/// pseudo-headers out of the header map.
+fn h2_request_view(parts: &mut http::request::Parts) {
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    if parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+}
+
 fn host_of(parts: &http::request::Parts) -> Option<&str> {
     parts
         .headers
@@ -642,6 +762,7 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
     Ok(Uri::from(path_and_query))
 }
 
+#[allow(clippy::too_many_arguments, reason = "one access-log line's fields")]
 fn log_access(
     method: &http::Method,
     path: &str,
@@ -650,6 +771,7 @@ fn log_access(
     elapsed: std::time::Duration,
     client: SocketAddr,
     response_headers: &http::HeaderMap,
+    (protocol, tls): (Protocol, &str),
 ) {
     let request_id = response_headers
         .get(&headers::X_REQUEST_ID)
@@ -666,6 +788,8 @@ fn log_access(
         duration_us = elapsed.as_micros() as u64,
         client = %client.ip(),
         request_id,
+        protocol = protocol.as_str(),
+        tls,
         error = error.as_deref().unwrap_or(""),
         "request"
     );

@@ -11,17 +11,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
+use crate::config::{Http2Config, ServerConfig};
 use crate::proxy::Proxy;
+use crate::tls::Tls;
 
 /// HTTP edge limits applied to every client connection.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct EdgeLimits {
     /// `max_connections` (0 = none) and the connections open now, across every worker.
     max_connections: usize,
     open_connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// `[server.http2]` when HTTP/2 is enabled.
+    http2: Option<Arc<Http2Config>>,
 }
 
 impl From<&ServerConfig> for EdgeLimits {
@@ -48,6 +51,7 @@ impl From<&ServerConfig> for EdgeLimits {
             write_timeout: c.write_timeout,
             max_connections: c.max_connections,
             open_connections: Arc::default(),
+            http2: c.http2.enabled.then(|| Arc::new(c.http2.clone())),
         }
     }
 }
@@ -98,20 +102,29 @@ pub fn bind_reuseport(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::n
 }
 
 /// Starts one worker thread per listener. Each returns when `shutdown` is cancelled and its
-/// connections have drained (or the shutdown timeout cut them).
+/// connections have drained (or the shutdown timeout cut them). With `tls`, worker `i` also
+/// serves the `i`th TLS listener.
 pub fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
+    tls: Option<(Vec<std::net::TcpListener>, Tls)>,
     proxy: Arc<Proxy>,
     limits: EdgeLimits,
     shutdown: CancellationToken,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let (mut tls_listeners, tls) = match tls {
+        Some((listeners, tls)) => (listeners.into_iter().map(Some).collect(), Some(tls)),
+        None => (Vec::new(), None),
+    };
+    tls_listeners.resize_with(listeners.len(), || None);
     listeners
         .into_iter()
+        .zip(tls_listeners)
         .enumerate()
-        .map(|(i, listener)| {
+        .map(|(i, (listener, tls_listener))| {
             let proxy = proxy.clone();
             let limits = limits.clone();
             let shutdown = shutdown.clone();
+            let tls = tls.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -127,7 +140,25 @@ pub fn spawn_workers(
                                 return;
                             }
                         };
-                        accept_loop(listener, proxy, limits, shutdown).await;
+                        let plain = accept_loop(
+                            listener,
+                            None,
+                            proxy.clone(),
+                            limits.clone(),
+                            shutdown.clone(),
+                        );
+                        let secure = async {
+                            let (Some(listener), Some(tls)) = (tls_listener, tls) else {
+                                return;
+                            };
+                            match TcpListener::from_std(listener) {
+                                Ok(l) => accept_loop(l, Some(tls), proxy, limits, shutdown).await,
+                                Err(e) => {
+                                    tracing::error!(worker = i, "cannot register TLS listener: {e}")
+                                }
+                            }
+                        };
+                        tokio::join!(plain, secure);
                     });
                 })
         })
@@ -136,6 +167,7 @@ pub fn spawn_workers(
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Tls>,
     proxy: Arc<Proxy>,
     limits: EdgeLimits,
     shutdown: CancellationToken,
@@ -155,6 +187,7 @@ async fn accept_loop(
         builder.max_headers(limits.max_header_count);
     }
     let builder = Arc::new(builder);
+    let h2 = limits.http2.as_deref().map(|c| Arc::new(h2_builder(c)));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -171,15 +204,31 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(
-                    slot,
-                    stream,
-                    peer,
-                    proxy.clone(),
-                    builder.clone(),
-                    limits.clone(),
-                    shutdown.clone(),
-                ));
+                let builders = Builders {
+                    http1: builder.clone(),
+                    h2: h2.clone(),
+                };
+                match &tls {
+                    None => connections.spawn(serve_connection(
+                        slot,
+                        stream,
+                        peer,
+                        proxy.clone(),
+                        builders,
+                        limits.clone(),
+                        shutdown.clone(),
+                    )),
+                    Some(tls) => connections.spawn(serve_tls(
+                        slot,
+                        stream,
+                        peer,
+                        tls.clone(),
+                        proxy.clone(),
+                        builders,
+                        limits.clone(),
+                        shutdown.clone(),
+                    )),
+                };
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning on the error.
@@ -201,15 +250,214 @@ async fn accept_loop(
     }
 }
 
+/// The connection builders of one listener.
+struct Builders {
+    http1: Arc<http1::Builder>,
+    /// `None` when HTTP/2 is disabled.
+    h2: Option<Arc<http2::Builder<TokioExecutor>>>,
+}
+
+/// HTTP/2 limits from `[server.http2]`, rapid-reset protection included.
+fn h2_builder(c: &Http2Config) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(c.max_concurrent_streams)
+        .max_header_list_size(c.max_header_list_size)
+        .initial_stream_window_size(c.initial_stream_window_size)
+        .initial_connection_window_size(c.initial_connection_window_size)
+        // CVE-2023-44487: a client that opens and resets streams faster than they are
+        // accepted, or provokes resets, loses its connection.
+        .max_pending_accept_reset_streams(c.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(c.max_local_error_reset_streams)
+        .keep_alive_interval((!c.keep_alive_interval.is_zero()).then_some(c.keep_alive_interval))
+        .keep_alive_timeout(c.keep_alive_timeout);
+    b
+}
+
+/// How a client connection arrived, for the access log and metrics: set on requests that
+/// came over TLS only (the plain path adds nothing per request).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), what h2c clients with prior knowledge send
+/// first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection opens with the HTTP/2 preface. Peeks (nothing is consumed);
+/// waits only while what arrived so far could still be the preface.
+async fn is_h2_preface(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn serve_connection(
     _slot: ConnectionSlot,
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: Arc<http1::Builder>,
+    builders: Builders,
     limits: EdgeLimits,
     shutdown: CancellationToken,
 ) {
+    if let Some(h2) = builders
+        .h2
+        .as_ref()
+        .filter(|_| limits.http2.as_ref().is_some_and(|c| c.h2c))
+    {
+        // Only the first bytes of a connection are looked at, once. A client that sends
+        // nothing is dropped after the idle timeout, as an HTTP/1.1 connection would be.
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout(limits.idle_timeout, is_h2_preface(&stream)) => sniffed,
+            () = shutdown.cancelled() => return,
+        };
+        match sniffed {
+            Ok(Ok(true)) => {
+                return serve_h2(stream, peer, None, proxy, h2, &limits, shutdown).await;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+    serve_http1(
+        stream,
+        peer,
+        None,
+        proxy,
+        &builders.http1,
+        &limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// A TLS connection: the handshake (within the header-read timeout), then HTTP/2 or
+/// HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    _slot: ConnectionSlot,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Tls,
+    proxy: Arc<Proxy>,
+    builders: Builders,
+    limits: EdgeLimits,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(limits.header_read_timeout, tls.acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            proxy.metrics.record_tls_handshake_error();
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            proxy.metrics.record_tls_handshake_error();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let info = TlsInfo {
+        version: crate::tls::version_name(session.protocol_version()),
+    };
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    match (&builders.h2, h2) {
+        (Some(h2), true) => serve_h2(stream, peer, Some(info), proxy, h2, &limits, shutdown).await,
+        _ => {
+            serve_http1(
+                stream,
+                peer,
+                Some(info),
+                proxy,
+                &builders.http1,
+                &limits,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+/// An HTTP/2 connection: many streams at once, each one request through the proxy. The
+/// connection closes (GOAWAY) after `idle_timeout` without a request in flight.
+async fn serve_h2<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    proxy: Arc<Proxy>,
+    builder: &http2::Builder<TokioExecutor>,
+    limits: &EdgeLimits,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let gauge = proxy.metrics.connections().clone();
+    gauge.inc();
+    // No reads are watched (frames are not request heads): only the idle timeout applies,
+    // counted from the end of the last request.
+    let state = Arc::new(ConnState::new());
+    let service_state = state.clone();
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        let proxy = proxy.clone();
+        if let Some(info) = tls {
+            request.extensions_mut().insert(info);
+        }
+        let active = ActiveRequest::begin(&service_state);
+        async move {
+            let mut response = proxy.handle(request, peer).await;
+            response.body_mut().set_active(active);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "h2 connection ended: {e}");
+                }
+                break;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            expired = state.watchdog(limits), if !draining => {
+                tracing::debug!(%peer, "closing h2 connection: {expired}");
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    gauge.dec();
+}
+
+async fn serve_http1<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    proxy: Arc<Proxy>,
+    builder: &http1::Builder,
+    limits: &EdgeLimits,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let gauge = proxy.metrics.connections().clone();
     gauge.inc();
     let state = Arc::new(ConnState::new());
@@ -227,6 +475,9 @@ async fn serve_connection(
         {
             request.extensions_mut().insert(AmbiguousFraming);
         }
+        if let Some(info) = tls {
+            request.extensions_mut().insert(info);
+        }
         let active = ActiveRequest::begin(&service_state);
         async move {
             let mut response = proxy.handle(request, peer).await;
@@ -234,7 +485,8 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let connection = builder.serve_connection(io, service);
+    // Upgrades (WebSocket) are handed over to the proxy once answered 101.
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let mut draining = false;
     loop {
@@ -250,7 +502,7 @@ async fn serve_connection(
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
-            expired = state.watchdog(&limits) => {
+            expired = state.watchdog(limits) => {
                 tracing::debug!(%peer, "closing connection: {expired}");
                 break;
             }
@@ -385,9 +637,10 @@ impl Drop for ActiveRequest {
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
 
-/// A TCP stream that reports reads to its [`ConnState`] and scans request heads.
-struct WatchedIo {
-    inner: TcpStream,
+/// A client stream (TCP or TLS) that reports reads to its [`ConnState`] and scans request
+/// heads.
+struct WatchedIo<S> {
+    inner: S,
     state: Arc<ConnState>,
     scanner: HeadScanner,
 }
@@ -450,7 +703,7 @@ impl HeadScanner {
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -472,7 +725,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,9 +6,9 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 
 use crate::harness::*;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough";
+pub const SECRET: &str = "a-test-secret-that-is-long-enough";
 
-fn token(sub: &str, exp_in_s: i64) -> String {
+pub fn token(sub: &str, exp_in_s: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

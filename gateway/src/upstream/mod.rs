@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use self::balancer::{Exclude, HashOn, Tables};
 use self::health::{EndpointHealth, HealthView};
-use self::pool::{ConnectError, InstancePool, Pooled};
+use self::pool::{ConnectError, InstancePool, Pooled, Transport};
 use self::retry::{RetryBudget, RetryPolicy};
 use crate::body::{RequestBody, RequestBodyError};
 use crate::config::{ActiveHealthConfig, BalancerKind, PassiveHealthConfig, ServiceConfig};
@@ -79,7 +79,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    #[cfg(test)]
     pub(crate) fn new(spec: &EndpointSpec, workers: usize) -> Option<Self> {
+        Self::with_transport(spec, workers, Arc::default())
+    }
+
+    pub(crate) fn with_transport(
+        spec: &EndpointSpec,
+        workers: usize,
+        transport: Arc<Transport>,
+    ) -> Option<Self> {
         Some(Self {
             id: spec.id.clone(),
             host_header: http::HeaderValue::from_str(&spec.address).ok()?,
@@ -90,7 +99,7 @@ impl Endpoint {
             expires_at: AtomicU64::new(spec.expires_at),
             outstanding: AtomicUsize::new(0),
             health: EndpointHealth::default(),
-            pool: InstancePool::new(spec.address.clone(), workers),
+            pool: InstancePool::with_transport(spec.address.clone(), workers, transport),
         })
     }
 
@@ -159,6 +168,8 @@ pub struct Service {
     endpoints: ArcSwap<EndpointSet>,
     next: AtomicUsize,
     workers: usize,
+    /// How connections to the instances are made (`protocol`, `tls`).
+    pub transport: Arc<Transport>,
     /// Serialises ejection decisions (rare: only when an instance reaches its threshold).
     ejecting: std::sync::Mutex<()>,
 }
@@ -242,6 +253,7 @@ impl Service {
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             next: AtomicUsize::new(0),
             workers,
+            transport: Arc::new(Transport::from_config(config)),
             ejecting: std::sync::Mutex::new(()),
         };
         service.set_endpoints(&static_specs(config));
@@ -276,7 +288,8 @@ impl Service {
                         e.expires_at.store(spec.expires_at, Ordering::Relaxed);
                         Some(Arc::clone(e))
                     }
-                    None => Endpoint::new(spec, self.workers).map(Arc::new),
+                    None => Endpoint::with_transport(spec, self.workers, self.transport.clone())
+                        .map(Arc::new),
                 }
             })
             .collect();

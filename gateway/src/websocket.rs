@@ -1,0 +1,198 @@
+//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455).
+//!
+//! The upgrade request goes through routing and the route's `on-request` plugins like any
+//! other request (so `auth` guards it); then it is sent to an instance on a connection of its
+//! own (an upgraded connection never goes back to a pool). When the instance answers 101,
+//! both connections are taken over from HTTP and bytes are copied both ways until either
+//! side closes, nothing moves for `server.websocket.idle_timeout`, or
+//! `server.websocket.max_duration` passes. Frames are not parsed: the instance does the
+//! WebSocket protocol; the gateway only relays it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::WebSocketConfig;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::upstream::{Endpoint, Service};
+
+/// Whether a request asks to become a WebSocket (`Upgrade: websocket`).
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Sends the upgrade request to `endpoint` and, on 101, relays the two connections in a task
+/// of their own. Returns the instance's answer for the client (101 or a refusal).
+pub async fn forward(
+    service: &Service,
+    endpoint: &Arc<Endpoint>,
+    mut request: Request<RequestBody>,
+    client_upgrade: OnUpgrade,
+    limits: &WebSocketConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // The hop-by-hop headers were dropped on the way; these two are what this hop needs.
+    let headers = request.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+
+    let instance = endpoint.address.clone();
+    let timeout = service.per_try_timeout;
+    let exchange = async {
+        let mut sender = endpoint
+            .pool
+            .connect_upgradable(service.connect_timeout)
+            .await
+            .map_err(|_| ProxyError::UpstreamConnect {
+                service: service.name.clone(),
+                instance: instance.clone(),
+            })?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| ProxyError::UpstreamFailed {
+                service: service.name.clone(),
+                instance: instance.clone(),
+                reason: e.to_string(),
+            })
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout {
+            service: service.name.clone(),
+            instance: instance.clone(),
+            phase: "response",
+        })??;
+
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused (401, 426, ...): relayed as an ordinary answer.
+        let (mut parts, body) = response.into_parts();
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, ResponseBody::streamed(body)));
+    }
+    let (parts, body) = response.into_parts();
+    let mut upstream_side = Response::from_parts(parts.clone(), body);
+    let limits = limits.clone();
+    let metrics = metrics.clone();
+    let service_name = service.name.clone();
+    tokio::spawn(async move {
+        let (client, upstream) =
+            match tokio::join!(client_upgrade, hyper::upgrade::on(&mut upstream_side)) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(service = &*service_name, "WebSocket upgrade failed: {e}");
+                    return;
+                }
+            };
+        metrics.websocket_opened();
+        let ended = relay(TokioIo::new(client), TokioIo::new(upstream), &limits).await;
+        metrics.websocket_closed();
+        tracing::debug!(service = &*service_name, "WebSocket closed: {ended}");
+    });
+    // The 101 goes to the client as the instance sent it (Upgrade, Connection,
+    // Sec-WebSocket-Accept and any subprotocol included).
+    Ok(Response::from_parts(parts, ResponseBody::empty()))
+}
+
+/// Copies bytes both ways until a side closes or a limit is reached; says which.
+async fn relay<A, B>(client: A, upstream: B, limits: &WebSocketConfig) -> &'static str
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Active {
+        inner: client,
+        started,
+        last: last.clone(),
+    };
+    let mut upstream = Active {
+        inner: upstream,
+        started,
+        last: last.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    let end = started + limits.max_duration;
+    loop {
+        let idle_end =
+            started + Duration::from_nanos(last.load(Ordering::Relaxed)) + limits.idle_timeout;
+        tokio::select! {
+            result = copy.as_mut() => {
+                return if result.is_ok() { "closed" } else { "connection error" };
+            }
+            () = tokio::time::sleep_until(idle_end.min(end)) => {
+                let now = Instant::now();
+                if now >= end {
+                    return "max_duration reached";
+                }
+                let last_seen = started + Duration::from_nanos(last.load(Ordering::Relaxed));
+                if now >= last_seen + limits.idle_timeout {
+                    return "idle_timeout reached";
+                }
+            }
+        }
+    }
+}
+
+/// A stream that notes when bytes last moved through it.
+struct Active<S> {
+    inner: S,
+    started: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Active<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

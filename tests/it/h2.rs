@@ -1,0 +1,196 @@
+//! HTTP/2 from clients: h2c with prior knowledge on the plain listener, the request view an
+//! upstream (and a plugin) gets, and the `[server.http2]` limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::harness::{Upstream, gateway, get, one_route};
+
+async fn h2c(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_on_the_plain_listener() {
+    let up = Upstream::named("two").await;
+    let gw = gateway(&one_route(up.addr, "/api")).await;
+    let mut sender = h2c(gw.listen_addr).await;
+    let request = Request::get("http://api.example:8080/api/items?x=1")
+        .header("x-custom", "yes")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"two");
+
+    // The upstream got HTTP/1.1 with `:authority` as Host and an origin-form target.
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/items?x=1");
+    assert_eq!(seen.headers["host"], "api.example:8080");
+    assert_eq!(seen.headers["x-custom"], "yes");
+    assert!(!seen.headers.keys().any(|k| k.as_str().starts_with(':')));
+
+    // Several requests at once on the one connection.
+    let requests = (0..10).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let request = Request::get(format!("http://api.example/api/{i}"))
+                .body(Empty::new())
+                .unwrap();
+            sender.send_request(request).await.unwrap().status()
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    // HTTP/1.1 on the same listener is untouched.
+    assert_eq!(get(gw.listen_addr, "/api/x").await.0, StatusCode::OK);
+
+    let metrics = get(gw.admin_addr, "/metrics").await.2;
+    assert!(
+        metrics.contains("sluice_requests_by_protocol_total{protocol=\"h2\",tls=\"\"} 11"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_limits_are_applied() {
+    let up = Upstream::named("ok").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [server.http2]\nmax_concurrent_streams = 7\nmax_header_list_size = 4096\n{}",
+        one_route(up.addr, "/")
+    );
+    let gw = gateway(&config).await;
+    // The first exchange carries the server's SETTINGS.
+    let tcp = tokio::net::TcpStream::connect(gw.listen_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(Request::get("http://h/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(client.current_max_send_streams(), 7);
+
+    let mut sender = h2c(gw.listen_addr).await;
+
+    // A header list over the limit never reaches the upstream.
+    let hits = up.hits();
+    let big = Request::get("http://h/")
+        .header("x-big", "a".repeat(8000))
+        .body(Empty::new())
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), sender.send_request(big))
+        .await
+        .expect("an answer");
+    // Either a 431 or a reset stream: both are refusals.
+    if let Ok(response) = refused {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+    assert_eq!(up.hits(), hits, "the upstream saw nothing");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_can_be_turned_off() {
+    let up = Upstream::named("ok").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server.http2]\nenabled = false\n{}",
+        one_route(up.addr, "/")
+    );
+    let gw = gateway(&config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.listen_addr)
+        .await
+        .unwrap();
+    let handshake = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await;
+    let works = match handshake {
+        Ok((mut sender, conn)) => {
+            tokio::spawn(conn);
+            let request = Request::get("http://h/").body(Empty::new()).unwrap();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), sender.send_request(request)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(_) => false,
+    };
+    assert!(!works, "no HTTP/2 when disabled");
+    assert_eq!(get(gw.listen_addr, "/").await.0, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_loses_its_connection_and_others_are_served() {
+    let up = Upstream::named("ok").await;
+    let gw = gateway(&one_route(up.addr, "/")).await;
+
+    let tcp = tokio::net::TcpStream::connect(gw.listen_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // Open streams and reset them at once, as fast as frames can be written (CVE-2023-44487).
+    let mut sent = 0;
+    for _ in 0..5000 {
+        let request = Request::get("http://h/").body(()).unwrap();
+        match client.send_request(request, true) {
+            Ok((_, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        if sent % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let result = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the flooding connection is closed by the gateway")
+        .unwrap();
+    let error = result.expect_err("closed with an error");
+    assert!(
+        error.is_go_away() || error.is_io(),
+        "GOAWAY expected after {sent} resets: {error:?}"
+    );
+    if let Some(reason) = error.reason() {
+        assert_eq!(reason, h2::Reason::ENHANCE_YOUR_CALM, "{error:?}");
+    }
+    // Another client is served as usual.
+    let mut sender = h2c(gw.listen_addr).await;
+    let response = sender
+        .send_request(Request::get("http://h/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    gw.shutdown().await;
+}

@@ -1,0 +1,128 @@
+//! WebSocket through the gateway: the upgrade is routed and guarded by the route's plugins
+//! (the built-in `auth`), then frames go both ways; an idle WebSocket is closed.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+
+use crate::builtin::{SECRET, token};
+use crate::harness::{gateway, get, plugin_cache_dir};
+
+/// A WebSocket echo server on 127.0.0.1:0 (one thread per connection; ends with the test).
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                while let Ok(msg) = ws.read() {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[server.websocket]
+idle_timeout = "1s"
+[plugins]
+cache_dir = "{}"
+[services.chat]
+instances = ["{upstream}"]
+[[routes]]
+path = "/chat"
+service = "chat"
+plugins = ["auth"]
+[[plugin.auth.keys]]
+kid = "k1"
+alg = "HS256"
+secret = "{SECRET}"
+"#,
+        plugin_cache_dir().display()
+    )
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_guarded_by_auth_and_relayed() {
+    let up = echo_server();
+    let gw = gateway(&config(up)).await;
+    let url = format!("ws://{}/chat", gw.listen_addr);
+
+    let refused = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || match tungstenite::connect(url.as_str()) {
+            Ok((_, response)) => Ok(response.status()),
+            Err(tungstenite::Error::Http(response)) => Err(Some(response.status())),
+            Err(_) => Err(None),
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(refused, Err(Some(http::StatusCode::UNAUTHORIZED)));
+
+    let bearer = format!("Bearer {}", token("alice", 60));
+    let closed_when_idle = tokio::task::spawn_blocking(move || {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let (mut ws, response) = tungstenite::connect(request).expect("upgrade with a token");
+        assert_eq!(response.status(), 101);
+        for i in 0..3 {
+            ws.send(Message::text(format!("hello {i}"))).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::text(format!("hello {i}")));
+        }
+        ws.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+        // Nothing moves for longer than idle_timeout: the gateway closes the connection.
+        if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let end = ws.read();
+        (
+            end.is_err() || end.is_ok_and(|m| m.is_close()),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(closed_when_idle.0, "the idle WebSocket was closed");
+    assert!(
+        closed_when_idle.1 < Duration::from_secs(4),
+        "closed after {:?}",
+        closed_when_idle.1
+    );
+
+    let metrics = get(gw.admin_addr, "/metrics").await.2;
+    assert!(
+        metrics.contains("sluice_websocket_upgrades_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_websocket_connections 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_requests_by_protocol_total{protocol=\"ws\",tls=\"\"} 2"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}
