@@ -57,24 +57,35 @@ impl From<&ServerConfig> for EdgeLimits {
 }
 
 /// One place among `max_connections`, given back when the connection ends.
-struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+/// It also counts the connection in `sluice_downstream_connections`, from accept on (before
+/// the h2c preface check or the TLS handshake), so the gauge and the limit agree.
+struct ConnectionSlot {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
 
 impl ConnectionSlot {
     /// A place, unless `max` (0 = no limit) connections are open already.
-    fn take(limits: &EdgeLimits) -> Option<Self> {
+    fn take(limits: &EdgeLimits, proxy: &Proxy) -> Option<Self> {
         let open = &limits.open_connections;
         let before = open.fetch_add(1, Ordering::Relaxed);
         if limits.max_connections != 0 && before >= limits.max_connections {
             open.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(Self(open.clone()))
+        let gauge = proxy.metrics.connections().clone();
+        gauge.inc();
+        Some(Self {
+            open: open.clone(),
+            gauge,
+        })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
@@ -198,7 +209,7 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 // Over `max_connections`: closed at once (not left in the backlog), so the
                 // client fails fast and retries elsewhere; see the README.
-                let Some(slot) = ConnectionSlot::take(&limits) else {
+                let Some(slot) = ConnectionSlot::take(&limits, &proxy) else {
                     tracing::debug!(%peer, "closing connection: max_connections reached");
                     drop(stream);
                     continue;
@@ -404,8 +415,6 @@ async fn serve_h2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let gauge = proxy.metrics.connections().clone();
-    gauge.inc();
     // No reads are watched (frames are not request heads): only the idle timeout applies,
     // counted from the end of the last request.
     let state = Arc::new(ConnState::new());
@@ -444,7 +453,6 @@ async fn serve_h2<S>(
             }
         }
     }
-    gauge.dec();
 }
 
 async fn serve_http1<S>(
@@ -458,8 +466,6 @@ async fn serve_http1<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let gauge = proxy.metrics.connections().clone();
-    gauge.inc();
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(WatchedIo {
         inner: stream,
@@ -508,7 +514,6 @@ async fn serve_http1<S>(
             }
         }
     }
-    gauge.dec();
 }
 
 /// What a connection is doing, for the header-read and idle timeouts. Times are nanoseconds
