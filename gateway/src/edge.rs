@@ -46,8 +46,8 @@ impl EdgePolicy {
 /// - an absolute-form target (`GET http://a.example/x`) wins over `Host` (RFC 9112 §3.2.2: the
 ///   recipient must ignore Host then): `Host` is set to the target's authority, so routing,
 ///   plugins and the upstream all see the same host;
-/// - the path is made canonical; the policy rides along in the request's extensions so a
-///   plugin's `set-path` is made canonical the same way.
+/// - the path is made canonical; a non-default policy rides along in the request's
+///   extensions so a plugin's `set-path` is made canonical the same way.
 pub fn canonical_request(
     parts: &mut http::request::Parts,
     policy: &EdgePolicy,
@@ -76,7 +76,11 @@ pub fn canonical_request(
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(pq);
     }
-    parts.extensions.insert(policy.path);
+    // Only a non-default policy rides along (inserting allocates the extensions map);
+    // `set-path` falls back to the default.
+    if policy.path != PathPolicy::default() {
+        parts.extensions.insert(policy.path);
+    }
     Ok(())
 }
 
@@ -137,8 +141,20 @@ mod tests {
         assert_eq!(p.uri, "/demo/private?a=%2F..");
         assert_eq!(
             p.extensions.get::<PathPolicy>(),
-            Some(&PathPolicy::default())
+            None,
+            "the default costs nothing"
         );
+        let keep = EdgePolicy {
+            path: PathPolicy {
+                merge_slashes: false,
+                escaped_slashes: crate::path::EscapedSlashes::Keep,
+            },
+            ..Default::default()
+        };
+        let mut p = parts("/a%2fb", &["h"]);
+        canonical_request(&mut p, &keep).unwrap();
+        assert_eq!(p.uri, "/a%2Fb");
+        assert_eq!(p.extensions.get::<PathPolicy>(), Some(&keep.path));
         let mut p = parts("/a%2fb", &["h"]);
         assert!(canonical_request(&mut p, &EdgePolicy::default()).is_err());
     }
