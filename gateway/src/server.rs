@@ -531,6 +531,9 @@ struct ConnState {
     last_activity: AtomicU64,
     /// When a write to the client last found its socket full; 0 = writes are flowing.
     write_blocked: AtomicU64,
+    /// Wakes the watchdog when a deadline it is not sleeping towards starts (a request head
+    /// begins, a write blocks), so it never oversleeps into a later deadline.
+    wake: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -543,6 +546,7 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -554,10 +558,13 @@ impl ConnState {
     fn on_read(&self) {
         let now = self.now();
         self.last_activity.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let _ =
-                self.head_started
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .head_started
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake.notify_one();
         }
     }
 
@@ -565,9 +572,13 @@ impl ConnState {
     fn on_write(&self, blocked: bool) {
         if blocked {
             let now = self.now();
-            let _ =
-                self.write_blocked
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            if self
+                .write_blocked
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.wake.notify_one();
+            }
         } else if self.write_blocked.load(Ordering::Relaxed) != 0 {
             self.write_blocked.store(0, Ordering::Relaxed);
         }
@@ -611,7 +622,10 @@ impl ConnState {
                 0 => deadline,
                 since => deadline.min(since + write_timeout),
             };
-            tokio::time::sleep_until(self.opened + Duration::from_nanos(deadline.max(now))).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(self.opened + Duration::from_nanos(deadline.max(now))) => {}
+                () = self.wake.notified() => {}
+            }
         }
     }
 }
