@@ -356,6 +356,10 @@ async fn serve_connection(
 
 /// A TLS connection: the handshake (within the header-read timeout), then HTTP/2 or
 /// HTTP/1.1 as ALPN chose.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a connection's state, passed once from the accept loop"
+)]
 async fn serve_tls(
     _slot: ConnectionSlot,
     stream: TcpStream,
