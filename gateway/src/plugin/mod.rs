@@ -120,9 +120,6 @@ pub struct PluginRuntime {
     outbound: host::OutboundClient,
     /// Address checks of outbound HTTP (knows the admin listener).
     outbound_guard: Arc<sandbox::OutboundGuard>,
-    /// Headers `auth` forwards (`[plugin.auth] forward_claims`): client-sent copies are
-    /// removed before a chain with `auth` runs, so no failure of `auth` lets them through.
-    identity_headers: Vec<http::HeaderName>,
     /// Per-node settings (`dir`, `watch`, `cache_dir`).
     settings: PluginsConfig,
     /// Settings a cluster configuration may replace at run time (`reconfigure`).
@@ -182,7 +179,6 @@ impl PluginRuntime {
             metrics,
             outbound: host::outbound_client(),
             outbound_guard: Arc::new(sandbox::OutboundGuard::new(config.server.admin)),
-            identity_headers: identity_headers(config),
             settings: config.plugins.clone(),
             live: ArcSwap::from_pointee(reconfigure::Live::from_config(config)),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -487,8 +483,8 @@ impl PluginRuntime {
         chain: &[String],
         mut request: Box<RequestState>,
     ) -> RequestChain {
-        if !self.identity_headers.is_empty() && chain.iter().any(|n| n == "auth") {
-            for name in &self.identity_headers {
+        if chain.iter().any(|n| n == "auth") {
+            for name in &self.live.load().identity_headers {
                 request.parts.headers.remove(name);
             }
         }

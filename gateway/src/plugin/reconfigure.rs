@@ -18,6 +18,10 @@ pub(super) struct Live {
     /// Built-in plugins the config uses (named on a route or configured under
     /// `[plugin.NAME]`); the others are not loaded.
     pub(super) wanted_builtins: Vec<String>,
+    /// Headers `auth` forwards (`[plugin.auth] forward_claims`): client-sent copies are
+    /// removed before a chain with `auth` runs, so no failure of `auth` lets them through.
+    /// Kept here so a pushed change of `forward_claims` takes effect with the rest.
+    pub(super) identity_headers: Vec<http::HeaderName>,
 }
 
 impl Live {
@@ -35,6 +39,7 @@ impl Live {
                 })
                 .map(str::to_owned)
                 .collect(),
+            identity_headers: super::identity_headers(config),
         }
     }
 }
@@ -63,5 +68,26 @@ impl PluginRuntime {
             report.unloaded.push(name.to_string());
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(text: &str) -> Live {
+        Live::from_config(&Config::parse(text, "t.toml").expect("valid config"))
+    }
+
+    #[test]
+    fn identity_headers_follow_the_configuration_in_force() {
+        let before = live("[plugin.auth]\nforward_claims = { sub = \"x-user-id\" }\n");
+        assert_eq!(before.identity_headers, ["x-user-id"]);
+        let after =
+            live("[plugin.auth]\nforward_claims = { sub = \"x-principal\", role = \"x-role\" }\n");
+        let mut names: Vec<&str> = after.identity_headers.iter().map(|h| h.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-principal", "x-role"]);
+        assert!(live("").identity_headers.is_empty());
     }
 }

@@ -233,18 +233,8 @@ impl InstancePool {
 
     /// Connects (TCP, then TLS when the transport says so) and shakes hands.
     async fn open(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.address)).await {
-                Err(_) => return Err(ConnectError::Timeout),
-                Ok(Err(e)) => return Err(ConnectError::Failed(e)),
-                Ok(Ok(stream)) => stream,
-            };
-        // Small request/response exchanges: Nagle's algorithm would only add latency.
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_tcp(connect_timeout).await?;
         let transport = &*self.transport;
-        if let Some(why) = &transport.broken {
-            return Err(ConnectError::Failed(std::io::Error::other(why.clone())));
-        }
         let sender = match &transport.tls {
             None => self.handshake(stream).await?,
             Some((connector, name)) => {
@@ -260,6 +250,23 @@ impl InstancePool {
             }
         };
         Ok(sender)
+    }
+
+    /// The TCP connection to the instance, within `connect_timeout`; refused at once when the
+    /// service's transport could not be set up (its TLS settings are broken).
+    async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+        if let Some(why) = &self.transport.broken {
+            return Err(ConnectError::Failed(std::io::Error::other(why.clone())));
+        }
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.address)).await {
+                Err(_) => return Err(ConnectError::Timeout),
+                Ok(Err(e)) => return Err(ConnectError::Failed(e)),
+                Ok(Ok(stream)) => stream,
+            };
+        // Small request/response exchanges: Nagle's algorithm would only add latency.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     /// The HTTP handshake on a connected stream; the connection's I/O task runs on the
@@ -303,17 +310,8 @@ impl InstancePool {
         &self,
         connect_timeout: Duration,
     ) -> Result<SendRequest<RequestBody>, ConnectError> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*self.address)).await {
-                Err(_) => return Err(ConnectError::Timeout),
-                Ok(Err(e)) => return Err(ConnectError::Failed(e)),
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_tcp(connect_timeout).await?;
         let transport = &*self.transport;
-        if let Some(why) = &transport.broken {
-            return Err(ConnectError::Failed(std::io::Error::other(why.clone())));
-        }
         let failed = |e: hyper::Error| ConnectError::Failed(std::io::Error::other(e));
         let address = self.address.clone();
         macro_rules! upgradable {

@@ -19,7 +19,7 @@ use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, kv, st
 use crate::cache::{TokenCache, Verified, same_key};
 use crate::config::{AuthConfig, Key, KvKeys, parse_key};
 use crate::jwks::JwksCache;
-use crate::verify::{Reject, TokenHeader};
+use crate::verify::Reject;
 
 /// The watched kv entry with rotating keys.
 pub const KV_KEYS: &str = "auth/keys";
@@ -125,9 +125,9 @@ impl Auth {
     /// The key for a token's kid: config keys, then kv keys, then kv keys still in their
     /// grace period, then JWKS keys. Without a kid, only when exactly one config or kv key is
     /// active (JWKS keys are only ever selected by kid).
-    fn key_for(&self, header: &TokenHeader) -> Result<Rc<Key>, Reject> {
+    fn key_for(&self, kid: Option<&str>) -> Result<Rc<Key>, Reject> {
         let cache = self.kv.borrow();
-        let Some(kid) = &header.kid else {
+        let Some(kid) = kid else {
             let mut active = self.config.keys.values().chain(
                 cache
                     .keys
@@ -165,7 +165,7 @@ impl Auth {
             return result;
         }
         let header = verify::token_header(&token)?;
-        let key = self.key_for(&header)?;
+        let key = self.key_for(header.kid.as_deref())?;
         let claims = Rc::new(verify::verify(
             &token,
             &header,
@@ -188,13 +188,15 @@ impl Auth {
     /// token is still the one its kid selects; `None` (and the entry forgotten) when the key
     /// changed, so the token is verified afresh.
     fn cached(&self, token: &str) -> Option<Result<Rc<Map<String, Value>>, Reject>> {
-        let (kid, key, claims) = {
-            let tokens = self.tokens.borrow();
-            let hit = tokens.get(token)?;
-            (hit.kid.clone(), Rc::clone(&hit.key), Rc::clone(&hit.claims))
-        };
-        let header = TokenHeader { alg: key.alg, kid };
-        if !self.key_for(&header).is_ok_and(|now| same_key(&now, &key)) {
+        let tokens = self.tokens.borrow();
+        let hit = tokens.get(token)?;
+        // `key_for` reads the kv and JWKS caches, never the token cache.
+        let key_unchanged = self
+            .key_for(hit.kid.as_deref())
+            .is_ok_and(|now| same_key(&now, &hit.key));
+        let claims = Rc::clone(&hit.claims);
+        drop(tokens);
+        if !key_unchanged {
             self.tokens.borrow_mut().remove(token);
             return None;
         }

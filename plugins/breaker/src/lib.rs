@@ -256,6 +256,13 @@ fn transition(cmd: &str, to: &str) {
     host::log(level, &format!("breaker: circuit `{cmd}` is now {to}"));
 }
 
+/// A shared counter's value; absent, unreadable or (transiently) negative counts as 0.
+fn read_counter(key: &str) -> u64 {
+    state::get(key)
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+        .map_or(0, |n| n.max(0) as u64)
+}
+
 /// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before).
 pub fn read_health(cmd: &str, s: &Settings, now_ms: u64) -> Health {
     let current = now_ms / s.bucket_ms();
@@ -263,9 +270,7 @@ pub fn read_health(cmd: &str, s: &Settings, now_ms: u64) -> Health {
     let mut errors = 0;
     for bucket in current.saturating_sub(s.rolling_buckets - 1)..=current {
         for kind in [keys::SUCCESS, keys::FAILURE, keys::TIMEOUT, keys::REJECTED] {
-            let n = state::get(&keys::count(cmd, bucket, kind))
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let n = read_counter(&keys::count(cmd, bucket, kind));
             total += n;
             if kind != keys::SUCCESS {
                 errors += n;
@@ -344,12 +349,9 @@ impl Breaker {
         let period = now_ms / lease;
         let ttl = Some(inflight_ttl(lease));
         let mine = state::incr(&keys::inflight(cmd, period), 1, ttl)?.max(0) as u64;
-        let before = match period.checked_sub(1) {
-            Some(p) => state::get(&keys::inflight(cmd, p))
-                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
-                .map_or(0, |n| n.max(0) as u64),
-            None => 0,
-        };
+        let before = period
+            .checked_sub(1)
+            .map_or(0, |p| read_counter(&keys::inflight(cmd, p)));
         if mine + before > s.max_concurrent_requests {
             state::incr(&keys::inflight(cmd, period), -1, ttl)?;
             return Ok(None);
