@@ -37,6 +37,16 @@ service = "up"
 plugins = [${plugins%, }]
 TOML
 }
+# An nginx answering a fixed 20-byte body on 127.0.0.1:PORT (the upstream every gateway and
+# peer in these benchmarks proxies to); its files and pid live in DIR.
+start_upstream() { # DIR PORT
+  cat > "$1/up.conf" <<C
+worker_processes 1; pid $1/up.pid; error_log $1/up.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$2; location / { return 200 "hello from upstream\n"; } } }
+C
+  nginx -c "$1/up.conf"
+}
 case "$what" in
 proxy)
   secs=${2:-8}; conns=${3:-64}
@@ -82,11 +92,7 @@ tls)
   cargo build --release -p sluice
   T=$(mktemp -d); trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
   bash scripts/make-dev-cert.sh "$T" localhost 127.0.0.1 >/dev/null
-  cat > $T/up.conf <<C
-worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19101; location / { return 200 "hello from upstream\n"; } } }
-C
+  start_upstream "$T" 19101
   cat > $T/ngx.conf <<C
 worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
 events { worker_connections 4096; }
@@ -102,7 +108,7 @@ listen = "127.0.0.1:18443"
 cert = "$T/dev.pem"
 key = "$T/dev.key"
 TOML
-  nginx -c $T/up.conf; nginx -c $T/ngx.conf
+  nginx -c $T/ngx.conf
   "$CARGO_TARGET_DIR/release/sluice" run --config $T/gw.toml >$T/gw.log 2>&1 & echo $! > $T/gw.pid
   sleep 1.5
   for run in 1 2 3; do
@@ -143,12 +149,7 @@ tracing)
   cargo build --release -p sluice
   T=$(mktemp -d)
   trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
-  cat > "$T/up.conf" <<C
-worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
-C
-  nginx -c "$T/up.conf"
+  start_upstream "$T" 19001
   # Live receiver: answers every OTLP/HTTP export with 200 and an empty (valid) protobuf body.
   python3 - > /dev/null 2>&1 <<'PY' & echo $! > "$T/live.pid"
 import http.server, socketserver
@@ -224,18 +225,14 @@ chain)
   (cd "$T/tmpl" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/bench-template" cargo build --release --quiet --target wasm32-wasip2)
   mkdir -p "$T/plugins"
   cp "$CARGO_TARGET_DIR/bench-template/wasm32-wasip2/release/tmpl.wasm" "$T/plugins/tmpl.wasm"
-  cat > "$T/up.conf" <<C
-worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
-C
+  start_upstream "$T" 19001
   cat > "$T/ngx.conf" <<C
 worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
 events { worker_connections 4096; }
 http { access_log off; upstream u { server 127.0.0.1:19001; keepalive 64; }
   server { listen 127.0.0.1:19081; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
-  nginx -c "$T/up.conf"; nginx -c "$T/ngx.conf"
+  nginx -c "$T/ngx.conf"
   cat > "$T/gw.toml" <<TOML
 [server]
 listen = "127.0.0.1:18080"
@@ -351,12 +348,7 @@ load)
   (cd "$T/t-python" && ./build.sh >/dev/null)
   ln -s "$PWD/examples/js-cors/node_modules" "$T/t-js/node_modules"
   (cd "$T/t-js" && ./build.sh >/dev/null)
-  cat > "$T/up.conf" <<C
-worker_processes 1; pid $T/up.pid; error_log $T/up.err; daemon on;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19001; location / { return 200 "hello from upstream\n"; } } }
-C
-  nginx -c "$T/up.conf"
+  start_upstream "$T" 19001
   mkdir -p "$T/plugins" "$T/langs"
   cp "$T/t-js/t-js.wasm" "$T/langs/"
   cp "$T/t-python/t-python.wasm" "$T/langs/"
