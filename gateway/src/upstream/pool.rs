@@ -202,7 +202,7 @@ impl InstancePool {
                 in_flight: None,
             });
         }
-        let sender = self.open(connect_timeout).await?;
+        let sender = Box::pin(self.open(connect_timeout)).await?;
         if let Sender::H2(shared) = &sender {
             *slot = Some(shared.clone());
         }
@@ -223,8 +223,10 @@ impl InstancePool {
         if self.transport.is_h2() {
             return self.shared_h2(connect_timeout).await;
         }
+        // Boxed: connecting (TCP, TLS, HTTP handshake) is the cold path, and its future is
+        // kilobytes that every request's future would otherwise carry and copy.
         Ok(Pooled {
-            sender: Some(self.open(connect_timeout).await?),
+            sender: Some(Box::pin(self.open(connect_timeout)).await?),
             pool: self.clone(),
             reused: false,
             in_flight: None,
