@@ -674,7 +674,10 @@ impl Default for ServiceConfig {
 
 /// One static instance: `"host:port"` or `{ address = "host:port", weight = 2 }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = r#"expected an instance, "host:port" or { address = "host:port", weight = 1..=1000 }"#
+)]
 pub enum InstanceConfig {
     /// Just the address (weight 1).
     Address(String),
@@ -1061,13 +1064,16 @@ impl Config {
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigErrors> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.to_string(),
-                position: e.span().map(|s| line_col(text, s.start)),
-                message: describe_toml_error(text, &e),
-            }])
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let e = e.into_inner();
+                ConfigErrors(vec![ConfigError {
+                    file: file.to_string(),
+                    position: e.span().map(|s| line_col(text, s.start)),
+                    message: describe_toml_error(&path, &e),
+                }])
+            })?;
         config.validate(text, file)?;
         Ok(config)
     }
@@ -1419,48 +1425,24 @@ pub(crate) fn check_authority(value: &str) -> Result<(), String> {
     }
 }
 
-/// toml's own message names the key for unknown and missing fields; for a bad value it
-/// points at the value, so we add the key from that line, and the table it sits in.
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+/// toml's message, prefixed with the path of the key it is about (`routes[1].plugins[0]`),
+/// taken from the deserializer rather than from the text: inline tables and multi-line
+/// arrays put the key on another line than the value. toml's message already names the
+/// key of an unknown or missing field; the path then names the table it is in.
+fn describe_toml_error(path: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', "; ");
-    let Some(span) = e.span() else { return message };
-    let table = enclosing_table(text, span.start);
-    let line_start = text[..span.start.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let before_span = &text[line_start..span.start.min(text.len())];
-    let key = match before_span.split_once('=') {
-        // The span is a value: the key is what stands before `=` on its line.
-        Some((key, _)) => Some(key.trim()),
-        // The span is a key (unknown field).
-        None if message.starts_with("unknown field") => text.get(span.clone()).map(str::trim),
-        None => None,
+    // Spanned values add a private segment of toml's own to the path.
+    let path = path.replace(".$__serde_spanned_private_value", "");
+    let path = path.as_str();
+    // For an unknown field the path ends with that field, which the message names already.
+    let path = match message.starts_with("unknown field") {
+        true => path.rsplit_once('.').map_or("", |(table, _)| table),
+        false => path,
     };
-    match (table, key) {
-        (Some(table), Some(key)) => format!("[{table}] {key}: {message}"),
-        (None, Some(key)) => format!("{key}: {message}"),
-        (Some(table), None) => format!("in [{table}]: {message}"),
-        (None, None) => message,
+    match path {
+        "" | "." => message,
+        path => format!("{path}: {message}"),
     }
-}
-
-/// The `[table]` or `[[array]]` header governing a byte offset (its own line included).
-fn enclosing_table(text: &str, offset: usize) -> Option<String> {
-    let end = text[offset.min(text.len())..]
-        .find('\n')
-        .map_or(text.len(), |i| offset + i);
-    text[..end].lines().rev().find_map(|line| {
-        let line = line.trim();
-        if line.starts_with('[') {
-            Some(
-                line.trim_matches(|c| c == '[' || c == ']')
-                    .trim()
-                    .to_string(),
-            )
-        } else {
-            None
-        }
-    })
 }
 
 /// 1-based line and column of a byte offset.

@@ -34,7 +34,7 @@ fn check_config_accepts_a_good_file_and_rejects_a_bad_one_with_its_location() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with(&format!(
-            "{}:2:1: [server] workerz: unknown field `workerz`",
+            "{}:2:1: server: unknown field `workerz`",
             bad.display()
         )),
         "{err}"
