@@ -52,8 +52,8 @@ pub enum ProxyError {
         service: Arc<str>,
         /// The instance address.
         instance: Arc<str>,
-        /// `connect` or `response`.
-        phase: &'static str,
+        /// Waiting for the connection, or for the response head.
+        phase: TimeoutPhase,
     },
     /// The connection broke or the upstream sent something that is not HTTP.
     #[error("upstream {instance} of service {service} failed: {reason}")]
@@ -180,5 +180,23 @@ impl ProxyError {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+/// Which wait of an upstream exchange ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Making the connection (TCP, TLS, HTTP handshake).
+    Connect,
+    /// Waiting for the response head after the request was sent.
+    Response,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Response => "response",
+        })
     }
 }

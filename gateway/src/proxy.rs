@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TimeoutPhase};
 use crate::headers;
 use crate::metrics::{Metrics, Protocol, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
@@ -27,6 +27,7 @@ use crate::routing::Route;
 use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{FinishedRequest, RequestTrace, Telemetry};
+use crate::upstream::retry::{RetryPlan, TryReport, TryResult};
 use crate::upstream::{AttemptError, Service};
 
 /// Everything a data-plane worker needs to answer requests; shared by all workers.
@@ -431,14 +432,17 @@ impl Proxy {
         let add_host = !parts.headers.contains_key(header::HOST);
 
         let policy = &service.retry;
-        let retries = route.retries.unwrap_or(policy.retries);
-        let retryable = retries > 0 && policy.allows(&parts.method);
+        let plan = RetryPlan::new(
+            policy,
+            route.retries.unwrap_or(policy.retries),
+            &parts.method,
+        );
         // One clock read serves the budget and the first pick.
         let mut now_ns = monotonic_ns();
         service.budget.record_request(now_ns / 1_000_000_000);
         // A copy to send again is kept only when a failure after sending may be retried
         // (connect failures give the request back unsent).
-        let (body, replay) = if retryable && policy.needs_replay() {
+        let (body, replay) = if plan.retryable && policy.needs_replay() {
             keep_for_replay(&parts.headers, body, policy.max_replay_body_bytes).await?
         } else {
             (body, None)
@@ -452,11 +456,11 @@ impl Proxy {
         let deadline = Instant::now() + overall;
         let mut tried = Tried::default();
         let mut next = Some(Request::from_parts(parts, body));
-        let mut attempt = 0;
+        let mut number = 0;
         loop {
-            attempt += 1;
-            let mut request = next.take().expect("a request for every attempt");
-            if attempt > 1 {
+            number += 1;
+            let mut request = next.take().expect("a request for every try");
+            if number > 1 {
                 now_ns = monotonic_ns();
             }
             let picked = service.pick(&endpoints, request.headers(), tried.as_slice(), now_ns);
@@ -473,7 +477,7 @@ impl Proxy {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = cap.map_or(service.per_try_timeout, |c| c.min(service.per_try_timeout));
-            // One client span per attempt; its id goes upstream as the `traceparent` parent.
+            // One client span per try; its id goes upstream as the `traceparent` parent.
             let span = outcome
                 .trace
                 .as_mut()
@@ -485,75 +489,70 @@ impl Proxy {
                 let status = result.as_ref().map(|(r, _)| r.status().as_u16());
                 trace.attempt_finished(span, status.map_err(|f| &f.error));
             }
-            // A retry needs its backoff and a useful try to fit before the overall deadline.
-            let pause = policy.backoff(attempt);
-            let time_left = deadline.saturating_duration_since(Instant::now());
-            let may_retry = retryable && attempt <= retries && time_left > pause + MIN_TRY;
 
-            let failure = match result {
+            // Account for the try, then ask the policy whether to try again.
+            let (answer, unsent) = match result {
                 Ok((response, connection)) => {
                     let status = response.status().as_u16();
                     service.record_attempt(endpoint, status >= 500, monotonic_ns());
-                    let resend = match &replay {
-                        Some(copy) if may_retry && policy.retries_status(status) => copy,
-                        _ => return Ok(relay(response, connection)),
-                    };
-                    if !self.take_retry(&service) {
-                        return Ok(relay(response, connection));
+                    (Ok((response, connection)), None)
+                }
+                Err(AttemptError { error, unsent }) => {
+                    if error.upstream_failure().is_none() {
+                        // The client's own body failed (too large, aborted): nothing to retry.
+                        return Err(error);
                     }
                     self.metrics
-                        .record_upstream_error(&service.name, "retried_status");
-                    // The answer is dropped unread: its connection closes instead of going back
-                    // to the pool.
-                    drop((response, connection));
-                    next = Some(Request::from_parts(
-                        copy_parts(&resend.0),
-                        RequestBody::full(resend.1.clone()),
-                    ));
-                    tokio::time::sleep(pause).await;
-                    continue;
+                        .record_upstream_error(&service.name, error.kind());
+                    // A try cut short by what was left of the overall deadline says nothing
+                    // about the instance's health.
+                    let cut_short = remaining < timeout
+                        && matches!(
+                            error,
+                            ProxyError::UpstreamTimeout {
+                                phase: TimeoutPhase::Response,
+                                ..
+                            }
+                        );
+                    if !cut_short {
+                        service.record_attempt(endpoint, true, monotonic_ns());
+                    }
+                    (Err(error), unsent)
                 }
-                Err(failure) => failure,
             };
-            let AttemptError { error, unsent } = failure;
-            if !matches!(
-                error,
-                ProxyError::UpstreamConnect { .. }
-                    | ProxyError::UpstreamTimeout { .. }
-                    | ProxyError::UpstreamFailed { .. }
-            ) {
-                // The client's own body failed (too large, aborted): nothing to retry.
-                return Err(error);
+            let report = TryReport {
+                number,
+                result: match &answer {
+                    Ok((response, _)) => TryResult::Answered(response.status().as_u16()),
+                    Err(error) => TryResult::Failed(error),
+                },
+                time_left: deadline.saturating_duration_since(Instant::now()),
+                resendable: unsent.is_some() || replay.is_some(),
+            };
+            let pause = match policy.decide(&plan, &report) {
+                Some(pause) if self.take_retry(&service) => pause,
+                _ => return answer.map(|(response, connection)| relay(response, connection)),
+            };
+            match &answer {
+                Ok(_) => self
+                    .metrics
+                    .record_upstream_error(&service.name, "retried_status"),
+                Err(error) => tracing::debug!(
+                    service = &*service.name,
+                    instance = &*endpoint.address,
+                    attempt = number,
+                    "retrying after: {error}"
+                ),
             }
-            self.metrics
-                .record_upstream_error(&service.name, error.kind());
-            // A try cut short by what was left of the overall deadline says nothing about the
-            // instance's health.
-            let cut_short = remaining < timeout
-                && matches!(error, ProxyError::UpstreamTimeout { phase, .. } if phase == "response");
-            if !cut_short {
-                service.record_attempt(endpoint, true, monotonic_ns());
-            }
-            let resend = unsent.or_else(|| {
+            // An answer is dropped unread: its connection closes instead of going back to the
+            // pool. The next try sends the request that came back unsent, or the copy.
+            drop(answer);
+            next = unsent.or_else(|| {
                 replay.as_ref().map(|(parts, bytes)| {
                     Request::from_parts(copy_parts(parts), RequestBody::full(bytes.clone()))
                 })
             });
-            match resend {
-                Some(request)
-                    if may_retry && policy.retries_error(&error) && self.take_retry(&service) =>
-                {
-                    tracing::debug!(
-                        service = &*service.name,
-                        instance = &*endpoint.address,
-                        attempt,
-                        "retrying after: {error}"
-                    );
-                    next = Some(request);
-                    tokio::time::sleep(pause).await;
-                }
-                _ => return Err(error),
-            }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -612,9 +611,6 @@ impl Proxy {
         }
     }
 }
-
-/// The least time a retry is worth starting with (after its backoff) before the deadline.
-const MIN_TRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Instances a request already tried (the first few: enough to spread retries out).
 #[derive(Default)]

@@ -75,7 +75,7 @@ pub async fn forward(
         .map_err(|_| ProxyError::UpstreamTimeout {
             service: service.name.clone(),
             instance: instance.clone(),
-            phase: "response",
+            phase: crate::error::TimeoutPhase::Response,
         })??;
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {

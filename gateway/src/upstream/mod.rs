@@ -22,7 +22,7 @@ use self::pool::{ConnectError, InstancePool, Pooled, Transport};
 use self::retry::{RetryBudget, RetryPolicy};
 use crate::body::{RequestBody, RequestBodyError};
 use crate::config::{ActiveHealthConfig, BalancerKind, PassiveHealthConfig, ServiceConfig};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TimeoutPhase};
 use crate::metrics::ServiceMetrics;
 use crate::plugin::state::monotonic_ns;
 
@@ -395,7 +395,7 @@ impl Service {
                 error: ProxyError::UpstreamTimeout {
                     service: self.name.clone(),
                     instance: endpoint.address.clone(),
-                    phase: "response",
+                    phase: TimeoutPhase::Response,
                 },
                 unsent: None,
             }),
@@ -413,7 +413,7 @@ impl Service {
             ConnectError::Timeout => ProxyError::UpstreamTimeout {
                 service,
                 instance,
-                phase: "connect",
+                phase: TimeoutPhase::Connect,
             },
             ConnectError::Failed(e) => {
                 tracing::debug!(

@@ -1,5 +1,6 @@
-//! Retry policy (which failures, which methods, backoff) and the retry budget that keeps
-//! retries from amplifying an outage.
+//! Retry policy (which failures, which methods, backoff), the decision after each try, and
+//! the retry budget that keeps retries from amplifying an outage. The decision is made here,
+//! from typed facts about the try; `Proxy::forward` only sends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::RetryConfig;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TimeoutPhase};
 
 /// One service's retry rules.
 #[derive(Debug, Clone)]
@@ -71,11 +72,32 @@ impl RetryPolicy {
     pub fn retries_error(&self, error: &ProxyError) -> bool {
         match error {
             ProxyError::UpstreamConnect { .. } => self.on_connect,
-            ProxyError::UpstreamTimeout { phase, .. } if *phase == "connect" => self.on_connect,
-            ProxyError::UpstreamTimeout { .. } => self.on_timeout,
+            ProxyError::UpstreamTimeout {
+                phase: TimeoutPhase::Connect,
+                ..
+            } => self.on_connect,
+            ProxyError::UpstreamTimeout {
+                phase: TimeoutPhase::Response,
+                ..
+            } => self.on_timeout,
             ProxyError::UpstreamFailed { .. } => self.on_reset,
             _ => false,
         }
+    }
+
+    /// After a try: the pause before trying again, or `None` to stop and give the client
+    /// what this try got. The retry budget is taken afterwards, only when this says retry.
+    pub fn decide(&self, plan: &RetryPlan, report: &TryReport<'_>) -> Option<Duration> {
+        if !plan.retryable || report.number > plan.retries || !report.resendable {
+            return None;
+        }
+        let wanted = match report.result {
+            TryResult::Answered(status) => self.retries_status(status),
+            TryResult::Failed(error) => self.retries_error(error),
+        };
+        // A retry needs its backoff and a useful try to fit before the overall deadline.
+        let pause = self.backoff(report.number);
+        (wanted && report.time_left > pause + MIN_TRY).then_some(pause)
     }
 
     /// The pause before retry number `n` (1-based): exponential with full jitter.
@@ -86,6 +108,50 @@ impl RetryPolicy {
             .min(self.max_backoff);
         cap.mul_f64(fastrand::f64())
     }
+}
+
+/// The least time a retry is worth starting with (after its backoff) before the deadline.
+pub const MIN_TRY: Duration = Duration::from_millis(10);
+
+/// What holds for every try of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPlan {
+    /// Retries allowed after the first try (the route's `retries`, else the service's).
+    pub retries: u32,
+    /// The method may be retried and retries are on at all.
+    pub retryable: bool,
+}
+
+impl RetryPlan {
+    /// The plan for a request with `method` on a route that allows `retries`.
+    pub fn new(policy: &RetryPolicy, retries: u32, method: &Method) -> Self {
+        Self {
+            retries,
+            retryable: retries > 0 && policy.allows(method),
+        }
+    }
+}
+
+/// What one try came to.
+#[derive(Debug, Clone, Copy)]
+pub enum TryResult<'a> {
+    /// The upstream answered with this status.
+    Answered(u16),
+    /// The try failed (connect, timeout, reset).
+    Failed(&'a ProxyError),
+}
+
+/// One finished try, as the retry decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TryReport<'a> {
+    /// 1 for the first try.
+    pub number: u32,
+    /// How it went.
+    pub result: TryResult<'a>,
+    /// Time left before the request's overall deadline.
+    pub time_left: Duration,
+    /// The request can be sent again: it came back unsent, or a copy was kept.
+    pub resendable: bool,
 }
 
 /// Buckets of the budget window, one per second.
@@ -189,6 +255,109 @@ mod tests {
                 assert!(policy.backoff(n) <= cap);
             }
         }
+    }
+
+    fn error(phase: Option<TimeoutPhase>) -> ProxyError {
+        let name: std::sync::Arc<str> = "s".into();
+        match phase {
+            Some(phase) => ProxyError::UpstreamTimeout {
+                service: name.clone(),
+                instance: name,
+                phase,
+            },
+            None => ProxyError::UpstreamConnect {
+                service: name.clone(),
+                instance: name,
+            },
+        }
+    }
+
+    fn report(number: u32, result: TryResult<'_>, left_ms: u64) -> TryReport<'_> {
+        TryReport {
+            number,
+            result,
+            time_left: Duration::from_millis(left_ms),
+            resendable: true,
+        }
+    }
+
+    #[test]
+    fn decide_retries_what_the_policy_names_while_tries_and_time_are_left() {
+        let config = RetryConfig {
+            on: ["connect", "timeout", "503"]
+                .map(|o| toml::Spanned::new(0..0, o.to_string()))
+                .to_vec(),
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(20),
+            ..RetryConfig::default()
+        };
+        let policy = RetryPolicy::from_config(2, &config);
+        let plan = RetryPlan::new(&policy, 2, &Method::GET);
+        let connect = error(None);
+        let response_timeout = error(Some(TimeoutPhase::Response));
+        // Named failures and statuses are retried, with a pause within the backoff.
+        for result in [
+            TryResult::Failed(&connect),
+            TryResult::Failed(&response_timeout),
+            TryResult::Answered(503),
+        ] {
+            let pause = policy.decide(&plan, &report(1, result, 1000));
+            assert!(
+                pause.is_some_and(|p| p <= Duration::from_millis(20)),
+                "{result:?}"
+            );
+        }
+        // Others are not.
+        assert_eq!(
+            policy.decide(&plan, &report(1, TryResult::Answered(500), 1000)),
+            None
+        );
+        assert_eq!(
+            policy.decide(&plan, &report(1, TryResult::Answered(200), 1000)),
+            None
+        );
+        // Two retries: the third try's failure is final.
+        assert!(
+            policy
+                .decide(&plan, &report(2, TryResult::Failed(&connect), 1000))
+                .is_some()
+        );
+        assert_eq!(
+            policy.decide(&plan, &report(3, TryResult::Failed(&connect), 1000)),
+            None
+        );
+        // Less time left than a useful try needs.
+        assert_eq!(
+            policy.decide(&plan, &report(1, TryResult::Failed(&connect), 9)),
+            None
+        );
+        // Nothing to send again.
+        let unsendable = TryReport {
+            resendable: false,
+            ..report(1, TryResult::Failed(&connect), 1000)
+        };
+        assert_eq!(policy.decide(&plan, &unsendable), None);
+        // Methods the policy does not name, and routes with retries off, never retry.
+        for plan in [
+            RetryPlan::new(&policy, 2, &Method::POST),
+            RetryPlan::new(&policy, 0, &Method::GET),
+        ] {
+            assert_eq!(
+                policy.decide(&plan, &report(1, TryResult::Failed(&connect), 1000)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_connect_timeout_counts_as_a_connect_failure_not_a_timeout() {
+        let config = RetryConfig {
+            on: vec![toml::Spanned::new(0..0, "connect".to_string())],
+            ..RetryConfig::default()
+        };
+        let policy = RetryPolicy::from_config(1, &config);
+        assert!(policy.retries_error(&error(Some(TimeoutPhase::Connect))));
+        assert!(!policy.retries_error(&error(Some(TimeoutPhase::Response))));
     }
 
     #[test]
