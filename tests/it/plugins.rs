@@ -96,7 +96,7 @@ async fn each_limit_fires_and_the_gateway_keeps_serving() {
         dir.path(),
         up.addr,
         &format!(
-            "quarantine_after = 0\ncpu_timeout = \"50ms\"\ntimeout = \"400ms\"\nmax_memory_bytes = 33554432\nallowed_hosts = [\"{}\"]",
+            "quarantine_after = 0\ncpu_timeout = \"200ms\"\ntimeout = \"400ms\"\nmax_memory_bytes = 33554432\nallowed_hosts = [\"{}\"]",
             slow.addr
         ),
     )
@@ -104,7 +104,7 @@ async fn each_limit_fires_and_the_gateway_keeps_serving() {
     let cases = [
         (
             "/p/loop",
-            "plugin testbed failed: used more than its CPU time limit (50ms)\n",
+            "plugin testbed failed: used more than its CPU time limit (200ms)\n",
         ),
         (
             "/p/trap",

@@ -513,7 +513,7 @@ fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration) {
     store.set_epoch_deadline(ticks(cpu_timeout).min(YIELD_EVERY_TICKS));
 }
 
-/// A call still running after this many epoch ticks (250 µs each) yields to its worker's event loop, then
+/// A call still running after this many epoch ticks yields to its worker's event loop, then
 /// goes on: a plugin spinning until its CPU deadline must not stall the other requests of
 /// the worker (each worker is a single-threaded event loop).
 const YIELD_EVERY_TICKS: u64 = 1;
@@ -532,6 +532,9 @@ fn arm_cpu_deadline(store: &mut Store<HostState>, cpu_timeout: Duration) {
             .saturating_sub(yielded);
         if cpu >= cpu_timeout {
             return Ok(UpdateDeadline::Interrupt);
+        }
+        if cpu >= EPOCH_TICK {
+            super::engine::note_long_call();
         }
         let next = ticks(cpu_timeout - cpu).min(YIELD_EVERY_TICKS);
         let yielded_ns = data.yielded_ns.clone();
