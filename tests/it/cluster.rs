@@ -593,3 +593,82 @@ async fn a_plugin_pushed_by_digest_is_served_by_every_node_and_a_wrong_digest_re
         );
     }
 }
+
+/// A canary through the cluster document: the version is a digest source (every node runs
+/// the same bytes); a version the document does not declare is refused by `push`, named.
+#[tokio::test]
+async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
+    let etcd = Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let prefix = unique_prefix();
+    let work = tempfile::tempdir().unwrap();
+    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
+    let served = wasm.clone();
+    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let up = Upstream::recording(|seen| {
+        hyper::Response::new(full(
+            seen.headers
+                .get("x-tag")
+                .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned()),
+        ))
+    })
+    .await;
+    let doc = |entry: &str, declare: bool| {
+        let mut text = document(up.addr, "/svc").replace(
+            "service = \"s\"\n",
+            &format!("service = \"s\"\nplugins = [\"{entry}\"]\n"),
+        );
+        let names: &[&str] = if declare { &["testbed", "testbed@v2"] } else { &["testbed"] };
+        for name in names {
+            text.push_str(&format!(
+                "[plugins.sources.\"{name}\"]\nsha256 = \"{digest}\"\nurl = \"http://{}/testbed.wasm\"\n",
+                store.addr
+            ));
+        }
+        text + "[plugin.testbed]\ntag = \"v1\"\n[plugin.\"testbed@v2\"]\ntag = \"v2\"\n"
+    };
+    push(work.path(), &endpoint, &prefix, &doc("testbed@v2:0%", true));
+    let mut node = Node::new(&endpoint, &prefix).await;
+    node.start().await;
+    let listen = node.listen;
+    wait_for(Duration::from_secs(30), "v1 to serve", || async move {
+        get(listen, "/svc").await.2 == "v1"
+    })
+    .await;
+    push(work.path(), &endpoint, &prefix, &doc("testbed@v2:100%", true));
+    wait_for(Duration::from_secs(30), "v2 to serve", || async move {
+        get(listen, "/svc").await.2 == "v2"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(listen, "/svc").await.2, "v2");
+    }
+
+    // Not declared in the document: refused before anything is written.
+    let file = work.path().join("undeclared.toml");
+    std::fs::write(&file, doc("testbed@v2:50%", false)).unwrap();
+    let out = sluice_config(&[
+        "push",
+        file.to_str().unwrap(),
+        "--endpoints",
+        &endpoint,
+        "--prefix",
+        &prefix,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "routes[0].plugins: `testbed@v2:50%` (route `/svc`): plugin `testbed` has no version `v2`"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(get(listen, "/svc").await.2, "v2");
+}

@@ -35,7 +35,7 @@ impl Live {
                         || config
                             .routes
                             .iter()
-                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
+                            .any(|r| r.plugins.iter().any(|p| super::canary::runs(p.get_ref(), name)))
                 })
                 .map(str::to_owned)
                 .collect(),
