@@ -672,3 +672,149 @@ async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
     );
     assert_eq!(get(listen, "/svc").await.2, "v2");
 }
+
+/// A real etcd serving clients over TLS only, requiring a client certificate signed by
+/// `ca`; killed on drop.
+struct TlsEtcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsEtcd {
+    async fn start(ca: &crate::tls::TestCa) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            crate::tls::write_pair(dir.path(), "server", &ca.issue(&["localhost", "127.0.0.1"]));
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let port = free_port().await;
+        let client = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", free_port().await);
+        let child = Command::new("etcd")
+            .args(["--name", "sluice-tls", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("sluice-tls={peer}")])
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--trusted-ca-file")
+            .arg(&ca_file)
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd is installed (scripts/setup-system-packages.sh installs etcd-server)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for(Duration::from_secs(15), "etcd to listen", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_and_the_cli_reach_etcd_over_tls_with_a_client_certificate() {
+    let ca = crate::tls::TestCa::new();
+    let etcd = TlsEtcd::start(&ca).await;
+    let endpoint = format!("127.0.0.1:{}", etcd.port);
+    let prefix = unique_prefix();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        crate::tls::write_pair(work.path(), "node", &ca.issue(&["sluice-node"]));
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_ca = work.path().join("other-ca.pem");
+    std::fs::write(&other_ca, crate::tls::TestCa::new().pem()).unwrap();
+    let up = Upstream::named("over-tls").await;
+    let file = work.path().join("cluster.toml");
+    std::fs::write(&file, document(up.addr, "/svc")).unwrap();
+    let tls_args = |ca: &Path| {
+        vec![
+            "--endpoints".to_owned(),
+            endpoint.clone(),
+            "--prefix".to_owned(),
+            prefix.clone(),
+            "--tls-ca".to_owned(),
+            ca.display().to_string(),
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+        ]
+    };
+    let run = |command: &str, ca: &Path| {
+        let mut args = vec![command.to_owned()];
+        if command == "push" {
+            args.push(file.display().to_string());
+        }
+        args.extend(tls_args(ca));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sluice_config(&args)
+    };
+
+    // A CA that did not sign etcd's certificate: refused, naming the endpoint.
+    let out = run("get", &other_ca);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("etcd at {endpoint}: TLS handshake: invalid peer certificate")),
+        "{stderr}"
+    );
+    // Plain text to a TLS-only etcd fails too (nothing is written).
+    let out = sluice_config(&["get", "--endpoints", &endpoint, "--prefix", &prefix]);
+    assert!(!out.status.success());
+
+    let out = run("push", &ca_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("get", &ca_file);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("path = \"/svc\""));
+
+    // A node with the same settings follows the document.
+    let mut node = Node::new(&endpoint, &prefix).await;
+    let node_file = node.dir.path().join("node.toml");
+    let mut text = std::fs::read_to_string(&node_file).unwrap();
+    text.push_str(&format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&node_file, text).unwrap();
+    node.start().await;
+    let revision = converged(std::slice::from_ref(&node), "/svc", "over-tls").await;
+    assert!(revision > 0);
+
+    // A node trusting another CA does not start (no snapshot), and says why.
+    let stranger = Node::new(&endpoint, &prefix).await;
+    let node_file = stranger.dir.path().join("node.toml");
+    let mut text = std::fs::read_to_string(&node_file).unwrap();
+    text.push_str(&format!("tls_ca = \"{}\"\n", other_ca.display()));
+    std::fs::write(&node_file, text).unwrap();
+    let out = stranger.command().output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("etcd at {endpoint}: TLS handshake: invalid peer certificate")),
+        "{stderr}"
+    );
+}

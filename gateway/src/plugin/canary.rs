@@ -247,7 +247,7 @@ impl CanaryMetrics {
 
     fn record(&self, entry: &str, canary: &Canary<'_>, to_version: bool) {
         let counters = match self.entries.get(entry) {
-            Some(c) => c.clone(),
+            Some(c) => c.value().clone(),
             None => self
                 .entries
                 .entry(entry.to_owned())
@@ -269,6 +269,7 @@ impl CanaryMetrics {
                         version,
                     })
                 })
+                .value()
                 .clone(),
         };
         if to_version {

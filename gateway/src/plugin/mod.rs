@@ -703,6 +703,7 @@ impl PluginRuntime {
             .collect();
         for (name, failure) in failures {
             if set.get(&name).is_none() {
+                let canary = self.metrics.canary.view(&name);
                 views.push(PluginView {
                     name,
                     status: "failed",
@@ -712,7 +713,7 @@ impl PluginRuntime {
                     instance_mode: None,
                     on_failure: None,
                     stats: None,
-                    canary: self.metrics.canary.view(&name),
+                    canary,
                     last_error: Some(failure),
                 });
             }
