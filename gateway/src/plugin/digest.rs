@@ -173,11 +173,11 @@ impl PluginRuntime {
         let fail = |why: String| LoadError::Read(format!("{url}: {why}"));
         let uri = parse_url(url).map_err(&fail)?;
         let fetched = async {
-            let response = match uri.scheme() {
-                Some(s) if *s == http::uri::Scheme::HTTPS => {
-                    fetch_https(&uri, self.settings.sources_ca.as_deref()).await
-                }
-                _ => self.fetch_http(uri).await,
+            let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+            let response = if https {
+                fetch_https(&uri, self.settings.sources_ca.as_deref()).await
+            } else {
+                self.fetch_http(uri).await
             }
             .map_err(&fail)?;
             if !response.status().is_success() {
