@@ -113,7 +113,7 @@ async fn a_canary_routes_its_percentage_of_requests_to_the_second_version() {
     assert_eq!(current["canary"]["requests"], v1, "{current}");
     assert_eq!(
         current["canary"]["entries"],
-        serde_json::json!(["testbed@v2:0%", "testbed@v2:100%", "testbed@v2:10%"])
+        serde_json::json!(["testbed@v2:0%", "testbed@v2:10%", "testbed@v2:100%"])
     );
     gw.shutdown().await;
 }

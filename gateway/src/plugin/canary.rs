@@ -283,6 +283,8 @@ impl CanaryMetrics {
     pub fn view(&self, name: &str) -> Option<CanaryView> {
         let mut view: Option<CanaryView> = None;
         for entry in &self.entries {
+            // Entries of one plugin and version share their counters (one series per
+            // label pair): read once, not summed.
             let requests = if &*entry.version == name {
                 entry.canary.get()
             } else if &*entry.base == name {
@@ -293,10 +295,9 @@ impl CanaryMetrics {
             let v = view.get_or_insert_with(|| CanaryView {
                 plugin: entry.base.to_string(),
                 entries: Vec::new(),
-                requests: 0,
+                requests,
             });
             v.entries.push(entry.key().clone());
-            v.requests += requests;
         }
         if let Some(v) = &mut view {
             v.entries.sort();
