@@ -1283,14 +1283,11 @@ impl Config {
         let mut problems = Vec::new();
         let auth_used = self.plugin.contains_key("auth")
             || self.plugins.overrides.contains_key("auth")
-            || self
-                .routes
-                .iter()
-                .any(|r| {
-                    r.plugins
-                        .iter()
-                        .any(|p| crate::plugin::canary::base(p.get_ref()) == "auth")
-                });
+            || self.routes.iter().any(|r| {
+                r.plugins
+                    .iter()
+                    .any(|p| crate::plugin::canary::base(p.get_ref()) == "auth")
+            });
         if auth_used && self.plugins.settings_for("auth").on_failure == FailurePolicy::FailOpen {
             let key = match self.plugins.overrides.get("auth") {
                 Some(o) if o.on_failure.is_some() => "plugins.override.auth.on_failure",

@@ -124,8 +124,8 @@ async fn a_canary_routes_its_percentage_of_requests_to_the_second_version() {
 async fn a_version_that_fails_to_load_leaves_the_current_one_serving() {
     let up = tag_echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = canary_config(dir.path(), up.addr)
-        .replace("tag = \"v2\"", "tag = \"v2\"\nreject = true");
+    let text =
+        canary_config(dir.path(), up.addr).replace("tag = \"v2\"", "tag = \"v2\"\nreject = true");
     let gw = gateway(&text).await;
     assert_eq!(count_v2(gw.listen_addr, "/all/ok", 50).await, 0);
     let (_, _, body) = get(gw.admin_addr, "/admin/plugins").await;
@@ -159,7 +159,9 @@ fn a_bad_canary_is_a_config_error_naming_the_route_and_the_plugin() {
     );
     let e = error("auth@v3:101%");
     assert!(
-        e.contains("routes[0].plugins: `auth@v3:101%` (route `users`): `101%` is outside 0..=100 %"),
+        e.contains(
+            "routes[0].plugins: `auth@v3:101%` (route `users`): `101%` is outside 0..=100 %"
+        ),
         "{e}"
     );
     let e = error("auth@v3:ten%");

@@ -625,7 +625,11 @@ async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
             "service = \"s\"\n",
             &format!("service = \"s\"\nplugins = [\"{entry}\"]\n"),
         );
-        let names: &[&str] = if declare { &["testbed", "testbed@v2"] } else { &["testbed"] };
+        let names: &[&str] = if declare {
+            &["testbed", "testbed@v2"]
+        } else {
+            &["testbed"]
+        };
         for name in names {
             text.push_str(&format!(
                 "[plugins.sources.\"{name}\"]\nsha256 = \"{digest}\"\nurl = \"http://{}/testbed.wasm\"\n",
@@ -642,7 +646,12 @@ async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
         get(listen, "/svc").await.2 == "v1"
     })
     .await;
-    push(work.path(), &endpoint, &prefix, &doc("testbed@v2:100%", true));
+    push(
+        work.path(),
+        &endpoint,
+        &prefix,
+        &doc("testbed@v2:100%", true),
+    );
     wait_for(Duration::from_secs(30), "v2 to serve", || async move {
         get(listen, "/svc").await.2 == "v2"
     })
@@ -701,8 +710,18 @@ impl TlsEtcd {
         let child = Command::new("etcd")
             .args(["--name", "sluice-tls", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("sluice-tls={peer}")])
             .arg("--cert-file")
             .arg(&cert)
@@ -735,8 +754,7 @@ async fn nodes_and_the_cli_reach_etcd_over_tls_with_a_client_certificate() {
     let endpoint = format!("127.0.0.1:{}", etcd.port);
     let prefix = unique_prefix();
     let work = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        crate::tls::write_pair(work.path(), "node", &ca.issue(&["sluice-node"]));
+    let (cert, key) = crate::tls::write_pair(work.path(), "node", &ca.issue(&["sluice-node"]));
     let ca_file = work.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let other_ca = work.path().join("other-ca.pem");
@@ -773,7 +791,9 @@ async fn nodes_and_the_cli_reach_etcd_over_tls_with_a_client_certificate() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("etcd at {endpoint}: TLS handshake: invalid peer certificate")),
+        stderr.contains(&format!(
+            "etcd at {endpoint}: TLS handshake: invalid peer certificate"
+        )),
         "{stderr}"
     );
     // Plain text to a TLS-only etcd fails too (nothing is written).
@@ -814,7 +834,9 @@ async fn nodes_and_the_cli_reach_etcd_over_tls_with_a_client_certificate() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("etcd at {endpoint}: TLS handshake: invalid peer certificate")),
+        stderr.contains(&format!(
+            "etcd at {endpoint}: TLS handshake: invalid peer certificate"
+        )),
         "{stderr}"
     );
 }

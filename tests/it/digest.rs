@@ -33,7 +33,13 @@ fn sign(key: &Ed25519KeyPair, digest: &str) -> String {
 
 /// A gateway config with the testbed named by digest (from `path`), signed with `signature`,
 /// trusting `keys`.
-fn signed_config(cache: &std::path::Path, up: SocketAddr, keys: &[String], sha: &str, signature: &str) -> String {
+fn signed_config(
+    cache: &std::path::Path,
+    up: SocketAddr,
+    keys: &[String],
+    sha: &str,
+    signature: &str,
+) -> String {
     let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
     format!(
         "[plugins]\ncache_dir = \"{}\"\ntrusted_keys = [{}]\n[plugins.sources.testbed]\nsha256 = \"{sha}\"\n\
@@ -69,11 +75,20 @@ async fn a_signed_digest_is_served_and_a_wrong_key_or_tampered_digest_refused() 
     );
     // Signed by a key the node does not trust: refused, the running version serves.
     let stranger = Ed25519KeyPair::generate().unwrap();
-    let text = signed_config(cache.path(), up.addr, &keys, &digest, &sign(&stranger, &digest))
-        .replace("tag = \"signed\"", "tag = \"stranger\"");
+    let text = signed_config(
+        cache.path(),
+        up.addr,
+        &keys,
+        &digest,
+        &sign(&stranger, &digest),
+    )
+    .replace("tag = \"signed\"", "tag = \"stranger\"");
     let report = reconfigurer.apply(&parse(&text)).await;
     let why = &report.failed["testbed"];
-    assert!(why.contains("is not by any of [plugins] trusted_keys"), "{why}");
+    assert!(
+        why.contains("is not by any of [plugins] trusted_keys"),
+        "{why}"
+    );
     assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
     assert_eq!(up.last().headers["x-tag"], "signed");
 
@@ -91,7 +106,10 @@ async fn a_signed_digest_is_served_and_a_wrong_key_or_tampered_digest_refused() 
         .replace("signature = \"\"\n", "")
         .replace("tag = \"signed\"", "tag = \"unsigned\"");
     let report = reconfigurer.apply(&parse(&text)).await;
-    assert!(report.failed["testbed"].contains("no `signature`"), "{report:?}");
+    assert!(
+        report.failed["testbed"].contains("no `signature`"),
+        "{report:?}"
+    );
     assert_eq!(get(gw.listen_addr, "/a").await.0, 200);
     assert_eq!(up.last().headers["x-tag"], "signed");
     let (_, _, body) = get(gw.admin_addr, "/admin/plugins").await;
@@ -101,7 +119,10 @@ async fn a_signed_digest_is_served_and_a_wrong_key_or_tampered_digest_refused() 
 
 /// An HTTPS server on 127.0.0.1:0 with `issued`'s certificate, answering every GET with
 /// `body`. Counts requests.
-async fn https_file_server(issued: &Issued, body: Bytes) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+async fn https_file_server(
+    issued: &Issued,
+    body: Bytes,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -171,7 +192,10 @@ async fn a_plugin_is_fetched_over_https_verified_against_the_configured_ca() {
     assert_eq!(get(gw.listen_addr, "/a").await.0, 503);
     let (_, _, body) = get(gw.admin_addr, "/admin/plugins").await;
     assert!(
-        body.contains(&format!("https://localhost:{}/testbed.wasm: TLS handshake", store.port())),
+        body.contains(&format!(
+            "https://localhost:{}/testbed.wasm: TLS handshake",
+            store.port()
+        )),
         "{body}"
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);

@@ -36,16 +36,15 @@ impl EtcdTls {
     /// The rustls client configuration; errors name the file (and the key prefix `what`,
     /// e.g. `cluster.`).
     pub fn client_config(&self, what: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-        let roots =
-            crate::tls::load_roots(&self.ca).map_err(|e| format!("{what}tls_ca: {e}"))?;
+        let roots = crate::tls::load_roots(&self.ca).map_err(|e| format!("{what}tls_ca: {e}"))?;
         let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);
         let mut config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
-                let (chain, private) = read_pair(cert, key)
-                    .map_err(|e| format!("{what}tls_cert: {e}"))?;
+                let (chain, private) =
+                    read_pair(cert, key).map_err(|e| format!("{what}tls_cert: {e}"))?;
                 builder
                     .with_client_auth_cert(chain, private)
                     .map_err(|e| format!("{what}tls_key: {}: {e}", key.display()))?

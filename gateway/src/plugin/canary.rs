@@ -142,11 +142,14 @@ pub(crate) fn problems(config: &Config) -> Vec<(Option<std::ops::Range<usize>>, 
             )
         })
     });
-    let resolver = config
-        .resolver
-        .plugins
-        .iter()
-        .map(|entry| ("resolver.plugins".to_owned(), String::new(), None, entry.as_str()));
+    let resolver = config.resolver.plugins.iter().map(|entry| {
+        (
+            "resolver.plugins".to_owned(),
+            String::new(),
+            None,
+            entry.as_str(),
+        )
+    });
     for (key, route, span, entry) in routes.chain(resolver) {
         let canary = match parse(entry) {
             Ok(Some(canary)) => canary,

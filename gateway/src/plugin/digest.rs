@@ -216,7 +216,9 @@ fn parse_url(url: &str) -> Result<http::Uri, String> {
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
-        _ => Err(format!("`{url}` must be an http:// or https:// URL with a host")),
+        _ => Err(format!(
+            "`{url}` must be an http:// or https:// URL with a host"
+        )),
     }
 }
 
@@ -335,15 +337,19 @@ fn check_signature(trusted: &[String], name: &str, source: &DigestSource) -> Res
             source.sha256
         ))
     };
-    let signature = source.signature.as_deref().ok_or_else(|| {
-        refuse("no `signature`, and [plugins] trusted_keys requires one".into())
-    })?;
+    let signature = source
+        .signature
+        .as_deref()
+        .ok_or_else(|| refuse("no `signature`, and [plugins] trusted_keys requires one".into()))?;
     let signature = decode_signature(signature).map_err(|e| refuse(format!("signature: {e}")))?;
-    let signed_by_one = trusted.iter().filter_map(|k| decode_key(k).ok()).any(|key| {
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(source.sha256.as_bytes(), &signature)
-            .is_ok()
-    });
+    let signed_by_one = trusted
+        .iter()
+        .filter_map(|k| decode_key(k).ok())
+        .any(|key| {
+            UnparsedPublicKey::new(&ED25519, key)
+                .verify(source.sha256.as_bytes(), &signature)
+                .is_ok()
+        });
     if signed_by_one {
         Ok(())
     } else {
@@ -454,7 +460,10 @@ mod tests {
         assert!(e.contains("no `signature`"), "{e}");
         // Keys that are not keys.
         let p = key_problems(&["ssh-ed25519 AAAA".into(), "ed25519:AAAA".into()]).join("\n");
-        assert!(p.contains("plugins.trusted_keys[0]: `ssh-ed25519 AAAA` must start with `ed25519:`"), "{p}");
+        assert!(
+            p.contains("plugins.trusted_keys[0]: `ssh-ed25519 AAAA` must start with `ed25519:`"),
+            "{p}"
+        );
         assert!(p.contains("plugins.trusted_keys[1]: `ed25519:AAAA`: an ed25519 public key is 32 bytes, this is 3"), "{p}");
     }
 }
