@@ -831,6 +831,14 @@ mod tests {
         .to_string();
         assert!(e.contains("etcd:/k@2: server: is per node"), "{e}");
         assert!(e.contains("etcd:/k@2: plugins.dir: is per node"), "{e}");
+        // The keys a node trusts for signed plugins are its own: etcd cannot replace them.
+        let e = parse_document("[plugins]\ntrusted_keys = []\n", "etcd:/k@4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("etcd:/k@4: plugins.trusted_keys: is per node"),
+            "{e}"
+        );
 
         let e = parse_document(
             "[[routes]]\npath = \"/a\"\nservice = \"nope\"\n",
