@@ -428,6 +428,23 @@ mod tests {
         format!("{KEY_PREFIX}{}", STANDARD.encode(key.public_key().as_ref()))
     }
 
+    /// Made with the openssl recipe in docs/cluster.md (for a file holding `hello`).
+    #[test]
+    fn a_signature_made_with_the_documented_openssl_recipe_verifies() {
+        let source = DigestSource {
+            sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+            url: None,
+            path: Some("/auth.wasm".into()),
+            signature: Some(
+                "xbdAPlZ30Np84XmqCc7Rm4L6CIBKl+r3RJHtYCY6oG58QcpAVnaMcG9IlL4QqMFdQOatOiw07n57wzbcRUl8Dw=="
+                    .into(),
+            ),
+        };
+        let keys = ["ed25519:944hlZVndHPH5zHXWZroPxbDC9/dwoRNK5LzxgVJgeA=".to_owned()];
+        assert!(source.problems("auth").is_empty());
+        check_signature(&keys, "auth", &source).unwrap();
+    }
+
     #[test]
     fn a_signature_by_a_trusted_key_over_the_digest_is_required_when_keys_are_set() {
         let ours = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
