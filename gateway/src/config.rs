@@ -391,6 +391,12 @@ pub struct PluginsConfig {
     /// `[plugins.sources.NAME]`: plugins named by SHA-256 digest, fetched from a URL or a
     /// shared path, verified, and cached by digest.
     pub sources: BTreeMap<String, crate::plugin::digest::DigestSource>,
+    /// `trusted_keys = ["ed25519:BASE64"]`: when set, a digest source must carry a
+    /// `signature` by one of these keys (per node: never from the cluster document).
+    pub trusted_keys: Vec<String>,
+    /// `sources_ca = "ca.pem"`: CA certificates trusted for `https://` digest sources
+    /// (default: the system's roots).
+    pub sources_ca: Option<PathBuf>,
     /// Plugin files loaded beside those in `dir`, each named after its file: set from the
     /// `SLUICE_PLUGINS` environment variable (`sluice run`), never from the file.
     #[serde(skip)]
@@ -406,15 +412,24 @@ impl Default for PluginsConfig {
             defaults: PluginSettings::default(),
             overrides: BTreeMap::new(),
             sources: BTreeMap::new(),
+            trusted_keys: Vec::new(),
+            sources_ca: None,
             files: Vec::new(),
         }
     }
 }
 
 impl PluginsConfig {
-    /// The settings of one plugin: the defaults with its override applied.
+    /// The settings of one plugin: the defaults with its override applied. A version
+    /// (`NAME@VERSION`, see `plugin::canary`) takes `NAME`'s override, then its own.
     pub fn settings_for(&self, name: &str) -> PluginSettings {
         let mut s = self.defaults.clone();
+        let base = crate::plugin::canary::base(name);
+        if base != name
+            && let Some(p) = self.overrides.get(base)
+        {
+            p.apply(&mut s);
+        }
         if let Some(p) = self.overrides.get(name) {
             p.apply(&mut s);
         }
@@ -1242,6 +1257,17 @@ impl Config {
                 err(None, message);
             }
         }
+        for message in crate::plugin::digest::key_problems(&self.plugins.trusted_keys) {
+            err(None, message);
+        }
+        if let Some(ca) = &self.plugins.sources_ca
+            && let Err(e) = crate::tls::load_roots(ca)
+        {
+            err(None, format!("plugins.sources_ca: {e}"));
+        }
+        for (span, message) in crate::plugin::canary::problems(self) {
+            err(span, message);
+        }
         if let Some(cluster) = &self.cluster {
             for message in cluster.problems(text) {
                 err(None, message);
@@ -1263,10 +1289,11 @@ impl Config {
         let mut problems = Vec::new();
         let auth_used = self.plugin.contains_key("auth")
             || self.plugins.overrides.contains_key("auth")
-            || self
-                .routes
-                .iter()
-                .any(|r| r.plugins.iter().any(|p| p.get_ref() == "auth"));
+            || self.routes.iter().any(|r| {
+                r.plugins
+                    .iter()
+                    .any(|p| crate::plugin::canary::base(p.get_ref()) == "auth")
+            });
         if auth_used && self.plugins.settings_for("auth").on_failure == FailurePolicy::FailOpen {
             let key = match self.plugins.overrides.get("auth") {
                 Some(o) if o.on_failure.is_some() => "plugins.override.auth.on_failure",

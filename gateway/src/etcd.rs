@@ -2,6 +2,13 @@
 //! the plugins' key-value store), and [`mirror`], which keeps an in-memory copy of a key
 //! prefix current: a full read, then a watch from the next revision; on any error, wait
 //! (growing back-off), reconnect and start again with a full read, so the copy converges.
+//!
+//! Over TLS ([`EtcdTls`], `[cluster] tls_ca`, `tls_cert`, `tls_key`) the connection is made
+//! with the gateway's own TLS stack (rustls with aws-lc-rs, see `tls`) through etcd-client's
+//! `raw-channel`: its `tls-*` features would build tonic's TLS, which turns on rustls'
+//! logging crate-wide (a warning per handshake a client can provoke, see Cargo.toml).
+
+mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,12 +16,16 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use self::tls::{EtcdTls, connect as connect_tls};
+
 /// A lazily made, shared etcd client and whether etcd was reachable last time.
 pub struct EtcdConnection {
     endpoints: Vec<String>,
     timeout: Duration,
     /// etcd user name and password, when etcd has authentication on.
     user: Option<(String, String)>,
+    /// TLS to etcd, when set.
+    tls: Option<EtcdTls>,
     client: tokio::sync::Mutex<Option<Client>>,
     health: Mutex<Health>,
 }
@@ -60,10 +71,21 @@ impl EtcdConnection {
         timeout: Duration,
         user: Option<(String, String)>,
     ) -> Arc<Self> {
+        Self::with_tls(endpoints, timeout, user, None)
+    }
+
+    /// The same, over TLS when `tls` is set.
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        user: Option<(String, String)>,
+        tls: Option<EtcdTls>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             endpoints,
             timeout,
             user,
+            tls,
             client: tokio::sync::Mutex::new(None),
             health: Mutex::new(Health {
                 connected: false,
@@ -89,13 +111,17 @@ impl EtcdConnection {
             // Notice a dead etcd within seconds even on an idle watch.
             .with_keep_alive(Duration::from_secs(1), self.timeout)
             .with_keep_alive_while_idle(true);
-        let client = tokio::time::timeout(
-            self.timeout,
-            Client::connect(&self.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| format!("connecting to {:?} timed out", self.endpoints))?
-        .map_err(|e| format!("connecting to {:?}: {e}", self.endpoints))?;
+        let connecting = async {
+            match &self.tls {
+                None => Client::connect(&self.endpoints, Some(options))
+                    .await
+                    .map_err(|e| format!("connecting to {:?}: {e}", self.endpoints)),
+                Some(tls) => tls::connect(&self.endpoints, tls, options, self.timeout).await,
+            }
+        };
+        let client = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| format!("connecting to {:?} timed out", self.endpoints))??;
         *slot = Some(client.clone());
         Ok(client)
     }

@@ -269,13 +269,15 @@ fn warn_about_missing_plugins(config: &Config, plugins: &PluginRuntime) {
         );
     }
     for route in &config.routes {
-        for name in &route.plugins {
-            if set.get(name.get_ref()).is_none() {
-                tracing::warn!(
-                    route = route.name.as_deref().unwrap_or(route.path.get_ref()),
-                    plugin = name.get_ref().as_str(),
-                    "route names a plugin that is not loaded"
-                );
+        for entry in &route.plugins {
+            for name in plugin::canary::names(entry.get_ref()) {
+                if set.get(name).is_none() {
+                    tracing::warn!(
+                        route = route.name.as_deref().unwrap_or(route.path.get_ref()),
+                        plugin = name,
+                        "route names a plugin that is not loaded"
+                    );
+                }
             }
         }
     }

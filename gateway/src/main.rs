@@ -83,6 +83,15 @@ struct TargetArgs {
     /// etcd user as NAME:PASSWORD, when etcd has authentication on.
     #[arg(long)]
     user: Option<String>,
+    /// Connect over TLS, verifying etcd's certificate against these CA certificates (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd with client-certificate authentication.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl TargetArgs {
@@ -93,6 +102,11 @@ impl TargetArgs {
             user: self.user.map(|u| match u.split_once(':') {
                 Some((name, password)) => (name.to_owned(), password.to_owned()),
                 None => (u, String::new()),
+            }),
+            tls: self.tls_ca.map(|ca| sluice::etcd::EtcdTls {
+                ca,
+                cert: self.tls_cert,
+                key: self.tls_key,
             }),
         }
     }

@@ -167,7 +167,7 @@ pub fn check(config: &TlsConfig) -> Vec<String> {
     problems
 }
 
-fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?
         .collect::<Result<Vec<_>, _>>()

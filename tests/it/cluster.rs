@@ -593,3 +593,250 @@ async fn a_plugin_pushed_by_digest_is_served_by_every_node_and_a_wrong_digest_re
         );
     }
 }
+
+/// A canary through the cluster document: the version is a digest source (every node runs
+/// the same bytes); a version the document does not declare is refused by `push`, named.
+#[tokio::test]
+async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
+    let etcd = Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let prefix = unique_prefix();
+    let work = tempfile::tempdir().unwrap();
+    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
+    let served = wasm.clone();
+    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let up = Upstream::recording(|seen| {
+        hyper::Response::new(full(
+            seen.headers
+                .get("x-tag")
+                .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned()),
+        ))
+    })
+    .await;
+    let doc = |entry: &str, declare: bool| {
+        let mut text = document(up.addr, "/svc").replace(
+            "service = \"s\"\n",
+            &format!("service = \"s\"\nplugins = [\"{entry}\"]\n"),
+        );
+        let names: &[&str] = if declare {
+            &["testbed", "testbed@v2"]
+        } else {
+            &["testbed"]
+        };
+        for name in names {
+            text.push_str(&format!(
+                "[plugins.sources.\"{name}\"]\nsha256 = \"{digest}\"\nurl = \"http://{}/testbed.wasm\"\n",
+                store.addr
+            ));
+        }
+        text + "[plugin.testbed]\ntag = \"v1\"\n[plugin.\"testbed@v2\"]\ntag = \"v2\"\n"
+    };
+    push(work.path(), &endpoint, &prefix, &doc("testbed@v2:0%", true));
+    let mut node = Node::new(&endpoint, &prefix).await;
+    node.start().await;
+    let listen = node.listen;
+    wait_for(Duration::from_secs(30), "v1 to serve", || async move {
+        get(listen, "/svc").await.2 == "v1"
+    })
+    .await;
+    push(
+        work.path(),
+        &endpoint,
+        &prefix,
+        &doc("testbed@v2:100%", true),
+    );
+    wait_for(Duration::from_secs(30), "v2 to serve", || async move {
+        get(listen, "/svc").await.2 == "v2"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(listen, "/svc").await.2, "v2");
+    }
+
+    // Not declared in the document: refused before anything is written.
+    let file = work.path().join("undeclared.toml");
+    std::fs::write(&file, doc("testbed@v2:50%", false)).unwrap();
+    let out = sluice_config(&[
+        "push",
+        file.to_str().unwrap(),
+        "--endpoints",
+        &endpoint,
+        "--prefix",
+        &prefix,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "routes[0].plugins: `testbed@v2:50%` (route `/svc`): plugin `testbed` has no version `v2`"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(get(listen, "/svc").await.2, "v2");
+}
+
+/// A real etcd serving clients over TLS only, requiring a client certificate signed by
+/// `ca`; killed on drop.
+struct TlsEtcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsEtcd {
+    async fn start(ca: &crate::tls::TestCa) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            crate::tls::write_pair(dir.path(), "server", &ca.issue(&["localhost", "127.0.0.1"]));
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let port = free_port().await;
+        let client = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", free_port().await);
+        let child = Command::new("etcd")
+            .args(["--name", "sluice-tls", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("sluice-tls={peer}")])
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--trusted-ca-file")
+            .arg(&ca_file)
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd is installed (scripts/setup-system-packages.sh installs etcd-server)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for(Duration::from_secs(15), "etcd to listen", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_and_the_cli_reach_etcd_over_tls_with_a_client_certificate() {
+    let ca = crate::tls::TestCa::new();
+    let etcd = TlsEtcd::start(&ca).await;
+    let endpoint = format!("127.0.0.1:{}", etcd.port);
+    let prefix = unique_prefix();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::tls::write_pair(work.path(), "node", &ca.issue(&["sluice-node"]));
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_ca = work.path().join("other-ca.pem");
+    std::fs::write(&other_ca, crate::tls::TestCa::new().pem()).unwrap();
+    let up = Upstream::named("over-tls").await;
+    let file = work.path().join("cluster.toml");
+    std::fs::write(&file, document(up.addr, "/svc")).unwrap();
+    let tls_args = |ca: &Path| {
+        vec![
+            "--endpoints".to_owned(),
+            endpoint.clone(),
+            "--prefix".to_owned(),
+            prefix.clone(),
+            "--tls-ca".to_owned(),
+            ca.display().to_string(),
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+        ]
+    };
+    let run = |command: &str, ca: &Path| {
+        let mut args = vec![command.to_owned()];
+        if command == "push" {
+            args.push(file.display().to_string());
+        }
+        args.extend(tls_args(ca));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sluice_config(&args)
+    };
+
+    // A CA that did not sign etcd's certificate: refused, naming the endpoint.
+    let out = run("get", &other_ca);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "etcd at {endpoint}: TLS handshake: invalid peer certificate"
+        )),
+        "{stderr}"
+    );
+    // Plain text to a TLS-only etcd fails too (nothing is written).
+    let out = sluice_config(&["get", "--endpoints", &endpoint, "--prefix", &prefix]);
+    assert!(!out.status.success());
+
+    let out = run("push", &ca_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("get", &ca_file);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("path = \"/svc\""));
+
+    // A node with the same settings follows the document.
+    let mut node = Node::new(&endpoint, &prefix).await;
+    let node_file = node.dir.path().join("node.toml");
+    let mut text = std::fs::read_to_string(&node_file).unwrap();
+    text.push_str(&format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&node_file, text).unwrap();
+    node.start().await;
+    let revision = converged(std::slice::from_ref(&node), "/svc", "over-tls").await;
+    assert!(revision > 0);
+
+    // A node trusting another CA does not start (no snapshot), and says why.
+    let stranger = Node::new(&endpoint, &prefix).await;
+    let node_file = stranger.dir.path().join("node.toml");
+    let mut text = std::fs::read_to_string(&node_file).unwrap();
+    text.push_str(&format!("tls_ca = \"{}\"\n", other_ca.display()));
+    std::fs::write(&node_file, text).unwrap();
+    let out = stranger.command().output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "etcd at {endpoint}: TLS handshake: invalid peer certificate"
+        )),
+        "{stderr}"
+    );
+}

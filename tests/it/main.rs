@@ -4,9 +4,11 @@
 mod admin;
 mod breaker;
 pub mod builtin;
+mod canary;
 mod cli;
 mod cluster;
 mod config;
+mod digest;
 mod edge;
 mod etcd;
 mod examples;

@@ -20,6 +20,8 @@ pub struct Target {
     pub prefix: String,
     /// etcd user and password.
     pub user: Option<(String, String)>,
+    /// TLS to etcd (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    pub tls: Option<crate::etcd::EtcdTls>,
 }
 
 impl Target {
@@ -35,9 +37,16 @@ impl Target {
         if let Some((name, password)) = &self.user {
             options = options.with_user(name.clone(), password.clone());
         }
-        Client::connect(&self.endpoints, Some(options))
-            .await
-            .map_err(|e| format!("cannot connect to etcd at {:?}: {e}", self.endpoints))
+        match &self.tls {
+            Some(tls) => {
+                crate::etcd::connect_tls(&self.endpoints, tls, options, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| format!("cannot connect to etcd: {e}"))
+            }
+            None => Client::connect(&self.endpoints, Some(options))
+                .await
+                .map_err(|e| format!("cannot connect to etcd at {:?}: {e}", self.endpoints)),
+        }
     }
 
     /// The document now and its mod revision (0 and empty when there is none).

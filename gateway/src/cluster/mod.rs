@@ -71,6 +71,16 @@ pub struct ClusterConfig {
     /// `dial_timeout = "2s"`: connecting to etcd, and each call.
     #[serde(default = "default_dial_timeout", with = "humantime_serde")]
     pub dial_timeout: Duration,
+    /// `tls_ca = "etcd-ca.pem"`: connect over TLS, verifying etcd's certificate against
+    /// these CA certificates (PEM).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_cert = "node.pem"`: a client certificate, for etcd with `--client-cert-auth`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key = "node.key"`: its private key.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where the cluster configuration is kept.
@@ -114,6 +124,15 @@ impl ClusterConfig {
         Some((self.username.clone()?, self.password.clone()?))
     }
 
+    /// TLS to etcd, if `tls_ca` is set.
+    pub fn tls(&self) -> Option<crate::etcd::EtcdTls> {
+        Some(crate::etcd::EtcdTls {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
+    }
+
     /// What is wrong with `[cluster]` in a node's file whose text is `text`: one message per
     /// problem, naming the key.
     pub(crate) fn problems(&self, text: &str) -> Vec<String> {
@@ -129,6 +148,17 @@ impl ClusterConfig {
         }
         if self.username.is_some() != self.password.is_some() {
             problems.push("cluster.username: set both username and password, or neither".into());
+        }
+        match self.tls() {
+            // The files are read now, so that a missing or bad one stops the start, named.
+            Some(tls) => {
+                if let Err(e) = tls.client_config("cluster.") {
+                    problems.push(e);
+                }
+            }
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => problems
+                .push("cluster.tls_cert: a client certificate needs `tls_ca` (TLS to etcd)".into()),
+            None => {}
         }
         if let Ok(table) = text.parse::<toml::Table>() {
             for key in shared_keys_in(&table) {
@@ -461,10 +491,11 @@ pub async fn bootstrap(node: Config, metrics: &Metrics) -> anyhow::Result<(Confi
     };
     let key = settings.key();
     let path = settings.snapshot_path();
-    let conn = EtcdConnection::with_user(
+    let conn = EtcdConnection::with_tls(
         settings.endpoints.clone(),
         settings.dial_timeout,
         settings.user(),
+        settings.tls(),
     );
     let fetched = read_document(&conn, &key).await;
     let mut last_error = None;
@@ -800,6 +831,14 @@ mod tests {
         .to_string();
         assert!(e.contains("etcd:/k@2: server: is per node"), "{e}");
         assert!(e.contains("etcd:/k@2: plugins.dir: is per node"), "{e}");
+        // The keys a node trusts for signed plugins are its own: etcd cannot replace them.
+        let e = parse_document("[plugins]\ntrusted_keys = []\n", "etcd:/k@4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("etcd:/k@4: plugins.trusted_keys: is per node"),
+            "{e}"
+        );
 
         let e = parse_document(
             "[[routes]]\npath = \"/a\"\nservice = \"nope\"\n",

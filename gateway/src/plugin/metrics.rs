@@ -77,6 +77,8 @@ pub struct PluginMetrics {
     duration: Family<PluginLabels, Histogram>,
     user_counters: Family<UserLabels, Counter>,
     user_histograms: Family<UserLabels, Histogram>,
+    /// `sluice_plugin_canary_requests_total` (see `canary`).
+    pub canary: Arc<super::canary::CanaryMetrics>,
 }
 
 impl PluginMetrics {
@@ -110,11 +112,13 @@ impl PluginMetrics {
             "Histograms defined by plugins",
             user_histograms.clone(),
         );
+        let canary = super::canary::CanaryMetrics::register(registry);
         Arc::new(Self {
             calls,
             duration,
             user_counters,
             user_histograms,
+            canary,
         })
     }
 

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod canary;
 pub mod compiler;
 pub mod digest;
 pub mod engine;
@@ -418,7 +419,8 @@ impl PluginRuntime {
     }
 
     fn shared_for(&self, name: &str) -> Arc<PluginShared> {
-        let state = self.shared_state(name);
+        // A version (`NAME@VERSION`) shares the state of `NAME`.
+        let state = self.shared_state(canary::base(name));
         Arc::new(PluginShared {
             name: Arc::from(name),
             settings: self.live.load().plugins.settings_for(name),
@@ -432,13 +434,15 @@ impl PluginRuntime {
 
     /// `[plugin.NAME]` from the main config, with `NAME.toml` beside the file on top.
     fn config_json(&self, name: &str, wasm: Option<&Path>) -> Result<String, LoadError> {
-        let mut table = self
-            .live
-            .load()
-            .plugin
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
+        let live = self.live.load();
+        // A version (`NAME@VERSION`) takes `[plugin.NAME]`, with its own table on top.
+        let base = canary::base(name);
+        let mut table = if base == name {
+            toml::Table::new()
+        } else {
+            live.plugin.get(base).cloned().unwrap_or_default()
+        };
+        table.extend(live.plugin.get(name).cloned().unwrap_or_default());
         let Some(wasm) = wasm else {
             return Ok(serde_json::to_string(&table).expect("TOML values serialize to JSON"));
         };
@@ -483,20 +487,23 @@ impl PluginRuntime {
         chain: &[String],
         mut request: Box<RequestState>,
     ) -> RequestChain {
-        if chain.iter().any(|n| n == "auth") {
+        if chain.iter().any(|n| canary::base(n) == "auth") {
             for name in &self.live.load().identity_headers {
                 request.parts.headers.remove(name);
             }
         }
         let mut ran = Vec::with_capacity(chain.len());
-        for name in chain {
+        for entry in chain {
+            // A canary entry draws its version here, once: `ran` keeps the plugin that ran,
+            // so the same version runs `on-response`.
+            let name = canary::choose(entry, set, &self.metrics.canary);
             let Some(plugin) = set.get(name) else {
                 let error = ProxyError::PluginUnavailable {
-                    plugin: name.clone(),
+                    plugin: name.to_owned(),
                     reason: "is not loaded".into(),
                 };
                 let timer = request.trace.call_started();
-                let name: Arc<str> = Arc::from(name.as_str());
+                let name: Arc<str> = Arc::from(name);
                 request
                     .trace
                     .call_finished(timer, &name, "on_request", "not_loaded");
@@ -690,11 +697,13 @@ impl PluginRuntime {
                     on_failure: Some(p.shared.settings.on_failure),
                     stats: Some(stats),
                     last_error: failures.get(&**p.name()).cloned(),
+                    canary: self.metrics.canary.view(p.name()),
                 }
             })
             .collect();
         for (name, failure) in failures {
             if set.get(&name).is_none() {
+                let canary = self.metrics.canary.view(&name);
                 views.push(PluginView {
                     name,
                     status: "failed",
@@ -704,6 +713,7 @@ impl PluginRuntime {
                     instance_mode: None,
                     on_failure: None,
                     stats: None,
+                    canary,
                     last_error: Some(failure),
                 });
             }
@@ -735,6 +745,9 @@ pub struct PluginView {
     stats: Option<loaded::StatsView>,
     /// The last failed load of this name (the active version, if any, keeps serving).
     last_error: Option<LoadFailure>,
+    /// Requests that ran this plugin through canary entries (`auth@v2:10%`), if any names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<canary::CanaryView>,
 }
 
 fn fail(

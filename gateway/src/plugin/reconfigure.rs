@@ -32,10 +32,11 @@ impl Live {
             wanted_builtins: builtin::names()
                 .filter(|name| {
                     config.plugin.contains_key(*name)
-                        || config
-                            .routes
-                            .iter()
-                            .any(|r| r.plugins.iter().any(|p| p.get_ref() == name))
+                        || config.routes.iter().any(|r| {
+                            r.plugins
+                                .iter()
+                                .any(|p| super::canary::runs(p.get_ref(), name))
+                        })
                 })
                 .map(str::to_owned)
                 .collect(),
