@@ -119,12 +119,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
-    }
+    hex::encode_to_slice(fastrand::u128(..).to_le_bytes(), &mut buf)
+        .expect("32 digits for 16 bytes");
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
