@@ -17,7 +17,7 @@ mod harness;
 pub mod languages;
 mod limits;
 mod otlp;
-pub mod plugins;
+mod plugins;
 mod proxy;
 mod reload;
 mod sandbox;
