@@ -179,6 +179,13 @@ mod tests {
         let mut h = HeaderMap::new();
         let made = ensure_request_id(&mut h);
         assert_eq!(made.len(), 32);
+        assert!(
+            made.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+            "lower-case hex: {made:?}"
+        );
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), made, "random");
         assert_eq!(h["x-request-id"], made);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));

@@ -17,12 +17,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use breaker_keys as keys;
+use keys::{LATENCY_BOUNDS_MS, PERCENTILE_BUCKET_MS, PERCENTILE_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use breaker_keys as keys;
-use keys::{LATENCY_BOUNDS_MS, PERCENTILE_BUCKET_MS, PERCENTILE_BUCKETS};
 use serde::Deserialize;
 
 use crate::plugin::state::{SharedState, monotonic_ns, unix_ms};

@@ -262,6 +262,9 @@ mod tests {
         assert_eq!(canon("/%c3%a9").unwrap(), "/%C3%A9");
         assert_eq!(canon("/a%2").unwrap_err(), PathError::BadEscape);
         assert_eq!(canon("/a%zz").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%g0").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%+1").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%\u{e9}").unwrap_err(), PathError::BadEscape);
     }
 
     #[test]

@@ -52,9 +52,8 @@ impl Config {
 /// humantime-serde; `tests/conformance/durations.json` holds the cases both are checked with).
 /// A number without a unit, a negative or an overflowing duration is an error naming the text.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("`{text}` is not a duration like \"500ms\", \"30s\", \"1m 30s\": {e}")
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"500ms\", \"30s\", \"1m 30s\": {e}"))
 }
 
 /// [`parse_duration`] in whole milliseconds, for settings kept as `u64` ms. A duration that is
@@ -106,11 +105,19 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
         assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
         assert_eq!(parse_duration_ms("0"), Ok(0));
-        assert!(parse_duration_ms("1500us").unwrap_err().contains("whole number"));
+        assert!(
+            parse_duration_ms("1500us")
+                .unwrap_err()
+                .contains("whole number")
+        );
         assert!(parse_duration_ms("30").is_err());
         assert!(parse_duration_ms("-1s").is_err());
         assert!(parse_duration_ms("99999999999999999h").is_err());
         // Fits a Duration, not u64 milliseconds.
-        assert!(parse_duration_ms("18446744073709551615s").unwrap_err().contains("too long"));
+        assert!(
+            parse_duration_ms("18446744073709551615s")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }

@@ -785,7 +785,12 @@ mod conformance {
         match &case["input"] {
             Value::Null => None,
             Value::String(s) => Some(s.clone()),
-            v => Some(v["repeat"].as_str().unwrap().repeat(v["times"].as_u64().unwrap() as usize)),
+            v => Some(
+                v["repeat"]
+                    .as_str()
+                    .unwrap()
+                    .repeat(v["times"].as_u64().unwrap() as usize),
+            ),
         }
     }
 

@@ -25,9 +25,12 @@ fn table(name: &str) -> Value {
 /// A case's input: a string, `null`, or `{"repeat": "a", "times": N}`.
 fn input(case: &Value) -> Value {
     match &case["input"] {
-        Value::Object(o) => {
-            Value::from(o["repeat"].as_str().unwrap().repeat(o["times"].as_u64().unwrap() as usize))
-        }
+        Value::Object(o) => Value::from(
+            o["repeat"]
+                .as_str()
+                .unwrap()
+                .repeat(o["times"].as_u64().unwrap() as usize),
+        ),
         v => v.clone(),
     }
 }
@@ -48,9 +51,15 @@ async fn the_real_host_follows_the_conformance_table() {
     for op in ["set_method", "set_query"] {
         for case in table[op].as_array().unwrap() {
             let arg = input(case);
-            let (status, _, body) =
-                send(gw.listen_addr, conform(target, &json!({"op": op, "input": arg}))).await;
-            let what = format!("{op}({})", arg.to_string().chars().take(60).collect::<String>());
+            let (status, _, body) = send(
+                gw.listen_addr,
+                conform(target, &json!({"op": op, "input": arg})),
+            )
+            .await;
+            let what = format!(
+                "{op}({})",
+                arg.to_string().chars().take(60).collect::<String>()
+            );
             assert_eq!(status, 200, "{what}: {body}");
             let got: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(got["ok"], case["ok"], "{what}: {got}");
@@ -89,7 +98,9 @@ async fn the_real_host_caps_the_upstream_timeout_as_the_table_says() {
         (case, send(at, conform("/p/conform", &body)).await.0)
     });
     for (case, status) in futures_util::future::join_all(runs).await {
-        let cut = case["effective_ms"].as_u64().is_some_and(|ms| ms < UPSTREAM_MS);
+        let cut = case["effective_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < UPSTREAM_MS);
         assert_eq!(status, if cut { 504 } else { 200 }, "{case}");
     }
     gw.shutdown().await;
@@ -106,7 +117,10 @@ fn durations_parse_in_the_gateway_as_in_the_sdk() {
         let got = Config::parse(&text, "t.toml");
         if case["error"] == true {
             let e = got.expect_err(input).to_string();
-            assert!(e.contains("t.toml:2:") && e.contains("shutdown_timeout"), "{input:?}: {e}");
+            assert!(
+                e.contains("t.toml:2:") && e.contains("shutdown_timeout"),
+                "{input:?}: {e}"
+            );
         } else {
             let want = Duration::new(
                 case["secs"].as_u64().unwrap(),

@@ -129,15 +129,31 @@ async fn a_registered_instance_takes_traffic_until_its_ttl_runs_out() {
     assert_eq!(get(gw.listen_addr, "/users").await.2, "registered");
     let first = expires_in_ms().await;
     assert!(first <= 30_000, "{first}");
-    assert_eventually!(expires_in_ms().await < first, "time passes for the registration");
+    assert_eventually!(
+        expires_in_ms().await < first,
+        "time passes for the registration"
+    );
     let before = expires_in_ms().await;
-    assert_eq!(register(gw.admin_addr, "users", "u1", &with_ttl("30s")).await.0, 200);
+    assert_eq!(
+        register(gw.admin_addr, "users", "u1", &with_ttl("30s"))
+            .await
+            .0,
+        200
+    );
     let renewed = expires_in_ms().await;
-    assert!(renewed > before, "a renewal moves the expiry: {before} -> {renewed}");
+    assert!(
+        renewed > before,
+        "a renewal moves the expiry: {before} -> {renewed}"
+    );
     assert_eq!(get(gw.listen_addr, "/users").await.0, 200);
 
     // Renewed with a short TTL and then not: it expires, and from then on receives nothing.
-    assert_eq!(register(gw.admin_addr, "users", "u1", &with_ttl("1s")).await.0, 200);
+    assert_eq!(
+        register(gw.admin_addr, "users", "u1", &with_ttl("1s"))
+            .await
+            .0,
+        200
+    );
     assert!(expires_in_ms().await <= 1000);
     assert_eventually!(
         get(gw.listen_addr, "/users").await.0 == 503,

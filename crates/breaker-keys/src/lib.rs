@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(latency("api", 3, 16), "lat|api|3|16");
         assert_eq!(latency_sum("api", 3), "latsum|api|3");
         assert_eq!(inflight("api", 9), "inflight|api|9");
-        assert_eq!(transitions("api", TO_HALF_OPEN), "transitions|api|half_open");
+        assert_eq!(
+            transitions("api", TO_HALF_OPEN),
+            "transitions|api|half_open"
+        );
         assert_eq!(open_value(5), "open:5");
         assert_eq!(closed_value(6), "closed:6");
     }
@@ -222,7 +225,14 @@ mod tests {
         assert_eq!(parse_closed(closed_value(9).as_bytes()), Some(9));
         assert_eq!(parse_open(closed_value(9).as_bytes()), None);
         assert_eq!(parse_closed(open_value(9).as_bytes()), None);
-        for bad in [&b"open:"[..], b"open:-1", b"open:1x", b"open: 1", b"OPEN:1", b"\xff"] {
+        for bad in [
+            &b"open:"[..],
+            b"open:-1",
+            b"open:1x",
+            b"open: 1",
+            b"OPEN:1",
+            b"\xff",
+        ] {
             assert_eq!(parse_open(bad), None, "{bad:?}");
         }
     }
@@ -234,7 +244,10 @@ mod tests {
         assert_eq!(parse_counter(b"x"), 0);
         assert_eq!(parse_counter(b"99999999999999999999"), 0);
         assert_eq!(parse_counter(b"\xff"), 0);
-        assert_eq!(parse_counter(i64::MAX.to_string().as_bytes()), i64::MAX as u64);
+        assert_eq!(
+            parse_counter(i64::MAX.to_string().as_bytes()),
+            i64::MAX as u64
+        );
     }
 
     #[test]

@@ -274,7 +274,8 @@ mod tests {
             executions: 11,
             transitions: [("open", 3), ("half_open", 2), ("closed", 1)],
         };
-        let line = serde_json::to_string(&HystrixCommand::new(&snapshot, 1_700_000_000_000)).unwrap();
+        let line =
+            serde_json::to_string(&HystrixCommand::new(&snapshot, 1_700_000_000_000)).unwrap();
         let golden = include_str!("../../../tests/golden/hystrix-command.json");
         assert_eq!(line, golden.trim_end());
         // Keys in byte order, as a JSON map writes them: the order of the struct's fields.

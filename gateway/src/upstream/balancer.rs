@@ -393,7 +393,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(COOKIE, "session=".parse().unwrap());
         assert_eq!(c.key(&headers), Some(&b""[..]));
-        headers.insert(COOKIE, http::HeaderValue::from_bytes(b"session=\xff").unwrap());
+        headers.insert(
+            COOKIE,
+            http::HeaderValue::from_bytes(b"session=\xff").unwrap(),
+        );
         assert_eq!(c.key(&headers), None, "not UTF-8: no key");
         assert!(HashOn::parse("query:x").is_none());
         assert!(HashOn::parse("header:").is_none());

@@ -553,7 +553,8 @@ mod tests {
     fn command_record_keeps_its_bytes() {
         use sluice_plugin_sdk::testing::{TestHost, TestRequest};
         let host = TestHost::new();
-        let config = json!({"group": "g", "fallback": {"status": 200, "body": "x"}, "timeout": "250ms"});
+        let config =
+            json!({"group": "g", "fallback": {"status": 200, "body": "x"}, "timeout": "250ms"});
         let plugin: Breaker = host.init(config).unwrap();
         let request = TestRequest::new("POST", "/x").with_route("users");
         host.on_request(&plugin, &request).unwrap();
