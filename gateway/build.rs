@@ -14,7 +14,13 @@ fn main() {
         .expect("gateway/ sits in the repository")
         .to_owned();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
-    for watched in ["plugins", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "wit"] {
+    for watched in [
+        "plugins",
+        "plugin-sdk/src",
+        "plugin-sdk/Cargo.toml",
+        "crates",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=SLUICE_SKIP_BUILTINS");

@@ -119,12 +119,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
-    }
+    hex::encode_to_slice(fastrand::u128(..).to_le_bytes(), &mut buf)
+        .expect("32 digits for 16 bytes");
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
@@ -182,6 +179,13 @@ mod tests {
         let mut h = HeaderMap::new();
         let made = ensure_request_id(&mut h);
         assert_eq!(made.len(), 32);
+        assert!(
+            made.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+            "lower-case hex: {made:?}"
+        );
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), made, "random");
         assert_eq!(h["x-request-id"], made);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));

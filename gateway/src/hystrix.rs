@@ -3,13 +3,12 @@
 //! hystrix-dashboard reads), the live dashboard page at `GET /` on the admin listener, and the
 //! breaker metrics in `/metrics`.
 //!
-//! The key layout is the plugin's (`plugins/breaker/src/lib.rs`, module `keys`, and its
-//! README); the functions below must stay in step with it. All of this runs on the control
+//! The key layout is the `breaker-keys` crate (`crates/breaker-keys`), which the plugin writes
+//! with and this module reads with: one copy of the contract. All of this runs on the control
 //! runtime and only reads the shared state: the data plane never waits for a stream client.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,12 +17,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use breaker_keys as keys;
+use keys::{LATENCY_BOUNDS_MS, PERCENTILE_BUCKET_MS, PERCENTILE_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::plugin::state::{SharedState, monotonic_ns, unix_ms};
 
@@ -37,49 +37,14 @@ pub const DEFAULT_DELAY_MS: u64 = 500;
 /// Samples buffered per client; a client that falls further behind is dropped.
 pub const CLIENT_BUFFER: usize = 8;
 
-const LATENCY_BOUNDS_MS: [u64; 16] = [
-    1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000,
-];
-const PERCENTILE_BUCKET_MS: u64 = 10_000;
-const PERCENTILE_BUCKETS: u64 = 6;
-const PERCENTILES: [(&str, f64); 9] = [
-    ("0", 0.0),
-    ("25", 25.0),
-    ("50", 50.0),
-    ("75", 75.0),
-    ("90", 90.0),
-    ("95", 95.0),
-    ("99", 99.0),
-    ("99.5", 99.5),
-    ("100", 100.0),
-];
+/// The percentiles reported (the order of [`CommandSnapshot::percentiles`]).
+const PERCENTILES: [f64; 9] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 100.0];
 
-/// The `cmd|C` record the plugin writes.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CommandRecord {
-    /// Command name (`ROUTE METHOD`).
-    pub name: String,
-    /// Hystrix group (the route unless configured).
-    pub group: String,
-    /// The route.
-    pub route: String,
-    /// The method (`*` when the command is the whole route).
-    pub method: String,
-    request_volume_threshold: u64,
-    error_threshold_percent: u64,
-    sleep_window_ms: u64,
-    rolling_window_ms: u64,
-    rolling_buckets: u64,
-    timeout_ms: u64,
-    max_concurrent_requests: u64,
-    /// The bulkhead's lease period (its `inflight` counters are per period); absent from
-    /// records of older plugin versions.
-    #[serde(default)]
-    lease_ms: u64,
-    half_open_requests: u64,
-    force_open: bool,
-    force_closed: bool,
-}
+/// The `cmd|C` record the plugin writes (the shared crate's).
+pub use keys::CommandRecord;
+
+mod json;
+pub use json::HystrixCommand;
 
 /// A circuit's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,52 +124,54 @@ pub struct CommandSnapshot {
 }
 
 fn counter(state: &SharedState, key: &str) -> u64 {
-    state
-        .get(key)
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
-        .map_or(0, |n| n.max(0) as u64)
+    state.get(key).map_or(0, |v| keys::parse_counter(&v))
 }
 
 /// Reads every command the plugin announced.
 pub fn snapshot(state: &SharedState) -> Vec<CommandSnapshot> {
     let now_ms = monotonic_ns() / 1_000_000;
     let mut commands: Vec<CommandSnapshot> = state
-        .keys_with_prefix("cmd|")
+        .keys_with_prefix(keys::COMMAND_PREFIX)
         .into_iter()
         .filter_map(|key| serde_json::from_slice::<CommandRecord>(&state.get(&key)?).ok())
-        .filter(|r| r.rolling_buckets > 0 && r.rolling_window_ms >= r.rolling_buckets)
-        .map(|record| command(state, record, now_ms))
+        .filter_map(|record| {
+            let bucket_ms = record.bucket_ms()?;
+            Some(command(state, record, bucket_ms, now_ms))
+        })
         .collect();
     commands.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     commands
 }
 
-fn command(state: &SharedState, record: CommandRecord, now_ms: u64) -> CommandSnapshot {
+fn command(
+    state: &SharedState,
+    record: CommandRecord,
+    bucket_ms: u64,
+    now_ms: u64,
+) -> CommandSnapshot {
     let c = record.name.as_str();
-    let circuit = state.get(&format!("circuit|{c}"));
-    let opened_at = circuit
+    let opened_at = state
+        .get(&keys::circuit(c))
         .as_deref()
-        .and_then(|v| v.strip_prefix(b"open:"))
-        .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok());
+        .and_then(keys::parse_open);
     let state_now = match opened_at {
         _ if record.force_open => CircuitState::Open,
         _ if record.force_closed => CircuitState::Closed,
         None => CircuitState::Closed,
-        Some(t) if state.get(&format!("trial|{c}|{t}")).is_some() => CircuitState::HalfOpen,
+        Some(t) if state.get(&keys::trial(c, t)).is_some() => CircuitState::HalfOpen,
         Some(_) => CircuitState::Open,
     };
 
-    let bucket_ms = record.rolling_window_ms / record.rolling_buckets;
     let current = now_ms / bucket_ms;
     let mut counts = Counts::default();
     for bucket in current.saturating_sub(record.rolling_buckets - 1)..=current {
-        let n = |kind: &str| counter(state, &format!("n|{c}|{bucket}|{kind}"));
-        counts.success += n("success");
-        counts.failure += n("failure");
-        counts.timeout += n("timeout");
-        counts.rejected += n("rejected");
-        counts.short_circuited += n("short_circuited");
-        counts.fallback += n("fallback");
+        let n = |kind: &str| counter(state, &keys::count(c, bucket, kind));
+        counts.success += n(keys::SUCCESS);
+        counts.failure += n(keys::FAILURE);
+        counts.timeout += n(keys::TIMEOUT);
+        counts.rejected += n(keys::REJECTED);
+        counts.short_circuited += n(keys::SHORT_CIRCUITED);
+        counts.fallback += n(keys::FALLBACK);
     }
 
     // Requests admitted by the bulkhead in this lease period and the one before (older
@@ -213,10 +180,10 @@ fn command(state: &SharedState, record: CommandRecord, now_ms: u64) -> CommandSn
         0 => 0,
         lease => {
             let period = now_ms / lease;
-            counter(state, &format!("inflight|{c}|{period}"))
+            counter(state, &keys::inflight(c, period))
                 + period
                     .checked_sub(1)
-                    .map_or(0, |p| counter(state, &format!("inflight|{c}|{p}")))
+                    .map_or(0, |p| counter(state, &keys::inflight(c, p)))
         }
     };
 
@@ -225,16 +192,15 @@ fn command(state: &SharedState, record: CommandRecord, now_ms: u64) -> CommandSn
     let mut sum_us = 0;
     for p in pcurrent.saturating_sub(PERCENTILE_BUCKETS - 1)..=pcurrent {
         for (i, slot) in histogram.iter_mut().enumerate() {
-            *slot += counter(state, &format!("lat|{c}|{p}|{i}"));
+            *slot += counter(state, &keys::latency(c, p, i));
         }
-        sum_us += counter(state, &format!("latsum|{c}|{p}"));
+        sum_us += counter(state, &keys::latency_sum(c, p));
     }
     let executions: u64 = histogram.iter().sum();
-    let percentiles = PERCENTILES.map(|(_, p)| percentile(&histogram, executions, p));
+    let percentiles = PERCENTILES.map(|p| percentile(&histogram, executions, p));
     let mean_ms = (sum_us / 1000).checked_div(executions).unwrap_or(0);
 
-    let transitions = ["open", "half_open", "closed"]
-        .map(|to| (to, counter(state, &format!("transitions|{c}|{to}"))));
+    let transitions = keys::TRANSITIONS.map(|to| (to, counter(state, &keys::transitions(c, to))));
     CommandSnapshot {
         record,
         state: state_now,
@@ -267,127 +233,15 @@ fn percentile(histogram: &[u64], total: u64, p: f64) -> u64 {
     LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1] * 2
 }
 
-/// One `HystrixCommand` object, with the field names hystrix-dashboard reads (plus
-/// `circuitState` and `transitions`, which it ignores and our dashboard uses).
-pub fn hystrix_json(s: &CommandSnapshot, now_unix_ms: u64) -> Value {
-    let r = &s.record;
-    let c = &s.counts;
-    let latency: serde_json::Map<String, Value> = PERCENTILES
-        .iter()
-        .zip(s.percentiles)
-        .map(|((name, _), v)| ((*name).to_owned(), json!(v)))
-        .collect();
-    let fields: [(&str, Value); 53] = [
-        ("type", json!("HystrixCommand")),
-        ("name", json!(r.name)),
-        ("group", json!(r.group)),
-        ("currentTime", json!(now_unix_ms)),
-        (
-            "isCircuitBreakerOpen",
-            json!(s.state != CircuitState::Closed),
-        ),
-        ("errorPercentage", json!(c.error_percent())),
-        ("errorCount", json!(c.errors())),
-        ("requestCount", json!(c.total())),
-        ("rollingCountBadRequests", json!(0)),
-        ("rollingCountCollapsedRequests", json!(0)),
-        ("rollingCountEmit", json!(0)),
-        ("rollingCountExceptionsThrown", json!(0)),
-        ("rollingCountFailure", json!(c.failure)),
-        ("rollingCountFallbackEmit", json!(0)),
-        ("rollingCountFallbackFailure", json!(0)),
-        ("rollingCountFallbackMissing", json!(0)),
-        ("rollingCountFallbackRejection", json!(0)),
-        ("rollingCountFallbackSuccess", json!(c.fallback)),
-        ("rollingCountResponsesFromCache", json!(0)),
-        ("rollingCountSemaphoreRejected", json!(c.rejected)),
-        ("rollingCountShortCircuited", json!(c.short_circuited)),
-        ("rollingCountSuccess", json!(c.success)),
-        ("rollingCountThreadPoolRejected", json!(0)),
-        ("rollingCountTimeout", json!(c.timeout)),
-        ("currentConcurrentExecutionCount", json!(s.concurrent)),
-        ("rollingMaxConcurrentExecutionCount", json!(s.concurrent)),
-        ("latencyExecute_mean", json!(s.mean_ms)),
-        ("latencyExecute", json!(latency)),
-        ("latencyTotal_mean", json!(s.mean_ms)),
-        ("latencyTotal", json!(latency)),
-        (
-            "propertyValue_circuitBreakerRequestVolumeThreshold",
-            json!(r.request_volume_threshold),
-        ),
-        (
-            "propertyValue_circuitBreakerSleepWindowInMilliseconds",
-            json!(r.sleep_window_ms),
-        ),
-        (
-            "propertyValue_circuitBreakerErrorThresholdPercentage",
-            json!(r.error_threshold_percent),
-        ),
-        ("propertyValue_circuitBreakerForceOpen", json!(r.force_open)),
-        (
-            "propertyValue_circuitBreakerForceClosed",
-            json!(r.force_closed),
-        ),
-        ("propertyValue_circuitBreakerEnabled", json!(true)),
-        (
-            "propertyValue_executionIsolationStrategy",
-            json!("SEMAPHORE"),
-        ),
-        (
-            "propertyValue_executionIsolationThreadTimeoutInMilliseconds",
-            json!(r.timeout_ms),
-        ),
-        (
-            "propertyValue_executionTimeoutInMilliseconds",
-            json!(r.timeout_ms),
-        ),
-        (
-            "propertyValue_executionIsolationThreadInterruptOnTimeout",
-            json!(true),
-        ),
-        (
-            "propertyValue_executionIsolationThreadPoolKeyOverride",
-            json!(Value::Null),
-        ),
-        (
-            "propertyValue_executionIsolationSemaphoreMaxConcurrentRequests",
-            json!(r.max_concurrent_requests),
-        ),
-        (
-            "propertyValue_fallbackIsolationSemaphoreMaxConcurrentRequests",
-            json!(r.max_concurrent_requests),
-        ),
-        (
-            "propertyValue_metricsRollingStatisticalWindowInMilliseconds",
-            json!(r.rolling_window_ms),
-        ),
-        ("propertyValue_requestCacheEnabled", json!(false)),
-        ("propertyValue_requestLogEnabled", json!(false)),
-        ("reportingHosts", json!(1)),
-        ("threadPool", json!(r.group)),
-        ("circuitState", json!(s.state.as_str())),
-        ("route", json!(r.route)),
-        ("method", json!(r.method)),
-        ("halfOpenRequests", json!(r.half_open_requests)),
-        (
-            "transitions",
-            json!({
-                "open": s.transitions[0].1,
-                "half_open": s.transitions[1].1,
-                "closed": s.transitions[2].1,
-            }),
-        ),
-    ];
-    Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-}
-
 /// One sample of the stream: a `data:` event per command, then a `ping:` keep-alive.
 pub fn sample(state: &SharedState) -> Bytes {
     let now = unix_ms();
     let mut out = String::new();
     for command in snapshot(state) {
         out.push_str("data: ");
-        out.push_str(&hystrix_json(&command, now).to_string());
+        let json = serde_json::to_string(&HystrixCommand::new(&command, now))
+            .expect("a HystrixCommand serialises");
+        out.push_str(&json);
         out.push_str("\n\n");
     }
     out.push_str("ping: \n\n");
@@ -503,25 +357,22 @@ async fn stream(State(hub): State<Arc<Hub>>, Query(query): Query<StreamQuery>) -
         )
         .header(header::PRAGMA, "no-cache")
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-        .body(Body::new(ChannelBody(rx)))
+        .body(channel_body(rx))
         .expect("static headers are valid")
 }
 
 /// A response body fed by a channel; ends when the producer drops its sender.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
-    }
+///
+/// Not axum's `Sse`: its `Event` writes only the standard fields (`data`, `event`, `id`,
+/// `retry`, comments), and the Hystrix wire format ends every sample with a `ping: ` field
+/// line, which hystrix-dashboard and our clients expect; its default headers differ too
+/// (`text/event-stream` without the charset Hystrix sends). A sample is a whole run of events,
+/// so it is written as one chunk.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), rx))
+    }))
 }
 
 /// `sluice_breaker_circuit_state{command, state}` and `sluice_breaker_transitions_total{command,

@@ -101,11 +101,9 @@ pub fn canonicalize(path: &str, policy: PathPolicy) -> Result<Cow<'_, str>, Path
         match b {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
-                let value = hex_value(hex[0])
-                    .zip(hex_value(hex[1]))
-                    .map(|(h, l)| h << 4 | l)
-                    .ok_or(PathError::BadEscape)?;
-                match value {
+                let mut value = [0u8];
+                hex::decode_to_slice(hex, &mut value).map_err(|_| PathError::BadEscape)?;
+                match value[0] {
                     b'/' | b'\\' => match policy.escaped_slashes {
                         EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
                         EscapedSlashes::Keep => {
@@ -200,15 +198,6 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +262,9 @@ mod tests {
         assert_eq!(canon("/%c3%a9").unwrap(), "/%C3%A9");
         assert_eq!(canon("/a%2").unwrap_err(), PathError::BadEscape);
         assert_eq!(canon("/a%zz").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%g0").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%+1").unwrap_err(), PathError::BadEscape);
+        assert_eq!(canon("/a%\u{e9}").unwrap_err(), PathError::BadEscape);
     }
 
     #[test]

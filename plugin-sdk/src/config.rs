@@ -1,5 +1,7 @@
 //! The plugin's configuration, as the gateway hands it to `init`.
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -45,45 +47,77 @@ impl Config {
     }
 }
 
-/// Parses a duration as gateway configs write them — `"500ms"`, `"30s"`, `"10m"`, `"1h"`, or
-/// `"0"` — into milliseconds. Hand-written so the SDK carries no extra dependency into every
-/// plugin's Wasm.
+/// Parses a duration in the gateway's own grammar: `"500ms"`, `"30s"`, `"1m 30s"`, `"2h 37min"`,
+/// `"1.5s"`, `"1d"` or `"0"` (humantime's, which the gateway's config parser uses through
+/// humantime-serde; `tests/conformance/durations.json` holds the cases both are checked with).
+/// A number without a unit, a negative or an overflowing duration is an error naming the text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"500ms\", \"30s\", \"1m 30s\": {e}"))
+}
+
+/// [`parse_duration`] in whole milliseconds, for settings kept as `u64` ms. A duration that is
+/// not a whole number of milliseconds (`"1500us"`) or does not fit in a `u64` is an error.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(0);
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("`{text}` is not a whole number of milliseconds"));
     }
-    let bad = || format!("`{text}` is not a duration like \"500ms\", \"30s\", \"10m\", \"1h\"");
-    let (number, factor) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        return Err(bad());
-    };
-    let number: u64 = number.trim().parse().map_err(|_| bad())?;
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too long"))
+    u64::try_from(duration.as_millis()).map_err(|_| format!("`{text}` is too long"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use std::time::Duration;
+
+    use super::{parse_duration, parse_duration_ms};
+
+    /// The shared table: what parses here parses in the gateway's config, to the same value.
+    #[test]
+    fn durations_follow_the_gateway_grammar() {
+        let table: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/conformance/durations.json"
+        )))
+        .unwrap();
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() > 20);
+        for case in cases {
+            let input = case["input"].as_str().unwrap();
+            let got = parse_duration(input);
+            if case["error"] == true {
+                let e = got.expect_err(input);
+                assert!(e.contains(&format!("`{input}`")), "{input:?}: {e}");
+            } else {
+                let want = Duration::new(
+                    case["secs"].as_u64().unwrap(),
+                    case["nanos"].as_u64().unwrap() as u32,
+                );
+                assert_eq!(got, Ok(want), "{input:?}");
+            }
+        }
+    }
 
     #[test]
-    fn durations_in_every_unit() {
+    fn milliseconds_are_whole_and_bounded() {
         assert_eq!(parse_duration_ms("30s"), Ok(30_000));
-        assert_eq!(parse_duration_ms(" 250ms "), Ok(250));
-        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
-        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("1m 30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
         assert_eq!(parse_duration_ms("0"), Ok(0));
+        assert!(
+            parse_duration_ms("1500us")
+                .unwrap_err()
+                .contains("whole number")
+        );
         assert!(parse_duration_ms("30").is_err());
-        assert!(parse_duration_ms("1d").is_err());
+        assert!(parse_duration_ms("-1s").is_err());
         assert!(parse_duration_ms("99999999999999999h").is_err());
+        // Fits a Duration, not u64 milliseconds.
+        assert!(
+            parse_duration_ms("18446744073709551615s")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }

@@ -61,7 +61,7 @@ pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::config::{Config, parse_duration_ms};
+pub use crate::config::{Config, parse_duration, parse_duration_ms};
 pub use crate::http::{Request, Response, ResponseHead, UpstreamFailure};
 
 /// What `on_request` decides.

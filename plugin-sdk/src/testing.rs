@@ -439,8 +439,9 @@ impl TestRequest {
         self.method.borrow().clone()
     }
 
+    /// As the gateway: any RFC 9110 token (`M-SEARCH`, `get`), case kept.
     pub(crate) fn set_method(&self, method: &str) -> Result<(), String> {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        if method.is_empty() || !method.bytes().all(is_tchar) {
             return Err(format!("invalid method `{method}`"));
         }
         *self.method.borrow_mut() = method.to_owned();
@@ -465,8 +466,25 @@ impl TestRequest {
         self.query.borrow().clone()
     }
 
+    /// As the gateway, which re-parses `path?query` as a request target (the `http` crate's
+    /// rules): bytes the URL standard leaves unencoded in a query, and any non-ASCII, are
+    /// kept; a `#` starts a fragment, which is dropped; anything else (space, `"`, `<`, `>`,
+    /// controls) or a target longer than 65 534 bytes is refused.
     pub(crate) fn set_query(&self, query: Option<&str>) -> Result<(), String> {
-        *self.query.borrow_mut() = query.map(str::to_owned);
+        let Some(query) = query else {
+            *self.query.borrow_mut() = None;
+            return Ok(());
+        };
+        const MAX_TARGET: usize = u16::MAX as usize - 1;
+        if self.path.borrow().len() + 1 + query.len() > MAX_TARGET {
+            return Err("invalid query".into());
+        }
+        let kept = query.split_once('#').map_or(query, |(q, _fragment)| q);
+        let allowed = |b: u8| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..);
+        if !kept.bytes().all(allowed) {
+            return Err("invalid query".into());
+        }
+        *self.query.borrow_mut() = Some(kept.to_owned());
         Ok(())
     }
 
@@ -528,8 +546,15 @@ impl TestRequest {
         *self.upstream_timeout_ms.borrow()
     }
 
+    /// The upstream timeout the plugin set, if any.
+    pub fn upstream_timeout(&self) -> Option<Duration> {
+        self.upstream_timeout_ms().map(Duration::from_millis)
+    }
+
+    /// As the gateway: a cap, so the shortest of several calls wins.
     pub(crate) fn set_upstream_timeout(&self, ms: u64) {
-        *self.upstream_timeout_ms.borrow_mut() = Some(ms);
+        let mut slot = self.upstream_timeout_ms.borrow_mut();
+        *slot = Some(slot.map_or(ms, |t| t.min(ms)));
     }
 
     /// What the plugin attached with `set_plugin_data`.
@@ -720,14 +745,94 @@ impl HeaderList {
     }
 }
 
+/// An RFC 9110 `tchar`: what method and header names are made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// The same rules the gateway applies (RFC 9110 token names; no CR, LF or NUL in values).
 fn check_header(name: &str, value: &[u8]) -> Result<(), String> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
         return Err(format!("invalid header name `{name}`"));
     }
     if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
         return Err(format!("invalid value for header `{name}`"));
     }
     Ok(())
+}
+
+/// The conformance table `tests/conformance/host.json`, run against this host; the gateway's
+/// host runs the same table (`tests/it/conformance.rs`, through the testbed plugin).
+#[cfg(test)]
+mod conformance {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::{TestHost, TestRequest};
+    use crate::Request;
+
+    fn table() -> Value {
+        serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/conformance/host.json"
+        )))
+        .unwrap()
+    }
+
+    /// A case's input: a string, `null`, or `{"repeat": "a", "times": N}`.
+    fn input(case: &Value) -> Option<String> {
+        match &case["input"] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            v => Some(
+                v["repeat"]
+                    .as_str()
+                    .unwrap()
+                    .repeat(v["times"].as_u64().unwrap() as usize),
+            ),
+        }
+    }
+
+    #[test]
+    fn set_method_and_set_query_match_the_gateway() {
+        let _host = TestHost::new();
+        let table = table();
+        let mut checked = 0;
+        for op in ["set_method", "set_query"] {
+            for case in table[op].as_array().unwrap() {
+                let start = &table["request"];
+                let test = TestRequest::new(
+                    start["method"].as_str().unwrap(),
+                    start["target"].as_str().unwrap(),
+                );
+                let request = Request::test(&test);
+                let arg = input(case);
+                let result = match op {
+                    "set_method" => request.set_method(arg.as_deref().unwrap()),
+                    _ => request.set_query(arg.as_deref()),
+                };
+                let what = format!("{op}({arg:?})");
+                assert_eq!(result.is_ok(), case["ok"] == true, "{what}: {result:?}");
+                assert_eq!(request.method(), case["method"].as_str().unwrap(), "{what}");
+                assert_eq!(request.query().as_deref(), case["query"].as_str(), "{what}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "{checked}");
+    }
+
+    #[test]
+    fn set_upstream_timeout_matches_the_gateway() {
+        let _host = TestHost::new();
+        for case in table()["set_upstream_timeout"].as_array().unwrap() {
+            let test = TestRequest::get("/");
+            let request = Request::test(&test);
+            for ms in case["calls"].as_array().unwrap() {
+                request.set_upstream_timeout(Duration::from_millis(ms.as_u64().unwrap()));
+            }
+            let want = case["effective_ms"].as_u64().map(Duration::from_millis);
+            assert_eq!(test.upstream_timeout(), want, "{case}");
+        }
+    }
 }

@@ -487,20 +487,37 @@ async fn hystrix_stream_carries_every_field_the_dashboard_reads() {
     gw.shutdown().await;
 }
 
-/// `n` clients that ask for `/hystrix.stream` every 10 ms and never read a byte.
+/// `n` clients that ask for `/hystrix.stream` every 10 ms and read nothing past the response
+/// head. Each returns once the gateway answered 200, so its place is taken: a caller's next
+/// request races no client still on its way in.
 async fn stalled_stream_clients(admin: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stalled = Vec::new();
     for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut s,
-            b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        s.write_all(b"GET /hystrix.stream?delay=10 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(EVENTUALLY, s.read(&mut byte)).await;
+            assert_eq!(read.expect("a response head").unwrap(), 1, "stream closed");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
         stalled.push(s);
     }
     stalled
+}
+
+/// The status of `GET path` (the body, an endless stream here, is not read).
+async fn get_head(admin: SocketAddr, path: &str) -> StatusCode {
+    let req = Request::get(format!("http://{admin}{path}"))
+        .body(full(""))
+        .unwrap();
+    client().request(req).await.unwrap().status()
 }
 
 #[tokio::test]
@@ -509,9 +526,8 @@ async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
     let gw = gateway_with(flaky.up.addr, "", 1).await;
     get(gw.listen_addr, "/api/x").await;
     let admin = gw.admin_addr;
-    // Five clients that connect and never read a byte.
+    // Five clients that connect and read nothing past the head.
     let stalled = stalled_stream_clients(admin, 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, headers, body) = get(admin, "/hystrix.stream").await;
     assert_eq!(status, 503, "{body}");
     assert!(headers.contains_key("retry-after"));
@@ -521,23 +537,16 @@ async fn hystrix_stream_caps_clients_and_a_stalled_client_slows_nothing() {
     // Requests are not slowed by the stalled clients.
     let started = Instant::now();
     for _ in 0..50 {
-        assert_eq!(get(gw.listen_addr, "/api/x").await.0, 200);
+        let (status, _, body) = get(gw.listen_addr, "/api/x").await;
+        assert_eq!(status, 200, "{body}");
     }
     assert!(started.elapsed() < Duration::from_secs(5));
     // Closing them frees their places.
     drop(stalled);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let req = Request::get(format!("http://{admin}/hystrix.stream?delay=50"))
-            .body(full(""))
-            .unwrap();
-        let resp = client().request(req).await.unwrap();
-        if resp.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "places were not freed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eventually!(
+        get_head(admin, "/hystrix.stream?delay=50").await == 200,
+        "places freed when their clients went away"
+    );
     gw.shutdown().await;
 }
 
@@ -560,27 +569,17 @@ async fn hystrix_stream_drops_a_client_that_stops_reading() {
     }
     let admin = gw.admin_addr;
     let stalled = stalled_stream_clients(admin, 5).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         get(admin, "/hystrix.stream").await.0,
         503,
         "five clients hold every place"
     );
     // Their sockets stay open, but they lag: the stream drops them and frees their places.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let req = Request::get(format!("http://{admin}/hystrix.stream?delay=1000"))
-            .body(full(""))
-            .unwrap();
-        if client().request(req).await.unwrap().status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lagging clients were never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    assert_eventually!(
+        within: Duration::from_secs(30),
+        get_head(admin, "/hystrix.stream?delay=1000").await == 200,
+        "lagging clients dropped"
+    );
     // Requests were answered all along.
     assert_eq!(get(gw.listen_addr, "/api/x").await.0, 200);
     drop(stalled);

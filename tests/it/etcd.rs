@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 use crate::services::{metric, register};
@@ -147,21 +147,8 @@ fn log_file(dir: &Path) -> std::fs::File {
     std::fs::File::create(dir.join("sluice.log")).unwrap()
 }
 
-/// Polls `check` every 100 ms until it holds; panics after `limit` naming what it waited for.
-pub(crate) async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// The harness's (cluster.rs imports it from here).
+pub(crate) use crate::harness::wait_for;
 
 pub(crate) fn unique_prefix() -> String {
     format!(

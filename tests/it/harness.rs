@@ -23,6 +23,48 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// How long [`assert_eventually!`] and [`wait_for`] wait unless told otherwise.
+pub const EVENTUALLY: Duration = Duration::from_secs(10);
+/// How often they check.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// `assert_eventually!(COND, "what", args..)`: checks `COND` (it may `.await`) every
+/// [`POLL`] until it holds, and fails naming what it waited for after [`EVENTUALLY`] (or
+/// `within: DURATION` given first). For what must *become* true: a test never sleeps a fixed
+/// time and hopes, and a negative check ("no more requests reach it") follows a positive
+/// wait for the state that implies it.
+macro_rules! assert_eventually {
+    (within: $limit:expr, $cond:expr, $($what:tt)+) => {{
+        let limit: std::time::Duration = $limit;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not within {limit:?}: {}",
+                format!($($what)+)
+            );
+            tokio::time::sleep($crate::harness::POLL).await;
+        }
+    }};
+    ($cond:expr, $($what:tt)+) => {
+        $crate::harness::assert_eventually!(within: $crate::harness::EVENTUALLY, $cond, $($what)+)
+    };
+}
+pub(crate) use assert_eventually;
+
+/// [`assert_eventually!`] for a check written as a closure: polls `check` until it holds;
+/// panics after `limit` naming `what`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert_eventually!(within: limit, check().await, "{what}");
+}
+
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod config;
 mod digest;
+mod conformance;
 mod edge;
 mod etcd;
 mod examples;

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -66,7 +65,7 @@ impl Received {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[derive(Default)]
@@ -196,19 +195,12 @@ impl Receiver {
 
     /// Waits until at least `n` spans arrived (panics after 10 s).
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let spans = self.spans();
-            if spans.len() >= n {
-                return spans;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} spans arrived",
-                spans.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::harness::assert_eventually!(
+            self.spans().len() >= n,
+            "{n} spans ({} arrived)",
+            self.spans().len()
+        );
+        self.spans()
     }
 }
 

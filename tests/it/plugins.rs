@@ -196,12 +196,17 @@ async fn fail_open_skips_a_failing_plugin_and_counts_the_skip() {
 async fn a_plugin_that_keeps_failing_is_quarantined_then_tried_again() {
     let up = Upstream::named("upstream").await;
     let dir = plugin_dir(None);
+    // Long enough that the checks of the quarantine below cannot outlast it on a loaded
+    // machine (at 700 ms they could, and saw the plugin already back); the end of it is
+    // waited for, not slept past.
     let gw = gateway_with_testbed(
         dir.path(),
         up.addr,
-        "quarantine_after = 3\nquarantine_for = \"700ms\"",
+        "quarantine_after = 3\nquarantine_for = \"2s\"",
     )
     .await;
+    // Before the failures, so no later than the quarantine's start.
+    let failing_from = tokio::time::Instant::now();
     for _ in 0..3 {
         assert_eq!(get(gw.listen_addr, "/p/trap").await.0, 500);
     }
@@ -214,11 +219,13 @@ async fn a_plugin_that_keeps_failing_is_quarantined_then_tried_again() {
     let plugins: serde_json::Value =
         serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
     assert_eq!(plugins["plugins"][0]["status"], "quarantined");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        get(gw.listen_addr, "/p/ok").await.0,
-        200,
+    assert_eventually!(
+        get(gw.listen_addr, "/p/ok").await.0 == 200,
         "tried again after the quarantine"
+    );
+    assert!(
+        failing_from.elapsed() >= Duration::from_secs(2),
+        "the quarantine lasted its time"
     );
     gw.shutdown().await;
 }

@@ -41,17 +41,11 @@ async fn tag_seen(gw: &sluice::Gateway, up: &Upstream) -> String {
 }
 
 async fn wait_for_tag(gw: &sluice::Gateway, up: &Upstream, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if tag_seen(gw, up).await == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tag {want} never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eventually!(
+        within: Duration::from_secs(20),
+        tag_seen(gw, up).await == want,
+        "tag {want} served"
+    );
 }
 
 #[tokio::test]
@@ -187,16 +181,13 @@ async fn a_removed_file_unloads_the_plugin() {
     let gw = gateway_with_testbed(dir.path(), up.addr, "").await;
     assert_eq!(get(gw.listen_addr, "/p/ok").await.0, 200);
     std::fs::remove_file(dir.path().join("testbed.wasm")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _, body) = get(gw.listen_addr, "/p/ok").await;
-        if status == 503 {
-            assert_eq!(body, "plugin testbed is not loaded\n");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never unloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eventually!(
+        within: Duration::from_secs(20),
+        get(gw.listen_addr, "/p/ok").await.0 == 503,
+        "the plugin unloaded"
+    );
+    let (_, _, body) = get(gw.listen_addr, "/p/ok").await;
+    assert_eq!(body, "plugin testbed is not loaded\n");
     assert_eq!(get(gw.listen_addr, "/plain").await.0, 200);
     gw.shutdown().await;
 }

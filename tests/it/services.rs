@@ -107,29 +107,64 @@ async fn a_registered_instance_takes_traffic_until_its_ttl_runs_out() {
     assert_eq!(status, 503);
     assert!(body.contains("users"), "{body}");
 
-    let body = format!(
-        r#"{{"address": "{}", "ttl": "1s", "metadata": {{"zone": "a"}}}}"#,
-        up.addr
-    );
-    let (status, text) = register(gw.admin_addr, "users", "u1", &body).await;
+    let with_ttl = |ttl: &str| {
+        format!(
+            r#"{{"address": "{}", "ttl": "{ttl}", "metadata": {{"zone": "a"}}}}"#,
+            up.addr
+        )
+    };
+    let admin = gw.admin_addr;
+    let expires_in_ms = move || async move {
+        let (_, _, view) = get(admin, "/registry/services/users").await;
+        let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+        let instance = &view["instances"][0];
+        assert_eq!(instance["id"], "u1");
+        assert_eq!(instance["metadata"]["zone"], "a");
+        instance["expires_in_ms"].as_u64().unwrap()
+    };
+    // A TTL far longer than the steps below take, however loaded the machine: a renewal is
+    // seen as the expiry moving later, not as surviving a race against a 1 s TTL.
+    let (status, text) = register(gw.admin_addr, "users", "u1", &with_ttl("30s")).await;
     assert_eq!(status, 200, "{text}");
+    // The first expiry is at most this + 30 s.
+    let registered = std::time::Instant::now();
     assert_eq!(get(gw.listen_addr, "/users").await.2, "registered");
+    let first = expires_in_ms().await;
+    assert!(first <= 30_000, "{first}");
+    assert_eventually!(
+        expires_in_ms().await + 100 < first,
+        "100 ms pass for the registration"
+    );
+    let renewing = std::time::Instant::now();
+    assert!(renewing > registered + Duration::from_millis(100));
+    assert_eq!(
+        register(gw.admin_addr, "users", "u1", &with_ttl("30s"))
+            .await
+            .0,
+        200
+    );
+    // The renewed expiry is at least `renewing` + 30 s (less 1 ms of rounding): over 99 ms
+    // later than the first.
+    let renewed = expires_in_ms().await;
+    let since = renewing.elapsed().as_millis() as u64;
+    assert!(
+        renewed + since + 1 >= 30_000,
+        "a renewal moves the expiry: {renewed} ms left {since} ms after renewing"
+    );
+    assert_eq!(get(gw.listen_addr, "/users").await.0, 200);
 
-    // Renewals keep it alive past its first TTL.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(register(gw.admin_addr, "users", "u1", &body).await.0, 200);
-        assert_eq!(get(gw.listen_addr, "/users").await.0, 200);
-    }
-    let (_, _, view) = get(gw.admin_addr, "/registry/services/users").await;
-    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
-    let instance = &view["instances"][0];
-    assert_eq!(instance["id"], "u1");
-    assert_eq!(instance["metadata"]["zone"], "a");
-    assert!(instance["expires_in_ms"].as_u64().unwrap() <= 1000);
-
-    // Not renewed: from its expiry on, it receives nothing.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Renewed with a short TTL and then not: it expires, and from then on receives nothing.
+    assert_eq!(
+        register(gw.admin_addr, "users", "u1", &with_ttl("1s"))
+            .await
+            .0,
+        200
+    );
+    assert!(expires_in_ms().await <= 1000);
+    assert_eventually!(
+        get(gw.listen_addr, "/users").await.0 == 503,
+        "the unrenewed instance expires"
+    );
     let hits = up.hits();
     for _ in 0..20 {
         let (status, _, body) = get(gw.listen_addr, "/users").await;
@@ -138,17 +173,12 @@ async fn a_registered_instance_takes_traffic_until_its_ttl_runs_out() {
     }
     assert_eq!(up.hits(), hits, "an expired instance received requests");
     // The reaper (every 250 ms) then removes it from the registry.
-    let mut view = String::new();
-    for _ in 0..20 {
-        view = get(gw.admin_addr, "/registry/services/users").await.2;
-        if view.contains(r#""instances":[]"#) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        view.contains(r#""instances":[]"#),
-        "removed after expiry: {view}"
+    assert_eventually!(
+        get(gw.admin_addr, "/registry/services/users")
+            .await
+            .2
+            .contains(r#""instances":[]"#),
+        "removed after expiry"
     );
     gw.shutdown().await;
 }
@@ -363,7 +393,21 @@ async fn a_failing_instance_is_ejected_then_returns_with_a_longer_ejection() {
     assert!(bad_view["health"]["ejected_for_ms"].as_u64().unwrap() <= 1000);
 
     // Back after its ejection; failing again ejects it for twice as long.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let admin = gw.admin_addr;
+    let bad_addr = bad.addr.to_string();
+    let bad_available = move || {
+        let bad_addr = bad_addr.clone();
+        async move {
+            let view = get(admin, "/admin/services").await.2;
+            let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+            view["services"][0]["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["address"] == bad_addr.as_str() && i["health"]["available"] == true)
+        }
+    };
+    assert_eventually!(bad_available().await, "the ejection ends");
     for _ in 0..20 {
         get(gw.listen_addr, "/").await;
     }
@@ -633,17 +677,23 @@ async fn active_checks_take_an_instance_out_and_bring_it_back() {
         }
     };
     assert_eq!(served(10).await, 5);
+    // Not a fixed sleep and a hope: wait for the checks' verdict, then check the traffic.
+    let admin = gw.admin_addr;
+    let failing = move || async move {
+        get(admin, "/admin/services")
+            .await
+            .2
+            .contains(r#""failing_checks":true"#)
+    };
     healthy.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eventually!(failing().await, "the instance fails its checks");
     assert_eq!(
         served(10).await,
         0,
         "failing its checks, it takes no traffic"
     );
-    let (_, _, view) = get(gw.admin_addr, "/admin/services").await;
-    assert!(view.contains(r#""failing_checks":true"#), "{view}");
     healthy.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eventually!(!failing().await, "the instance passes its checks again");
     assert_eq!(served(10).await, 5, "back after passing its checks");
     gw.shutdown().await;
 }

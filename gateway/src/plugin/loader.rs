@@ -148,13 +148,7 @@ pub fn compile(
 
 /// SHA-256 of the bytes, as lower-case hex.
 pub fn digest(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -7,31 +7,19 @@ pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracep
 /// `tracestate`.
 pub static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Lower-case hex of `bytes`, written into `out`.
-fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
-    }
-}
-
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    hex_into(bytes, &mut out);
-    String::from_utf8(out).expect("hex digits are ASCII")
+    hex::encode(bytes)
 }
 
 /// `00-{trace id}-{span id}-{01|00}`.
 pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    hex_into(trace_id, &mut out);
-    out.push(b'-');
-    hex_into(span_id, &mut out);
-    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex::encode_to_slice(trace_id, &mut out[3..35]).expect("32 digits for 16 bytes");
+    hex::encode_to_slice(span_id, &mut out[36..52]).expect("16 digits for 8 bytes");
+    if sampled {
+        out[54] = b'1';
+    }
     HeaderValue::from_bytes(&out).expect("traceparent is visible ASCII")
 }
 

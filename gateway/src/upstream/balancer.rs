@@ -44,12 +44,15 @@ impl HashOn {
     pub fn key<'a>(&self, headers: &'a HeaderMap) -> Option<&'a [u8]> {
         match self {
             Self::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            // The `cookie` crate splits the header (RFC 6265: `;`-separated pairs, whitespace
+            // around names and values trimmed); a header that is not UTF-8 carries no key.
             Self::Cookie(name) => headers.get_all(COOKIE).iter().find_map(|v| {
-                v.as_bytes().split(|&b| b == b';').find_map(|pair| {
-                    let pair = pair.trim_ascii();
-                    let (k, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-                    (k == name.as_bytes()).then(|| &value[1..])
-                })
+                let text = std::str::from_utf8(v.as_bytes()).ok()?;
+                cookie::Cookie::split_parse(text)
+                    .flatten()
+                    .find(|c| c.name_raw() == Some(name.as_str()))?
+                    .value_raw()
+                    .map(str::as_bytes)
             }),
         }
     }
@@ -382,6 +385,19 @@ mod tests {
                 .key(&headers)
                 .is_none()
         );
+        // Several headers, odd spacing, pairs without `=` and a name that is another's prefix.
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, "junk; sess=no".parse().unwrap());
+        headers.append(COOKIE, " session = v1 ;session=v2".parse().unwrap());
+        assert_eq!(c.key(&headers), Some(&b"v1"[..]));
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, "session=".parse().unwrap());
+        assert_eq!(c.key(&headers), Some(&b""[..]));
+        headers.insert(
+            COOKIE,
+            http::HeaderValue::from_bytes(b"session=\xff").unwrap(),
+        );
+        assert_eq!(c.key(&headers), None, "not UTF-8: no key");
         assert!(HashOn::parse("query:x").is_none());
         assert!(HashOn::parse("header:").is_none());
     }

@@ -439,7 +439,7 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(err(json!({"leeway": "soon"})).contains("leeway"));
-        assert!(err(json!({"max_age": "1d"})).contains("max_age"));
+        assert!(err(json!({"max_age": "1 fortnight"})).contains("max_age"));
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn jwks_config_errors_name_the_field() {
             "jwks_cooldown",
         ),
         (
-            json!({"jwks_url": URL, "jwks_max_stale": "1 day"}),
+            json!({"jwks_url": URL, "jwks_max_stale": "1 fortnight"}),
             "jwks_max_stale",
         ),
         (json!({"jwks_uri": URL}), "unknown field `jwks_uri`"),

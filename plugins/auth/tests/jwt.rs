@@ -632,7 +632,7 @@ fn config_errors_name_the_field() {
             json!({"keys": [{"kid": "k", "alg": "RS256", "pem": RSA_PRIVATE}]}),
             "keys[0]: pem: must be a public key",
         ),
-        (json!({"leeway": "30 seconds"}), "leeway"),
+        (json!({"leeway": "30 fortnights"}), "leeway"),
     ];
     for (config, want) in cases {
         let err = host.init::<Auth>(config).unwrap_err();

@@ -500,7 +500,7 @@ mod tests {
                 "max_concurrent_requests",
             ),
             (
-                json!({"routes": {"users": {"timeout": "1 second"}}}),
+                json!({"routes": {"users": {"timeout": "1 fortnight"}}}),
                 "routes.users.timeout",
             ),
             (

@@ -22,82 +22,9 @@ use sluice_plugin_sdk::{
 
 use crate::config::{BreakerConfig, CommandKey, Settings};
 
-/// Shared-state keys (`C` is the command name). The gateway reads them; keep
-/// `gateway/src/hystrix.rs` in step.
-pub mod keys {
-    /// Outcome kinds counted per bucket of the rolling window.
-    pub const KINDS: [&str; 7] = [
-        SUCCESS,
-        FAILURE,
-        TIMEOUT,
-        REJECTED,
-        SHORT_CIRCUITED,
-        FALLBACK,
-        BAD_REQUEST,
-    ];
-    /// Executed, and the upstream's answer is not an error.
-    pub const SUCCESS: &str = "success";
-    /// Executed; an error status, or a connection failure.
-    pub const FAILURE: &str = "failure";
-    /// Executed; the upstream did not answer within `timeout` (504).
-    pub const TIMEOUT: &str = "timeout";
-    /// Rejected by the bulkhead (Hystrix SEMAPHORE_REJECTED).
-    pub const REJECTED: &str = "rejected";
-    /// Short-circuited by the open circuit.
-    pub const SHORT_CIRCUITED: &str = "short_circuited";
-    /// Answered with the configured fallback.
-    pub const FALLBACK: &str = "fallback";
-    /// Reserved (Hystrix BAD_REQUEST); never written today.
-    pub const BAD_REQUEST: &str = "bad_request";
-
-    /// `cmd|C`: JSON describing the command and its settings (no TTL): how the gateway finds
-    /// the commands.
-    pub fn command(c: &str) -> String {
-        format!("cmd|{c}")
-    }
-    /// `circuit|C`: `open:T` (opened at T, monotonic ms) or `closed:T` (closed at T); absent
-    /// = closed, never opened.
-    pub fn circuit(c: &str) -> String {
-        format!("circuit|{c}")
-    }
-    /// `trial|C|T`: counter of trials granted for the open period that started at T (TTL:
-    /// the lease). Present = half-open.
-    pub fn trial(c: &str, opened_at: u64) -> String {
-        format!("trial|{c}|{opened_at}")
-    }
-    /// `n|C|B|KIND`: outcomes in bucket B (= monotonic ms / bucket ms); TTL window + bucket.
-    pub fn count(c: &str, bucket: u64, kind: &str) -> String {
-        format!("n|{c}|{bucket}|{kind}")
-    }
-    /// `lat|C|P|I`: executions in percentile bucket P (= monotonic ms / 10 000) whose
-    /// latency fell in histogram bucket I (see [`LATENCY_BOUNDS_MS`]); TTL 70 s.
-    pub fn latency(c: &str, pbucket: u64, index: usize) -> String {
-        format!("lat|{c}|{pbucket}|{index}")
-    }
-    /// `latsum|C|P`: sum of the latencies in µs of percentile bucket P; TTL 70 s.
-    pub fn latency_sum(c: &str, pbucket: u64) -> String {
-        format!("latsum|{c}|{pbucket}")
-    }
-    /// `inflight|C|L`: requests admitted by the bulkhead in lease period L (= monotonic ms /
-    /// the command's lease) and not finished yet; TTL two leases and a margin. A request counts
-    /// in its own period and the next one, so one that never reports back stops counting
-    /// after one to two leases.
-    pub fn inflight(c: &str, period: u64) -> String {
-        format!("inflight|{c}|{period}")
-    }
-    /// `transitions|C|TO`: transitions into `open`, `half_open` or `closed` (no TTL).
-    pub fn transitions(c: &str, to: &str) -> String {
-        format!("transitions|{c}|{to}")
-    }
-    /// Upper bounds (inclusive, ms) of the latency histogram; the last bucket is unbounded.
-    pub const LATENCY_BOUNDS_MS: [u64; 16] = [
-        1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000, 2000, 5000,
-    ];
-    /// Length of one percentile bucket (Hystrix: 60 s in 6 buckets).
-    pub const PERCENTILE_BUCKET_MS: u64 = 10_000;
-    /// Percentile buckets in the window.
-    pub const PERCENTILE_BUCKETS: u64 = 6;
-}
+/// Shared-state keys and values (`C` is the command name): the `breaker-keys` crate, which the
+/// gateway's `hystrix.rs` reads them with.
+pub use breaker_keys as keys;
 
 /// The plugin.
 #[derive(Debug)]
@@ -210,10 +137,7 @@ enum Circuit {
 
 fn read_circuit(cmd: &str) -> Circuit {
     match state::get(&keys::circuit(cmd)) {
-        Some(raw) => match raw
-            .strip_prefix(b"open:")
-            .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
-        {
+        Some(raw) => match keys::parse_open(&raw) {
             Some(opened_at) => Circuit::Open { opened_at },
             None => Circuit::Closed(Some(raw)),
         },
@@ -223,10 +147,7 @@ fn read_circuit(cmd: &str) -> Circuit {
 
 /// The close time in a `closed:T` circuit value.
 fn closed_at(raw: &Option<Vec<u8>>) -> u64 {
-    raw.as_deref()
-        .and_then(|r| r.strip_prefix(b"closed:"))
-        .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
-        .unwrap_or(0)
+    raw.as_deref().and_then(keys::parse_closed).unwrap_or(0)
 }
 
 /// How long an `inflight` counter lives: its own period and the next, plus a margin, so it
@@ -248,7 +169,7 @@ fn count(cmd: &str, s: &Settings, now_ms: u64, kind: &str) {
 
 fn transition(cmd: &str, to: &str) {
     let _ = state::incr(&keys::transitions(cmd, to), 1, None);
-    let level = if to == "open" {
+    let level = if to == keys::TO_OPEN {
         Level::Warn
     } else {
         Level::Info
@@ -258,9 +179,7 @@ fn transition(cmd: &str, to: &str) {
 
 /// A shared counter's value; absent, unreadable or (transiently) negative counts as 0.
 fn read_counter(key: &str) -> u64 {
-    state::get(key)
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
-        .map_or(0, |n| n.max(0) as u64)
+    state::get(key).map_or(0, |v| keys::parse_counter(&v))
 }
 
 /// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before).
@@ -314,28 +233,30 @@ impl Breaker {
         if self.announced.borrow().contains(cmd) {
             return;
         }
-        let record = json!({
-            "name": cmd,
-            "group": s.group.as_deref().unwrap_or(route),
-            "route": route,
-            "method": match s.command_key {
+        let record = keys::CommandRecord {
+            name: cmd.to_owned(),
+            group: s.group.as_deref().unwrap_or(route).to_owned(),
+            route: route.to_owned(),
+            method: match s.command_key {
                 CommandKey::Route => "*",
                 CommandKey::RouteMethod => normalize_method(method),
-            },
-            "request_volume_threshold": s.request_volume_threshold,
-            "error_threshold_percent": s.error_threshold_percent,
-            "sleep_window_ms": s.sleep_window_ms,
-            "rolling_window_ms": s.rolling_window_ms,
-            "rolling_buckets": s.rolling_buckets,
-            "timeout_ms": s.timeout_ms,
-            "max_concurrent_requests": s.max_concurrent_requests,
-            "lease_ms": s.lease_ms(),
-            "half_open_requests": s.half_open_requests,
-            "force_open": s.force_open,
-            "force_closed": s.force_closed,
-            "fallback": s.fallback.is_some(),
-        });
-        state::set(&keys::command(cmd), record.to_string(), None);
+            }
+            .to_owned(),
+            request_volume_threshold: s.request_volume_threshold,
+            error_threshold_percent: s.error_threshold_percent,
+            sleep_window_ms: s.sleep_window_ms,
+            rolling_window_ms: s.rolling_window_ms,
+            rolling_buckets: s.rolling_buckets,
+            timeout_ms: s.timeout_ms,
+            max_concurrent_requests: s.max_concurrent_requests,
+            lease_ms: s.lease_ms(),
+            half_open_requests: s.half_open_requests,
+            force_open: s.force_open,
+            force_closed: s.force_closed,
+            fallback: s.fallback.is_some(),
+        };
+        let record = serde_json::to_string(&record).expect("a command record serialises");
+        state::set(&keys::command(cmd), record, None);
         self.announced.borrow_mut().insert(cmd.to_owned());
     }
 
@@ -418,13 +339,13 @@ impl Breaker {
 
     /// A half-open trial ended: the first outcome of the open period decides.
     fn end_trial(&self, cmd: &str, s: &Settings, opened_at: u64, success: bool, now_ms: u64) {
-        let expected = format!("open:{opened_at}");
+        let expected = keys::open_value(opened_at);
         if success {
             // The window is cleared before the circuit closes: once it reads closed, another
             // instance may recompute health, and must not see the failures that opened it.
             // (While it is open nobody reads the window, so clearing early is harmless.)
             reset_window(cmd, s, now_ms);
-            let closed = format!("closed:{now_ms}");
+            let closed = keys::closed_value(now_ms);
             if state::compare_and_swap(
                 &keys::circuit(cmd),
                 Some(expected.as_bytes()),
@@ -433,10 +354,10 @@ impl Breaker {
             ) {
                 state::delete(&keys::trial(cmd, opened_at));
                 self.health.borrow_mut().remove(cmd);
-                transition(cmd, "closed");
+                transition(cmd, keys::TO_CLOSED);
             }
         } else {
-            let reopened = format!("open:{now_ms}");
+            let reopened = keys::open_value(now_ms);
             if state::compare_and_swap(
                 &keys::circuit(cmd),
                 Some(expected.as_bytes()),
@@ -444,7 +365,7 @@ impl Breaker {
                 None,
             ) {
                 state::delete(&keys::trial(cmd, opened_at));
-                transition(cmd, "open");
+                transition(cmd, keys::TO_OPEN);
             }
         }
     }
@@ -493,7 +414,7 @@ impl Plugin for Breaker {
                     // Half-open: the first `half_open_requests` callers win.
                     let n = state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))?;
                     if n == 1 {
-                        transition(&cmd, "half_open");
+                        transition(&cmd, keys::TO_HALF_OPEN);
                     }
                     if n > s.half_open_requests as i64 {
                         return Ok(self.short_circuit(&cmd, &s, now_ms, 1000));
@@ -503,7 +424,7 @@ impl Plugin for Breaker {
                 Circuit::Closed(raw) => {
                     let health = self.health(&cmd, &s, now_ms, closed_at(&raw));
                     if health.trips(&s) {
-                        let open = format!("open:{now_ms}");
+                        let open = keys::open_value(now_ms);
                         if state::compare_and_swap(
                             &keys::circuit(&cmd),
                             raw.as_deref(),
@@ -518,7 +439,7 @@ impl Plugin for Breaker {
                                     health.total
                                 ),
                             );
-                            transition(&cmd, "open");
+                            transition(&cmd, keys::TO_OPEN);
                             return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms + 1));
                         }
                         // Another caller changed the circuit first: follow what it did.
@@ -595,10 +516,7 @@ impl Plugin for Breaker {
         }
         let latency_us = now_ns.saturating_sub(ticket.start_ns) / 1000;
         let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
-        let index = keys::LATENCY_BOUNDS_MS
-            .iter()
-            .position(|&b| latency_us <= b * 1000)
-            .unwrap_or(keys::LATENCY_BOUNDS_MS.len());
+        let index = keys::latency_index(latency_us);
         let ttl = Some(keys::PERCENTILE_BUCKET_MS * (keys::PERCENTILE_BUCKETS + 1));
         state::incr(&keys::latency(&cmd, pbucket, index), 1, ttl)?;
         state::incr(
@@ -627,6 +545,40 @@ mod tests {
         };
         assert_eq!(Ticket::decode(t.encode().as_bytes()), Some(t));
         assert_eq!(Ticket::decode(b"x"), None);
+    }
+
+    /// The `cmd|C` record is built from the shared struct now; its bytes are what the
+    /// plugin wrote before (a `json!` object, keys sorted), which deployed gateways read.
+    #[test]
+    fn command_record_keeps_its_bytes() {
+        use sluice_plugin_sdk::testing::{TestHost, TestRequest};
+        let host = TestHost::new();
+        let config =
+            json!({"group": "g", "fallback": {"status": 200, "body": "x"}, "timeout": "250ms"});
+        let plugin: Breaker = host.init(config).unwrap();
+        let request = TestRequest::new("POST", "/x").with_route("users");
+        host.on_request(&plugin, &request).unwrap();
+        let written = host.state(&keys::command("users POST")).unwrap();
+        let s = plugin.config.for_route("users");
+        let before = json!({
+            "name": "users POST",
+            "group": "g",
+            "route": "users",
+            "method": "POST",
+            "request_volume_threshold": s.request_volume_threshold,
+            "error_threshold_percent": s.error_threshold_percent,
+            "sleep_window_ms": s.sleep_window_ms,
+            "rolling_window_ms": s.rolling_window_ms,
+            "rolling_buckets": s.rolling_buckets,
+            "timeout_ms": s.timeout_ms,
+            "max_concurrent_requests": s.max_concurrent_requests,
+            "lease_ms": s.lease_ms(),
+            "half_open_requests": s.half_open_requests,
+            "force_open": s.force_open,
+            "force_closed": s.force_closed,
+            "fallback": true,
+        });
+        assert_eq!(String::from_utf8(written).unwrap(), before.to_string());
     }
 
     #[test]
