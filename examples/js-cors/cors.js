@@ -100,6 +100,8 @@ export const init = guarded((configJson) => {
   }
   next.rewrites.sort((a, b) => b[0].length - a[0].length);
   config = next;
+  // The hooks this plugin implements (WIT `flags hooks`): the gateway calls only these.
+  return { onRequest: true, onResponse: true };
 });
 
 /** The CORS headers every answer gets, as [name, value] pairs. */

@@ -7,6 +7,7 @@ pub mod builtin;
 mod cli;
 mod cluster;
 mod config;
+mod contract;
 mod edge;
 mod etcd;
 mod examples;

@@ -632,6 +632,15 @@ fn config_errors_name_the_field() {
             json!({"keys": [{"kid": "k", "alg": "RS256", "pem": RSA_PRIVATE}]}),
             "keys[0]: pem: must be a public key",
         ),
+        (
+            // Material of another family than the alg pins: refused at import by the host.
+            json!({"keys": [{"kid": "k", "alg": "RS256", "pem": ED_PUBLIC}]}),
+            "keys[0]: pem: not a valid Rsa public key: RS256: invalid public key",
+        ),
+        (
+            json!({"keys": [{"kid": "k", "alg": "ES256", "pem": EC384_PUBLIC}]}),
+            "keys[0]: pem: not a valid Ec public key: ES256: invalid public key",
+        ),
         (json!({"leeway": "30 seconds"}), "leeway"),
     ];
     for (config, want) in cases {
