@@ -316,6 +316,11 @@ impl TestHost {
         with_host(|h| h.http_sent.clone())
     }
 
+    /// How many `crypto` keys the plugin imported on this host so far.
+    pub fn crypto_imports(&self) -> u64 {
+        with_host(|h| h.crypto_imports)
+    }
+
     /// A shared-state value.
     pub fn state(&self, key: &str) -> Option<Vec<u8>> {
         with_host(|h| h.state_get(key))

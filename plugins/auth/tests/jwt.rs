@@ -781,3 +781,29 @@ fn an_instance_that_notices_a_rotation_late_grants_no_fresh_grace() {
     );
     assert_eq!(status(&first, &host, &bearer(&old)), 401);
 }
+
+#[test]
+fn keys_are_imported_into_the_host_once_not_per_request() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    assert_eq!(host.crypto_imports(), 7, "one import per configured key");
+    for (i, (alg, kid)) in [
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::PS384, "ps"),
+        (Algorithm::ES256, "es256"),
+        (Algorithm::EdDSA, "ed"),
+        (Algorithm::HS512, "hs512"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A fresh token each time: no token-cache hit, the signature is verified.
+        let token = sign(alg, kid, &with(claims(), json!({"sub": format!("user-{i}")})));
+        assert_eq!(status(&plugin, &host, &bearer(&token)), 200, "{alg:?}");
+        let mut forged = token.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(status(&plugin, &host, &bearer(&forged)), 401, "{alg:?} forged");
+    }
+    assert_eq!(host.crypto_imports(), 7, "verifying imported nothing more");
+}
