@@ -164,7 +164,14 @@ async fn auth_verify_round(cached: bool) {
     let claims = serde_json::json!({ "sub": "bench", "exp": now + 3600 });
     let rsa_private = EncodingKey::from_rsa_pem(read("rsa_private.pem").as_bytes()).unwrap();
     let rsa_public = || DecodingKey::from_rsa_pem(read("rsa_public.pem").as_bytes()).unwrap();
-    let cases: Vec<(&str, &str, Algorithm, EncodingKey, DecodingKey, Option<ParsedPublicKey>)> = vec![
+    let cases: Vec<(
+        &str,
+        &str,
+        Algorithm,
+        EncodingKey,
+        DecodingKey,
+        Option<ParsedPublicKey>,
+    )> = vec![
         (
             "HS256",
             "hs",
@@ -179,7 +186,11 @@ async fn auth_verify_round(cached: bool) {
             Algorithm::RS256,
             rsa_private.clone(),
             rsa_public(),
-            ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der("rsa_public.pem")).ok(),
+            ParsedPublicKey::new(
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                der("rsa_public.pem"),
+            )
+            .ok(),
         ),
         (
             "PS256",
@@ -231,7 +242,9 @@ async fn auth_verify_round(cached: bool) {
         }
         let in_plugin = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
         if cached {
-            println!("auth {name}, repeated token (cache on): {in_plugin:.2} µs per request in the plugin");
+            println!(
+                "auth {name}, repeated token (cache on): {in_plugin:.2} µs per request in the plugin"
+            );
             continue;
         }
         let validation = Validation::new(alg);
@@ -246,7 +259,9 @@ async fn auth_verify_round(cached: bool) {
             let (signed, sig) = token.rsplit_once('.').unwrap();
             let started = Instant::now();
             for _ in 0..n {
-                let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+                let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(sig)
+                    .unwrap();
                 key.verify_sig(signed.as_bytes(), &sig).unwrap();
             }
             started.elapsed().as_secs_f64() / f64::from(n) * 1e6

@@ -194,10 +194,7 @@ impl Key {
             wit => wit_crypto::import_key(alg.wit(), &material.wit()),
             test |h| => h.crypto_import(alg, material)
         );
-        Ok(Self {
-            alg,
-            inner: inner?,
-        })
+        Ok(Self { alg, inner: inner? })
     }
 
     /// The algorithm it was imported for.

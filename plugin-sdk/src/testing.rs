@@ -860,13 +860,17 @@ mod native_crypto {
             }
             (true, KeyMaterial::Secret(_)) => Err(format!("{name}: the secret is empty")),
             (true, _) => Err(format!("{name} takes a secret, not a public key")),
-            (false, KeyMaterial::Secret(_)) => Err(format!("{name} needs a public key, not a secret")),
+            (false, KeyMaterial::Secret(_)) => {
+                Err(format!("{name} needs a public key, not a secret"))
+            }
             (false, KeyMaterial::SpkiDer(der)) => public(der),
             (false, KeyMaterial::Pem(text)) => {
                 let pem = pem::parse(text).map_err(|e| format!("{name}: malformed PEM ({e})"))?;
                 match pem.tag() {
                     "PUBLIC KEY" | "RSA PUBLIC KEY" => public(pem.contents()),
-                    tag => Err(format!("{name}: a PEM `{tag}` is not a public key the test host reads")),
+                    tag => Err(format!(
+                        "{name}: a PEM `{tag}` is not a public key the test host reads"
+                    )),
                 }
             }
             (false, KeyMaterial::Rsa { n, e }) => signature::RsaPublicKeyComponents { n, e }

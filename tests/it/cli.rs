@@ -85,18 +85,31 @@ fn plugin_check_reports_what_a_good_component_exports() {
     );
     assert!(stdout.contains("sluice:plugin/state@0.1.0"), "{stdout}");
     assert!(stdout.contains("\n  contract: 0.1.0\n"), "{stdout}");
-    assert!(stdout.contains("\n  hooks: on-request, on-response\n"), "{stdout}");
+    assert!(
+        stdout.contains("\n  hooks: on-request, on-response\n"),
+        "{stdout}"
+    );
 
     // A component built against contract 0.2.0, declaring only `on-request`.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v02.wasm");
     std::fs::copy(crate::harness::fixture("v02"), &path).unwrap();
     std::fs::write(dir.path().join("v02.toml"), "hooks = \"request\"\n").unwrap();
-    let out = sluice().args(["plugin", "check"]).arg(&path).output().unwrap();
+    let out = sluice()
+        .args(["plugin", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("ok, a sluice:plugin/plugin@0.2.0 component\n  contract: 0.2.0\n  hooks: on-request\n"),
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "ok, a sluice:plugin/plugin@0.2.0 component\n  contract: 0.2.0\n  hooks: on-request\n"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("sluice:plugin/crypto@0.2.0"), "{stdout}");

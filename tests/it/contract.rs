@@ -99,7 +99,11 @@ async fn state_apply_runs_a_batch_and_reports_each_step() {
     );
     get(gw.listen_addr, "/v/apply").await;
     assert_eq!(
-        up.last().headers["x-apply"].to_str().unwrap().split(';').next(),
+        up.last().headers["x-apply"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next(),
         Some("incr=2"),
         "the counter is shared state"
     );
@@ -244,12 +248,30 @@ pem = """
     };
     let es_sign = |m: &[u8]| ec_pair.sign(&rng, m).unwrap().as_ref().to_vec();
     let tokens = [
-        ("RS256", jwt("RS256", "rs", "rs-user", rsa_sign(&signature::RSA_PKCS1_SHA256))),
-        ("PS256", jwt("PS256", "ps", "ps-user", rsa_sign(&signature::RSA_PSS_SHA256))),
+        (
+            "RS256",
+            jwt(
+                "RS256",
+                "rs",
+                "rs-user",
+                rsa_sign(&signature::RSA_PKCS1_SHA256),
+            ),
+        ),
+        (
+            "PS256",
+            jwt(
+                "PS256",
+                "ps",
+                "ps-user",
+                rsa_sign(&signature::RSA_PSS_SHA256),
+            ),
+        ),
         ("ES256", jwt("ES256", "es", "es-user", es_sign)),
         (
             "EdDSA",
-            jwt("EdDSA", "ed", "ed-user", |m| ed_pair.sign(m).as_ref().to_vec()),
+            jwt("EdDSA", "ed", "ed-user", |m| {
+                ed_pair.sign(m).as_ref().to_vec()
+            }),
         ),
     ];
     for (alg, token) in &tokens {

@@ -175,7 +175,11 @@ pub fn import(alg: Algorithm, material: KeyMaterial) -> Result<Key, String> {
             sec1.push(0x04);
             sec1.extend_from_slice(&point.x);
             sec1.extend_from_slice(&point.y);
-            Inner::Public(parse_public(alg, &sec1, "the ec point is not on the curve")?)
+            Inner::Public(parse_public(
+                alg,
+                &sec1,
+                "the ec point is not on the curve",
+            )?)
         }
         (Family::Ed25519, KeyMaterial::Ed25519(raw)) => {
             if raw.len() != 32 {
@@ -423,7 +427,10 @@ mod tests {
         let tag = hmac::sign(&signer, b"msg");
         assert!(key.verify(b"msg", tag.as_ref()));
         assert!(!key.verify(b"msg2", tag.as_ref()));
-        assert!(!key.verify(b"msg", &tag.as_ref()[..31]), "a short tag is not valid");
+        assert!(
+            !key.verify(b"msg", &tag.as_ref()[..31]),
+            "a short tag is not valid"
+        );
         assert!(!key.verify(b"msg", b""));
     }
 
@@ -482,7 +489,11 @@ mod tests {
         // PKCS#1 `RSA PUBLIC KEY` PEM, the key without its SPKI wrapper.
         let pkcs1 = pair.public_key().as_ref().to_vec();
         let pem = pem::encode(&pem::Pem::new("RSA PUBLIC KEY", pkcs1));
-        assert!(import(Algorithm::Rs256, KeyMaterial::Pem(pem)).unwrap().verify(b"m", &pkcs1_sig));
+        assert!(
+            import(Algorithm::Rs256, KeyMaterial::Pem(pem))
+                .unwrap()
+                .verify(b"m", &pkcs1_sig)
+        );
     }
 
     #[test]
@@ -512,13 +523,19 @@ mod tests {
                 e,
             }),
         );
-        assert!(small.contains("rs256") && small.contains("1024 bits"), "{small}");
+        assert!(
+            small.contains("rs256") && small.contains("1024 bits"),
+            "{small}"
+        );
     }
 
     #[test]
     fn bad_material_names_the_algorithm_and_the_problem() {
         // Alg confusion: an RSA public key is never an HMAC secret.
-        let e = err(Algorithm::Hs256, KeyMaterial::Pem("-----BEGIN PUBLIC KEY-----".into()));
+        let e = err(
+            Algorithm::Hs256,
+            KeyMaterial::Pem("-----BEGIN PUBLIC KEY-----".into()),
+        );
         assert!(e.starts_with("hs256 takes a secret"), "{e}");
         let e = err(Algorithm::Rs256, KeyMaterial::Secret(b"x".to_vec()));
         assert!(e.contains("rs256 needs a public key"), "{e}");
@@ -549,15 +566,27 @@ mod tests {
             KeyMaterial::Pem(pem::encode(&pem::Pem::new("PRIVATE KEY", vec![1, 2, 3]))),
         );
         assert!(e.contains("private key"), "{e}");
-        let e = err(Algorithm::Rs256, KeyMaterial::SpkiDer(vec![0x30, 0x03, 1, 2, 3]));
+        let e = err(
+            Algorithm::Rs256,
+            KeyMaterial::SpkiDer(vec![0x30, 0x03, 1, 2, 3]),
+        );
         assert!(e.starts_with("rs256: not an RSA public key"), "{e}");
-        let e = err(Algorithm::Eddsa, KeyMaterial::Ec(EcPoint { x: vec![], y: vec![] }));
+        let e = err(
+            Algorithm::Eddsa,
+            KeyMaterial::Ec(EcPoint {
+                x: vec![],
+                y: vec![],
+            }),
+        );
         assert!(e.contains("eddsa cannot use an ec point"), "{e}");
         let e = err(
             Algorithm::Hs512,
             KeyMaterial::Secret(vec![7; MAX_MATERIAL_BYTES + 1]),
         );
-        assert!(e.contains("hs512") && e.contains("over the 16384-byte limit"), "{e}");
+        assert!(
+            e.contains("hs512") && e.contains("over the 16384-byte limit"),
+            "{e}"
+        );
     }
 
     #[test]

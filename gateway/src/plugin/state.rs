@@ -148,7 +148,12 @@ impl SharedState {
         self.incr_unlocked(key, delta, ttl_ms)
     }
 
-    fn incr_unlocked(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
+    fn incr_unlocked(
+        &self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, StateError> {
         let now = monotonic_ns();
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) if e.get().live(now) => {
@@ -338,7 +343,12 @@ mod tests {
             StateOp::Incr("n".into(), 2, None),
             StateOp::Get("n".into()),
             StateOp::Incr("b".into(), 1, None),
-            StateOp::CompareAndSwap("n".into(), Some(b"2".to_vec()), Some(Bytes::from_static(b"7")), None),
+            StateOp::CompareAndSwap(
+                "n".into(),
+                Some(b"2".to_vec()),
+                Some(Bytes::from_static(b"7")),
+                None,
+            ),
             StateOp::Delete("b".into()),
             StateOp::Set("s".into(), Bytes::from_static(b"v"), None),
             StateOp::Get("n".into()),

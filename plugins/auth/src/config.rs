@@ -328,7 +328,8 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
             if secret.is_empty() {
                 return Err("secret: must not be empty".into());
             }
-            import(alg, KeyMaterial::Secret(secret.as_bytes())).map_err(|e| format!("secret: {e}"))?
+            import(alg, KeyMaterial::Secret(secret.as_bytes()))
+                .map_err(|e| format!("secret: {e}"))?
         }
         family => {
             if raw.secret.is_some() {

@@ -798,12 +798,20 @@ fn keys_are_imported_into_the_host_once_not_per_request() {
     .enumerate()
     {
         // A fresh token each time: no token-cache hit, the signature is verified.
-        let token = sign(alg, kid, &with(claims(), json!({"sub": format!("user-{i}")})));
+        let token = sign(
+            alg,
+            kid,
+            &with(claims(), json!({"sub": format!("user-{i}")})),
+        );
         assert_eq!(status(&plugin, &host, &bearer(&token)), 200, "{alg:?}");
         let mut forged = token.clone();
         let last = forged.pop().unwrap();
         forged.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(status(&plugin, &host, &bearer(&forged)), 401, "{alg:?} forged");
+        assert_eq!(
+            status(&plugin, &host, &bearer(&forged)),
+            401,
+            "{alg:?} forged"
+        );
     }
     assert_eq!(host.crypto_imports(), 7, "verifying imported nothing more");
 }

@@ -567,13 +567,15 @@ impl Plugin for Breaker {
                         Some(ends - now_ms + 1)
                     } else {
                         // Half-open: the first `half_open_requests` callers win.
-                        let n = match state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms())) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                self.give_back(&cmd, &s, &entry);
-                                return Err(e);
-                            }
-                        };
+                        let n =
+                            match state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))
+                            {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    self.give_back(&cmd, &s, &entry);
+                                    return Err(e);
+                                }
+                            };
                         if n == 1 {
                             transition(&cmd, "half_open");
                         }
