@@ -170,6 +170,19 @@ fn jwt(alg: &str, kid: &str, sub: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> Stri
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
+/// Signs with an RSA key pair and a padding (PKCS#1 v1.5 or PSS).
+fn rsa_signer<'a>(
+    pair: &'a RsaKeyPair,
+    rng: &'a SystemRandom,
+    padding: &'static dyn signature::RsaEncoding,
+) -> impl Fn(&[u8]) -> Vec<u8> + 'a {
+    move |m| {
+        let mut sig = vec![0; pair.public_modulus_len()];
+        pair.sign(padding, rng, m, &mut sig).unwrap();
+        sig
+    }
+}
+
 fn spki_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("PUBLIC KEY", der.to_vec()))
 }
@@ -237,15 +250,8 @@ pem = """
         )
     };
 
-    let rsa_sign = |padding: &'static dyn signature::RsaEncoding| {
-        let rsa_pair = &rsa_pair;
-        let rng = &rng;
-        move |m: &[u8]| {
-            let mut sig = vec![0; rsa_pair.public_modulus_len()];
-            rsa_pair.sign(padding, rng, m, &mut sig).unwrap();
-            sig
-        }
-    };
+    let rsa_sign =
+        |padding: &'static dyn signature::RsaEncoding| rsa_signer(&rsa_pair, &rng, padding);
     let es_sign = |m: &[u8]| ec_pair.sign(&rng, m).unwrap().as_ref().to_vec();
     let tokens = [
         (
