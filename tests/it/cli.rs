@@ -143,7 +143,7 @@ fn plugin_check_names_each_kind_of_bad_file() {
         (
             "other.wasm",
             std::fs::read(crate::harness::fixture("wrong-world")).unwrap(),
-            "the component does not implement sluice:plugin/plugin@0.2.0 or @0.1.0 (the versions this gateway serves): component imports instance `sluice:plugin/host@0.9.0`",
+            "the component does not implement sluice:plugin/plugin@0.2.0 or @0.1.0 (the versions this gateway serves): component imports instance `sluice:plugin/host@0.2.0`, but a matching implementation was not found in the linker: instance export `log` has the wrong type",
         ),
     ];
     for (name, bytes, want) in cases {

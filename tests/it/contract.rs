@@ -234,7 +234,7 @@ alg = "EdDSA"
 pem = """
 {ed_pem}"""
 "#,
-        dir.display(),
+        dir.path().display(),
         plugin_cache_dir().display(),
         up.addr
     ))
