@@ -164,14 +164,16 @@ async fn auth_verify_round(cached: bool) {
     let claims = serde_json::json!({ "sub": "bench", "exp": now + 3600 });
     let rsa_private = EncodingKey::from_rsa_pem(read("rsa_private.pem").as_bytes()).unwrap();
     let rsa_public = || DecodingKey::from_rsa_pem(read("rsa_public.pem").as_bytes()).unwrap();
-    let cases: Vec<(
-        &str,
-        &str,
+    // (name, kid, alg, signing key, jsonwebtoken's verifying key, aws-lc-rs's verifying key)
+    type Case = (
+        &'static str,
+        &'static str,
         Algorithm,
         EncodingKey,
         DecodingKey,
         Option<ParsedPublicKey>,
-    )> = vec![
+    );
+    let cases: Vec<Case> = vec![
         (
             "HS256",
             "hs",

@@ -799,7 +799,7 @@ mod native_crypto {
     use crate::crypto::{Algorithm, KeyMaterial};
 
     pub enum Verifier {
-        Hmac(hmac::Key),
+        Hmac(Box<hmac::Key>),
         Public(signature::ParsedPublicKey),
     }
 
@@ -856,7 +856,7 @@ mod native_crypto {
                     Algorithm::Hs512 => hmac::HMAC_SHA512,
                     _ => hmac::HMAC_SHA256,
                 };
-                Ok(Verifier::Hmac(hmac::Key::new(digest, secret)))
+                Ok(Verifier::Hmac(Box::new(hmac::Key::new(digest, secret))))
             }
             (true, KeyMaterial::Secret(_)) => Err(format!("{name}: the secret is empty")),
             (true, _) => Err(format!("{name} takes a secret, not a public key")),

@@ -28,7 +28,8 @@ pub struct Key {
 }
 
 enum Inner {
-    Hmac(hmac::Key),
+    // Boxed: an HMAC key holds its precomputed inner and outer states (over 1 KiB).
+    Hmac(Box<hmac::Key>),
     Public(signature::ParsedPublicKey),
 }
 
@@ -136,7 +137,7 @@ pub fn import(alg: Algorithm, material: KeyMaterial) -> Result<Key, String> {
                 Algorithm::Hs512 => hmac::HMAC_SHA512,
                 _ => hmac::HMAC_SHA256,
             };
-            Inner::Hmac(hmac::Key::new(digest, &secret))
+            Inner::Hmac(Box::new(hmac::Key::new(digest, &secret)))
         }
         (Family::Hmac, other) => {
             return Err(format!(
