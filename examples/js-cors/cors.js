@@ -16,7 +16,7 @@
 //
 // How componentize-js maps the WIT (see docs/plugins-python-js.md):
 // - exports are ES module exports in camelCase: `init`, `onRequest`, `onResponse`;
-// - imports are ES imports from 'sluice:plugin/INTERFACE@0.1.0', functions in camelCase;
+// - imports are ES imports from 'sluice:plugin/INTERFACE@0.2.0', functions in camelCase;
 // - `borrow<request>` is an object with the resource's methods (`request.setPath(...)`), valid
 //   only during the call;
 // - `list<u8>` is a Uint8Array (header values, bodies); `option<T>` is the value or undefined;
@@ -26,7 +26,7 @@
 //   bug) traps the instance and its message is lost, hence `guarded` below.
 // - variants are `{ tag: 'continue' }` / `{ tag: 'respond', val: {...} }`.
 
-import { log, counterAdd } from 'sluice:plugin/host@0.1.0';
+import { log, counterAdd } from 'sluice:plugin/host@0.2.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder(); // replaces bytes that are not UTF-8, never throws
@@ -100,6 +100,8 @@ export const init = guarded((configJson) => {
   }
   next.rewrites.sort((a, b) => b[0].length - a[0].length);
   config = next;
+  // The hooks this plugin implements (WIT `flags hooks`): the gateway calls only these.
+  return { onRequest: true, onResponse: true };
 });
 
 /** The CORS headers every answer gets, as [name, value] pairs. */

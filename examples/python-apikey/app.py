@@ -54,13 +54,17 @@ def key_is_valid(given: bytes) -> bool:
 
 class WitWorld(wit_world.WitWorld):
     @sluice.errors_as_err
-    def init(self, config: str) -> None:
+    def init(self, config: str) -> sluice.Hooks:
         global HEADER, KEYS
         try:
             HEADER, KEYS = parse_config(config)
         except ValueError as e:
             # An `Err` raised from an export is WIT `err(...)`: the gateway refuses the config.
             raise sluice.fail(str(e)) from None
+        # The hooks this plugin implements: the gateway calls only these. `on_response`
+        # below does nothing, so it is not declared and never called (no call on the way
+        # back); the bindings still need the method.
+        return sluice.Hooks.ON_REQUEST
 
     @sluice.errors_as_err
     def on_request(self, request: Request) -> sluice.Action:

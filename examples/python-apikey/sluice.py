@@ -2,7 +2,9 @@
 
 The generated API is complete but low level: header values are `bytes` (WIT `list<u8>`),
 answers are `Action_Continue()` / `Action_Respond(Response(...))`, and a WIT
-`result<_, string>` error is the exception `componentize_py_types.Err(message)`. These helpers
+`result<_, string>` error is the exception `componentize_py_types.Err(message)`. `init`
+returns the hooks the plugin implements (contract 0.2.0): `ALL_HOOKS`, or only
+`Hooks.ON_REQUEST` / `Hooks.ON_RESPONSE`; the gateway calls no other. These helpers
 make a plugin read like ordinary Python; use the generated modules directly for anything else.
 """
 
@@ -17,6 +19,7 @@ from wit_world.imports.types import (
     Action_Continue,
     Action_Respond,
     Header,
+    Hooks,
     Level,
     Request,
     Response,
@@ -24,9 +27,11 @@ from wit_world.imports.types import (
 )
 
 __all__ = [
+    "ALL_HOOKS",
     "Action",
     "CONTINUE",
     "Err",
+    "Hooks",
     "Level",
     "Request",
     "ResponseHead",
@@ -45,6 +50,9 @@ Text = Union[str, bytes]
 
 #: `on_request`'s "go on" answer.
 CONTINUE: Action = Action_Continue()
+
+#: What `init` returns for a plugin that implements both `on_request` and `on_response`.
+ALL_HOOKS: Hooks = Hooks.ON_REQUEST | Hooks.ON_RESPONSE
 
 
 def to_bytes(value: Text) -> bytes:

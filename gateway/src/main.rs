@@ -310,15 +310,25 @@ fn check_plugin(file: &std::path::Path) -> ExitCode {
             }
         };
         match plugins.check(file).await {
-            Ok((imports, exports)) => {
+            Ok(check) => {
                 println!(
                     "{}: ok, a {} component",
                     file.display(),
-                    sluice::plugin::loaded::WORLD
+                    check.contract.world()
                 );
-                println!("  exports: {}", exports.join(", "));
+                println!("  contract: {}", check.contract.version());
+                let hooks: Vec<&str> = [
+                    (check.hooks.on_request, "on-request"),
+                    (check.hooks.on_response, "on-response"),
+                ]
+                .into_iter()
+                .filter_map(|(on, name)| on.then_some(name))
+                .collect();
+                println!("  hooks: {}", hooks.join(", "));
+                println!("  exports: {}", check.exports.join(", "));
                 // Top-level type imports (`request`, `response-head`) are not interfaces.
-                let interfaces: Vec<&str> = imports
+                let interfaces: Vec<&str> = check
+                    .imports
                     .iter()
                     .map(String::as_str)
                     .filter(|i| i.contains(':'))

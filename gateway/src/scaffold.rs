@@ -50,11 +50,17 @@ publish = false
 
 [features]
 testing = []
+# Native signature verification in the test host (builds aws-lc, a C library).
+testing-crypto = ["testing", "dep:aws-lc-rs", "dep:pem"]
 
 [dependencies]
 wit-bindgen = "0.61"
 serde = { version = "1", features = ["derive"] }
 serde_json = "1"
+
+[target.'cfg(not(target_arch = "wasm32"))'.dependencies]
+aws-lc-rs = { version = "1.19", optional = true, default-features = false, features = ["aws-lc-sys", "prebuilt-nasm"] }
+pem = { version = "3", optional = true }
 "#;
 const SDK_SOURCES: &[(&str, &str)] = &[
     ("lib.rs", include_str!("../../plugin-sdk/src/lib.rs")),
@@ -67,6 +73,7 @@ const SDK_SOURCES: &[(&str, &str)] = &[
         include_str!("../../plugin-sdk/src/bindings.rs"),
     ),
     ("config.rs", include_str!("../../plugin-sdk/src/config.rs")),
+    ("crypto.rs", include_str!("../../plugin-sdk/src/crypto.rs")),
     ("host.rs", include_str!("../../plugin-sdk/src/host.rs")),
     ("http.rs", include_str!("../../plugin-sdk/src/http.rs")),
     ("kv.rs", include_str!("../../plugin-sdk/src/kv.rs")),

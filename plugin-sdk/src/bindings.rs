@@ -13,5 +13,6 @@ wit_bindgen::generate!({
 });
 
 pub use self::sluice::plugin::{
-    host as wit_host, kv as wit_kv, outbound as wit_outbound, state as wit_state, types,
+    crypto as wit_crypto, host as wit_host, kv as wit_kv, outbound as wit_outbound,
+    state as wit_state, types,
 };

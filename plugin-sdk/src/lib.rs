@@ -3,7 +3,7 @@
 //! A plugin is a type implementing [`Plugin`]: `init` builds it from its configuration once
 //! per instance, `on_request` and `on_response` (both optional) run for every request on the
 //! routes that list the plugin. [`export_plugin!`] turns it into a WebAssembly component for
-//! the world `sluice:plugin/plugin@0.1.0`; build it with
+//! the world `sluice:plugin/plugin@0.2.0`; build it with
 //! `cargo build --release --target wasm32-wasip2`.
 //!
 //! ```no_run
@@ -33,9 +33,14 @@
 //! ```
 //!
 //! Host capabilities are in [`host`] (log, clocks, metrics, spans), [`state`] (shared state
-//! with atomic increment, compare-and-swap and TTLs), [`kv`] (watched configuration) and
-//! [`outbound`] (HTTP to allowed hosts). With the `testing` feature, [`testing`] runs a
-//! plugin natively against an in-memory host.
+//! with atomic increment, compare-and-swap, TTLs and atomic batches), [`kv`] (watched
+//! configuration), [`outbound`] (HTTP to allowed hosts) and [`crypto`] (signature
+//! verification done natively by the gateway). With the `testing` feature, [`testing`] runs
+//! a plugin natively against an in-memory host (`testing-crypto` adds native verification).
+//!
+//! A plugin that implements only some hooks says so with [`Plugin::HOOKS`]: the gateway then
+//! never calls the others (no second call on the way back for a plugin without
+//! `on_response`).
 
 #![deny(missing_docs)]
 // Natively without `testing` every host call is a panic, so arguments go unused and code
@@ -45,6 +50,7 @@
     allow(
         unused_variables,
         unreachable_code,
+        clippy::diverging_sub_expression,
         reason = "host calls panic in this build"
     )
 )]
@@ -53,6 +59,7 @@ mod backend;
 #[doc(hidden)]
 pub mod bindings;
 mod config;
+pub mod crypto;
 pub mod host;
 mod http;
 pub mod kv;
@@ -112,12 +119,44 @@ impl From<&str> for Error {
     }
 }
 
+/// The hooks a plugin implements ([`Plugin::HOOKS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// `on_request` is implemented.
+    pub on_request: bool,
+    /// `on_response` is implemented.
+    pub on_response: bool,
+}
+
+impl Hooks {
+    /// Both hooks (the default).
+    pub const ALL: Self = Self {
+        on_request: true,
+        on_response: true,
+    };
+    /// Only `on_request`.
+    pub const ON_REQUEST: Self = Self {
+        on_request: true,
+        on_response: false,
+    };
+    /// Only `on_response`.
+    pub const ON_RESPONSE: Self = Self {
+        on_request: false,
+        on_response: true,
+    };
+}
+
 /// A gateway plugin. Only `init` is required; the hooks default to doing nothing.
 ///
 /// An instance serves one request at a time and is usually reused for many (pooled mode), so
 /// `Self` may cache what is safe to recompute (parsed config, keys). State every request must
 /// see (counters, buckets) belongs in [`state`], shared by all instances.
 pub trait Plugin: Sized + 'static {
+    /// The hooks this plugin implements. The gateway calls only these, so a plugin that
+    /// overrides only `on_request` should say `const HOOKS: Hooks = Hooks::ON_REQUEST;`
+    /// (it then costs no call on the way back). The default, both, is always correct.
+    const HOOKS: Hooks = Hooks::ALL;
+
     /// Builds the plugin from its configuration (`[plugin.NAME]` in the gateway config, or
     /// `NAME.toml` beside the plugin). An error refuses the configuration: the gateway does
     /// not activate the plugin and shows the message.
@@ -144,7 +183,9 @@ macro_rules! export_plugin {
         struct __SluiceExportedPlugin;
 
         impl $crate::bindings::Guest for __SluiceExportedPlugin {
-            fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+            fn init(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<$crate::bindings::types::Hooks, ::std::string::String> {
                 $crate::__private::init::<$plugin>(config)
             }
 
@@ -191,11 +232,18 @@ pub mod __private {
         })
     }
 
-    pub fn init<P: Plugin>(config: String) -> Result<(), String> {
+    pub fn init<P: Plugin>(config: String) -> Result<bindings::types::Hooks, String> {
         let plugin = P::init(Config::parse(&config).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
-        Ok(())
+        let mut hooks = bindings::types::Hooks::empty();
+        if P::HOOKS.on_request {
+            hooks |= bindings::types::Hooks::ON_REQUEST;
+        }
+        if P::HOOKS.on_response {
+            hooks |= bindings::types::Hooks::ON_RESPONSE;
+        }
+        Ok(hooks)
     }
 
     pub fn on_request<P: Plugin>(request: &bindings::Request) -> Result<bindings::Action, String> {

@@ -71,6 +71,7 @@ pub(crate) struct FakeHost {
     kv_version: u64,
     http: HashMap<(String, String), Result<HttpResponse, HttpError>>,
     http_sent: Vec<HttpRequest>,
+    crypto_imports: u64,
 }
 
 impl FakeHost {
@@ -200,6 +201,15 @@ impl FakeHost {
         true
     }
 
+    pub(crate) fn crypto_import(
+        &mut self,
+        alg: crate::crypto::Algorithm,
+        material: crate::crypto::KeyMaterial<'_>,
+    ) -> Result<TestKey, String> {
+        self.crypto_imports += 1;
+        TestKey::import(alg, material)
+    }
+
     pub(crate) fn kv_get(&mut self, key: &str) -> Option<Entry> {
         self.kv.get(key).cloned()
     }
@@ -304,6 +314,11 @@ impl TestHost {
     /// Outbound requests the plugin sent, in order.
     pub fn http_sent(&self) -> Vec<HttpRequest> {
         with_host(|h| h.http_sent.clone())
+    }
+
+    /// How many `crypto` keys the plugin imported on this host so far.
+    pub fn crypto_imports(&self) -> u64 {
+        with_host(|h| h.crypto_imports)
     }
 
     /// A shared-state value.
@@ -833,6 +848,147 @@ mod conformance {
             }
             let want = case["effective_ms"].as_u64().map(Duration::from_millis);
             assert_eq!(test.upstream_timeout(), want, "{case}");
+        }
+    }
+}
+
+/// A `crypto` key of the test host, verified natively with aws-lc-rs (the gateway's
+/// library) when the SDK's `testing-crypto` feature is on.
+#[derive(Debug)]
+pub struct TestKey {
+    #[cfg(feature = "testing-crypto")]
+    inner: native_crypto::Verifier,
+}
+
+impl TestKey {
+    #[cfg(feature = "testing-crypto")]
+    fn import(
+        alg: crate::crypto::Algorithm,
+        material: crate::crypto::KeyMaterial<'_>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            inner: native_crypto::import(alg, material)?,
+        })
+    }
+
+    #[cfg(not(feature = "testing-crypto"))]
+    fn import(
+        alg: crate::crypto::Algorithm,
+        _material: crate::crypto::KeyMaterial<'_>,
+    ) -> Result<Self, String> {
+        Err(format!(
+            "{}: the test host verifies signatures only with the sluice-plugin-sdk feature `testing-crypto`",
+            alg.jws_name()
+        ))
+    }
+
+    /// Whether `signature` is valid for `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        #[cfg(feature = "testing-crypto")]
+        return self.inner.verify(message, signature);
+        #[cfg(not(feature = "testing-crypto"))]
+        {
+            let _ = (message, signature);
+            unreachable!("a TestKey is only made with testing-crypto")
+        }
+    }
+}
+
+/// The test host's verification: the same aws-lc-rs calls as the gateway's `crypto.rs`, less
+/// its checks of RSA key sizes at import and PEM certificates (aws-lc-rs still refuses
+/// RSA keys outside 2048..=8192 bits at verification).
+#[cfg(feature = "testing-crypto")]
+mod native_crypto {
+    use aws_lc_rs::{hmac, signature};
+
+    use crate::crypto::{Algorithm, KeyMaterial};
+
+    pub enum Verifier {
+        Hmac(Box<hmac::Key>),
+        Public(signature::ParsedPublicKey),
+    }
+
+    impl std::fmt::Debug for Verifier {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Never the material: an HMAC key is a secret.
+            f.write_str(match self {
+                Self::Hmac(_) => "Verifier::Hmac",
+                Self::Public(_) => "Verifier::Public",
+            })
+        }
+    }
+
+    impl Verifier {
+        pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+            match self {
+                Self::Hmac(key) => hmac::verify(key, message, sig).is_ok(),
+                Self::Public(key) => key.verify_sig(message, sig).is_ok(),
+            }
+        }
+    }
+
+    fn rsa(alg: Algorithm) -> &'static signature::RsaParameters {
+        match alg {
+            Algorithm::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+            Algorithm::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            Algorithm::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+            Algorithm::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
+            Algorithm::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
+            _ => &signature::RSA_PKCS1_2048_8192_SHA256,
+        }
+    }
+
+    fn verification(alg: Algorithm) -> &'static dyn signature::VerificationAlgorithm {
+        match alg {
+            Algorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
+            Algorithm::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
+            Algorithm::EdDsa => &signature::ED25519,
+            other => rsa(other),
+        }
+    }
+
+    pub fn import(alg: Algorithm, material: KeyMaterial<'_>) -> Result<Verifier, String> {
+        let name = alg.jws_name();
+        let public = |bytes: &[u8]| {
+            signature::ParsedPublicKey::new(verification(alg), bytes)
+                .map(Verifier::Public)
+                .map_err(|e| format!("{name}: invalid public key ({e})"))
+        };
+        match (alg.is_hmac(), material) {
+            (true, KeyMaterial::Secret(secret)) if !secret.is_empty() => {
+                let digest = match alg {
+                    Algorithm::Hs384 => hmac::HMAC_SHA384,
+                    Algorithm::Hs512 => hmac::HMAC_SHA512,
+                    _ => hmac::HMAC_SHA256,
+                };
+                Ok(Verifier::Hmac(Box::new(hmac::Key::new(digest, secret))))
+            }
+            (true, KeyMaterial::Secret(_)) => Err(format!("{name}: the secret is empty")),
+            (true, _) => Err(format!("{name} takes a secret, not a public key")),
+            (false, KeyMaterial::Secret(_)) => {
+                Err(format!("{name} needs a public key, not a secret"))
+            }
+            (false, KeyMaterial::SpkiDer(der)) => public(der),
+            (false, KeyMaterial::Pem(text)) => {
+                let pem = pem::parse(text).map_err(|e| format!("{name}: malformed PEM ({e})"))?;
+                match pem.tag() {
+                    "PUBLIC KEY" | "RSA PUBLIC KEY" => public(pem.contents()),
+                    tag => Err(format!(
+                        "{name}: a PEM `{tag}` is not a public key the test host reads"
+                    )),
+                }
+            }
+            (false, KeyMaterial::Rsa { n, e }) => signature::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(rsa(alg))
+                .map(Verifier::Public)
+                .map_err(|e| format!("{name}: invalid RSA modulus or exponent ({e})")),
+            (false, KeyMaterial::Ec { x, y }) => {
+                let mut point = vec![0x04];
+                point.extend_from_slice(x);
+                point.extend_from_slice(y);
+                public(&point)
+            }
+            (false, KeyMaterial::Ed25519(raw)) => public(raw),
         }
     }
 }

@@ -84,6 +84,35 @@ fn plugin_check_reports_what_a_good_component_exports() {
         "{stdout}"
     );
     assert!(stdout.contains("sluice:plugin/state@0.1.0"), "{stdout}");
+    assert!(stdout.contains("\n  contract: 0.1.0\n"), "{stdout}");
+    assert!(
+        stdout.contains("\n  hooks: on-request, on-response\n"),
+        "{stdout}"
+    );
+
+    // A component built against contract 0.2.0, declaring only `on-request`.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v02.wasm");
+    std::fs::copy(crate::harness::fixture("v02"), &path).unwrap();
+    std::fs::write(dir.path().join("v02.toml"), "hooks = \"request\"\n").unwrap();
+    let out = sluice()
+        .args(["plugin", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "ok, a sluice:plugin/plugin@0.2.0 component\n  contract: 0.2.0\n  hooks: on-request\n"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sluice:plugin/crypto@0.2.0"), "{stdout}");
 }
 
 #[test]
@@ -114,7 +143,7 @@ fn plugin_check_names_each_kind_of_bad_file() {
         (
             "other.wasm",
             std::fs::read(crate::harness::fixture("wrong-world")).unwrap(),
-            "the component does not implement sluice:plugin/plugin@0.1.0: component imports instance `sluice:plugin/host@0.2.0`",
+            "the component does not implement sluice:plugin/plugin@0.2.0 or @0.1.0 (the versions this gateway serves): component imports instance `sluice:plugin/host@0.2.0`, but a matching implementation was not found in the linker: instance export `log` has the wrong type",
         ),
     ];
     for (name, bytes, want) in cases {

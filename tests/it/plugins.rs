@@ -453,3 +453,37 @@ async fn only_plugins_that_opt_in_see_and_replace_the_response_body() {
     );
     not.shutdown().await;
 }
+
+#[tokio::test]
+async fn contract_0_1_component_built_from_source_still_serves() {
+    // The testbed fixture is built from source against the frozen wit/0.1.0 (see its lib.rs).
+    let up = Upstream::named("upstream").await;
+    let dir = plugin_dir(None);
+    let gw = gateway_with_testbed(dir.path(), up.addr, "").await;
+
+    let (status, headers, body) = get(gw.listen_addr, "/p/headers").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "upstream"));
+    assert_eq!(up.last().headers["x-plugin"], "testbed", "on-request ran");
+    assert_eq!(
+        headers["x-plugin-response"], "testbed",
+        "a 0.1.0 plugin declares no hooks: both run"
+    );
+    get(gw.listen_addr, "/p/count").await;
+    assert_eq!(up.last().headers["x-count"], "1", "0.1.0 state calls work");
+
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    let testbed = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "testbed")
+        .unwrap();
+    assert_eq!(testbed["contract"], "0.1.0");
+    assert_eq!(testbed["world"], "sluice:plugin/plugin@0.1.0");
+    assert_eq!(
+        testbed["hooks"],
+        serde_json::json!({"on_request": true, "on_response": true})
+    );
+    gw.shutdown().await;
+}

@@ -127,7 +127,7 @@ async fn a_bad_file_never_replaces_a_working_version() {
         (
             "wrong world",
             std::fs::read(fixture("wrong-world")).unwrap(),
-            "the component does not implement sluice:plugin/plugin@0.1.0",
+            "the component does not implement sluice:plugin/plugin@0.2.0 or @0.1.0",
         ),
     ];
     for (what, bytes, reason) in cases {

@@ -11,7 +11,7 @@ use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
-use super::bindings::Plugin;
+use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
 
 /// One epoch tick while a guest call runs long. CPU deadlines are counted in ticks, and a long
@@ -132,12 +132,14 @@ pub fn spawn_epoch_ticker(engine: &Engine) {
     });
 }
 
-/// The linker with every import of the world: WASI (capability-less contexts are made per
-/// store) and the gateway's own interfaces.
+/// The linker with every import of both contract versions (0.2.0 and the frozen 0.1.0):
+/// WASI (capability-less contexts are made per store) and the gateway's own interfaces.
 pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+    v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(linker)
 }

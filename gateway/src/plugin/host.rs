@@ -191,6 +191,8 @@ pub struct HostState {
     pub yielded_ns: Arc<std::sync::atomic::AtomicU64>,
     /// Whether a refused kv read was already logged at warn level by this instance.
     kv_denied_logged: bool,
+    /// `crypto` keys this instance holds in its resource table.
+    crypto_keys: usize,
 }
 
 /// The representation of the guest's borrow of the current request (there is only one).
@@ -229,7 +231,13 @@ impl HostState {
             added_headers: AddedHeaders::default(),
             yielded_ns: Arc::default(),
             kv_denied_logged: false,
+            crypto_keys: 0,
         }
+    }
+
+    /// The resource table holding `crypto` keys, and how many keys it holds.
+    pub(super) fn crypto_keys(&mut self) -> (&mut ResourceTable, &mut usize) {
+        (&mut self.table, &mut self.crypto_keys)
     }
 
     /// Hands the request to this store for the duration of a call; the guest's borrow of it.
@@ -883,6 +891,55 @@ impl state::Host for HostState {
             new.map(Bytes::from),
             ttl_ms,
         ))
+    }
+
+    fn apply(&mut self, ops: Vec<state::StateOp>) -> wasmtime::Result<Vec<state::StateResult>> {
+        self.state_apply(ops)
+    }
+}
+
+/// Most operations in one `state.apply` call.
+pub const MAX_STATE_OPS: usize = 64;
+
+impl HostState {
+    /// `state.apply`: the operations as one atomic step of the plugin's shared state.
+    pub(super) fn state_apply(
+        &mut self,
+        ops: Vec<state::StateOp>,
+    ) -> wasmtime::Result<Vec<state::StateResult>> {
+        use super::state::{StateOp, StateOpResult};
+        if ops.len() > MAX_STATE_OPS {
+            // A guest that sends more is broken or hostile: fail the call, naming the cap.
+            wasmtime::bail!(
+                "state.apply with {} operations, over the limit of {MAX_STATE_OPS}",
+                ops.len()
+            );
+        }
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                state::StateOp::Get(key) => StateOp::Get(key),
+                state::StateOp::Set(o) => StateOp::Set(o.key, Bytes::from(o.value), o.ttl_ms),
+                state::StateOp::Delete(key) => StateOp::Delete(key),
+                state::StateOp::Incr(o) => StateOp::Incr(o.key, o.delta, o.ttl_ms),
+                state::StateOp::CompareAndSwap(o) => {
+                    StateOp::CompareAndSwap(o.key, o.expected, o.new.map(Bytes::from), o.ttl_ms)
+                }
+            })
+            .collect();
+        Ok(self
+            .plugin
+            .state
+            .apply(ops)
+            .into_iter()
+            .map(|r| match r {
+                StateOpResult::Get(v) => state::StateResult::Get(v.map(|v| v.to_vec())),
+                StateOpResult::Set => state::StateResult::Set,
+                StateOpResult::Delete(existed) => state::StateResult::Delete(existed),
+                StateOpResult::Incr(r) => state::StateResult::Incr(r.map_err(|e| e.to_string())),
+                StateOpResult::CompareAndSwap(done) => state::StateResult::CompareAndSwap(done),
+            })
+            .collect())
     }
 }
 

@@ -12,15 +12,102 @@ use serde::Serialize;
 use tokio::time::Instant;
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
-use super::bindings::{Plugin, PluginPre, types};
+use super::bindings::{types, v0_1, v0_2};
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
 use super::state::monotonic_ns;
 use crate::config::InstanceMode;
 
-/// The world every plugin must implement.
-pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+/// The world of the current contract, the one `sluice plugin new` and the SDK target.
+pub const WORLD: &str = "sluice:plugin/plugin@0.2.0";
+
+/// The contract versions the gateway serves, newest first.
+pub const CONTRACTS: [Contract; 2] = [Contract::V0_2, Contract::V0_1];
+
+/// The version of the plugin contract a component targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Contract {
+    /// `sluice:plugin/plugin@0.1.0` (frozen in `wit/0.1.0/plugin.wit`).
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `sluice:plugin/plugin@0.2.0` (`wit/plugin.wit`).
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    /// `0.1.0` or `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The world's full name.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::V0_1 => "sluice:plugin/plugin@0.1.0",
+            Self::V0_2 => WORLD,
+        }
+    }
+}
+
+/// A pre-instantiated component of either contract version.
+pub enum PluginPre {
+    /// Built for 0.1.0.
+    V0_1(v0_1::PluginPre<HostState>),
+    /// Built for 0.2.0.
+    V0_2(v0_2::PluginPre<HostState>),
+}
+
+impl PluginPre {
+    /// The contract version the component targets.
+    pub fn contract(&self) -> Contract {
+        match self {
+            Self::V0_1(_) => Contract::V0_1,
+            Self::V0_2(_) => Contract::V0_2,
+        }
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::V0_1(pre) => pre.engine(),
+            Self::V0_2(pre) => pre.engine(),
+        }
+    }
+}
+
+/// The hooks a plugin implements (0.2.0 `init` returns them; a 0.1.0 plugin has both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hooks {
+    /// It implements `on-request`.
+    pub on_request: bool,
+    /// It implements `on-response`.
+    pub on_response: bool,
+}
+
+impl Hooks {
+    /// Both hooks.
+    pub const ALL: Self = Self {
+        on_request: true,
+        on_response: true,
+    };
+
+    fn from_wit(hooks: types::Hooks) -> Self {
+        Self {
+            on_request: hooks.contains(types::Hooks::ON_REQUEST),
+            on_response: hooks.contains(types::Hooks::ON_RESPONSE),
+        }
+    }
+}
+
+/// An instantiated component of either contract version.
+enum Bound {
+    V0_1(v0_1::Plugin),
+    V0_2(v0_2::Plugin),
+}
 
 /// Longest quarantine, however often a plugin keeps failing.
 const MAX_QUARANTINE: Duration = Duration::from_secs(300);
@@ -124,7 +211,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// A ready instance.
 struct Instance {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Bound,
     uses: u64,
 }
 
@@ -165,7 +252,9 @@ pub struct LoadedPlugin {
     pub digest: String,
     /// The configuration handed to `init`, as JSON.
     pub config_json: String,
-    pre: PluginPre<HostState>,
+    pre: PluginPre,
+    /// What the first instance's `init` declared (until then: both).
+    hooks: std::sync::OnceLock<Hooks>,
     pool: Mutex<Vec<Instance>>,
     stats: PluginStats,
     call_metrics: PluginCallMetrics,
@@ -206,7 +295,7 @@ impl LoadedPlugin {
         source: PluginSource,
         digest: String,
         config_json: String,
-        pre: PluginPre<HostState>,
+        pre: PluginPre,
     ) -> Self {
         let call_metrics = shared.metrics.for_plugin(&shared.name);
         Self {
@@ -215,6 +304,7 @@ impl LoadedPlugin {
             digest,
             config_json,
             pre,
+            hooks: std::sync::OnceLock::new(),
             pool: Mutex::new(Vec::new()),
             stats: PluginStats::default(),
             call_metrics,
@@ -224,6 +314,16 @@ impl LoadedPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &Arc<str> {
         &self.shared.name
+    }
+
+    /// The contract version the plugin targets.
+    pub fn contract(&self) -> Contract {
+        self.pre.contract()
+    }
+
+    /// The hooks the plugin implements: the gateway calls no other.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks.get().copied().unwrap_or(Hooks::ALL)
     }
 
     /// Sets up a first instance, which runs `init` with the config: a plugin whose config is
@@ -254,10 +354,18 @@ impl LoadedPlugin {
         let data = instance.store.data_mut();
         let call_started = data.call_started;
         let borrowed = data.lend_request(request);
-        let call = instance
-            .plugin
-            .call_on_request(&mut instance.store, borrowed);
-        let outcome = within(timeout, call_started, call).await;
+        let outcome = match &instance.plugin {
+            Bound::V0_2(p) => {
+                let call = p.call_on_request(&mut instance.store, borrowed);
+                within(timeout, call_started, call).await
+            }
+            Bound::V0_1(p) => {
+                let call = p.call_on_request(&mut instance.store, borrowed);
+                within(timeout, call_started, call)
+                    .await
+                    .map(|r| r.map(|r| r.map(super::compat::action)))
+            }
+        };
         let request = instance.store.data_mut().take_request();
         let result = self
             .outcome(outcome, timeout)
@@ -295,10 +403,16 @@ impl LoadedPlugin {
         let call_started = data.call_started;
         let req = data.lend_request(request);
         let resp = data.lend_response(response);
-        let call = instance
-            .plugin
-            .call_on_response(&mut instance.store, req, resp);
-        let outcome = within(timeout, call_started, call).await;
+        let outcome = match &instance.plugin {
+            Bound::V0_2(p) => {
+                let call = p.call_on_response(&mut instance.store, req, resp);
+                within(timeout, call_started, call).await
+            }
+            Bound::V0_1(p) => {
+                let call = p.call_on_response(&mut instance.store, req, resp);
+                within(timeout, call_started, call).await
+            }
+        };
         let data = instance.store.data_mut();
         let request = data.take_request();
         let response = data.take_response();
@@ -455,9 +569,18 @@ impl LoadedPlugin {
         arm_cpu_deadline(&mut store, settings.cpu_timeout);
         prepare_call(&mut store, settings.cpu_timeout);
         let setup = async {
-            let plugin = self.pre.instantiate_async(&mut store).await?;
-            let init = plugin.call_init(&mut store, &self.config_json).await?;
-            Ok::<_, wasmtime::Error>((plugin, init))
+            match &self.pre {
+                PluginPre::V0_2(pre) => {
+                    let plugin = pre.instantiate_async(&mut store).await?;
+                    let init = plugin.call_init(&mut store, &self.config_json).await?;
+                    Ok::<_, wasmtime::Error>((Bound::V0_2(plugin), init.map(Hooks::from_wit)))
+                }
+                PluginPre::V0_1(pre) => {
+                    let plugin = pre.instantiate_async(&mut store).await?;
+                    let init = plugin.call_init(&mut store, &self.config_json).await?;
+                    Ok((Bound::V0_1(plugin), init.map(|()| Hooks::ALL)))
+                }
+            }
         };
         match tokio::time::timeout(settings.timeout, setup).await {
             Err(_) => Err(PluginFailure::Timeout(settings.timeout)),
@@ -466,11 +589,16 @@ impl LoadedPlugin {
                 other => other,
             }),
             Ok(Ok((_, Err(rejected)))) => Err(PluginFailure::ConfigRejected(rejected)),
-            Ok(Ok((plugin, Ok(())))) => Ok(Instance {
-                store,
-                plugin,
-                uses: 0,
-            }),
+            Ok(Ok((plugin, Ok(hooks)))) => {
+                // The first instance's answer is the plugin's; later instances run the same
+                // `init` on the same config.
+                let _ = self.hooks.set(hooks);
+                Ok(Instance {
+                    store,
+                    plugin,
+                    uses: 0,
+                })
+            }
         }
     }
 

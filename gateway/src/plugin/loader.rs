@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use super::bindings::PluginPre;
+use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
-use super::loaded::WORLD;
+use super::loaded::PluginPre;
 
 /// Largest plugin file accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
@@ -41,8 +41,10 @@ pub enum LoadError {
     /// wasmtime could not compile it (often a truncated file).
     #[error("cannot compile the component: {0}")]
     Compile(String),
-    /// Its imports or exports do not match `sluice:plugin/plugin@0.1.0`.
-    #[error("the component does not implement {WORLD}: {0}")]
+    /// Its imports or exports match no contract version the gateway serves.
+    #[error(
+        "the component does not implement sluice:plugin/plugin@0.2.0 or @0.1.0 (the versions this gateway serves): {0}"
+    )]
     WrongWorld(String),
     /// `init` refused the configuration, or the first instance failed.
     #[error("{0}")]
@@ -51,8 +53,8 @@ pub enum LoadError {
 
 /// A compiled component that fits the world.
 pub struct Compiled {
-    /// Pre-instantiated component.
-    pub pre: PluginPre<HostState>,
+    /// Pre-instantiated component, with the contract version it targets.
+    pub pre: PluginPre,
     /// SHA-256 of the bytes, hex.
     pub digest: String,
     /// What the component imports (for `sluice plugin check`).
@@ -126,7 +128,7 @@ pub fn compile(
     let component =
         Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
     let ty = component.component_type();
-    let imports = ty
+    let imports: Vec<String> = ty
         .imports(engine)
         .map(|(name, _)| name.to_owned())
         .collect();
@@ -137,7 +139,22 @@ pub fn compile(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-    let pre = PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+    // The linker holds both versions' imports, so the exports tell the versions apart
+    // (0.2.0's `init` returns the plugin's hooks). The newest is tried first; when neither
+    // fits, the message is the one of the version the component's imports name.
+    let pre = match v0_2::PluginPre::new(pre.clone()) {
+        Ok(pre) => PluginPre::V0_2(pre),
+        Err(newest) => match v0_1::PluginPre::new(pre) {
+            Ok(pre) => PluginPre::V0_1(pre),
+            Err(oldest) => {
+                let names_0_1 = imports
+                    .iter()
+                    .any(|i: &String| i.starts_with("sluice:plugin/") && i.ends_with("@0.1.0"));
+                let e = if names_0_1 { oldest } else { newest };
+                return Err(LoadError::WrongWorld(format!("{e:#}")));
+            }
+        },
+    };
     Ok(Compiled {
         pre,
         digest,

@@ -9,7 +9,9 @@
 pub mod bindings;
 pub mod builtin;
 pub mod canary;
+mod compat;
 pub mod compiler;
+pub mod crypto;
 pub mod digest;
 pub mod engine;
 pub mod extra;
@@ -38,7 +40,7 @@ use wasmtime::component::Linker;
 use self::bindings::types;
 use self::host::{HostState, PluginBody, PluginShared, PluginTrace, RequestState, ResponseState};
 use self::kv::KvStore;
-use self::loaded::{LoadedPlugin, PluginFailure, PluginSource, WORLD};
+use self::loaded::{Contract, LoadedPlugin, PluginFailure, PluginSource, WORLD};
 use self::loader::LoadError;
 use self::metrics::PluginMetrics;
 use self::state::SharedState;
@@ -374,7 +376,7 @@ impl PluginRuntime {
         source: PluginSource,
         bytes: Vec<u8>,
         config_json: String,
-    ) -> Result<(LoadedPlugin, (Vec<String>, Vec<String>)), LoadError> {
+    ) -> Result<(LoadedPlugin, PluginCheck), LoadError> {
         let (engine, linker) = (self.engine.clone(), self.linker.clone());
         let compiled = self
             .compiler
@@ -388,12 +390,19 @@ impl PluginRuntime {
             .activate()
             .await
             .map_err(|e| LoadError::Activate(e.to_string()))?;
-        Ok((plugin, (compiled.imports, compiled.exports)))
+        let check = PluginCheck {
+            contract: plugin.contract(),
+            hooks: plugin.hooks(),
+            imports: compiled.imports,
+            exports: compiled.exports,
+        };
+        Ok((plugin, check))
     }
 
     /// Everything a load does, without serving: header, compile, world, `init` with the
-    /// config beside the file. Returns what the component imports and exports.
-    pub async fn check(&self, path: &Path) -> Result<(Vec<String>, Vec<String>), LoadError> {
+    /// config beside the file. Returns the contract it targets, the hooks it declared and
+    /// what it imports and exports.
+    pub async fn check(&self, path: &Path) -> Result<PluginCheck, LoadError> {
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -402,8 +411,8 @@ impl PluginRuntime {
         let bytes = loader::read(path)?;
         let config_json = self.config_json(&name, Some(path))?;
         let source = PluginSource::File(path.to_owned());
-        let (_, imports_and_exports) = self.build(&name, source, bytes, config_json).await?;
-        Ok(imports_and_exports)
+        let (_, check) = self.build(&name, source, bytes, config_json).await?;
+        Ok(check)
     }
 
     /// The shared state of the plugin with this name (created empty if it never ran). The
@@ -516,6 +525,14 @@ impl PluginRuntime {
                     }
                 }
             };
+            let hooks = plugin.hooks();
+            if !hooks.on_request {
+                // Never called (the plugin declared no `on-request`); its `on-response` runs.
+                if hooks.on_response {
+                    ran.push(plugin.clone());
+                }
+                continue;
+            }
             request.body.visible = plugin.shared.settings.request_body;
             let timer = request.trace.call_started();
             let (req, result) = plugin.on_request(request).await;
@@ -531,7 +548,10 @@ impl PluginRuntime {
             request.body.visible = false;
             let failure = match result {
                 Ok(types::Action::Continue) => {
-                    ran.push(plugin.clone());
+                    // A plugin without `on-response` needs nothing on the way back.
+                    if hooks.on_response {
+                        ran.push(plugin.clone());
+                    }
                     continue;
                 }
                 Ok(types::Action::Respond(answer)) => {
@@ -692,7 +712,9 @@ impl PluginRuntime {
                     status,
                     source: Some(p.source.clone()),
                     digest: Some(p.digest.clone()),
-                    world: WORLD,
+                    world: p.contract().world(),
+                    contract: Some(p.contract()),
+                    hooks: Some(p.hooks()),
                     instance_mode: Some(p.shared.settings.instance),
                     on_failure: Some(p.shared.settings.on_failure),
                     stats: Some(stats),
@@ -710,6 +732,8 @@ impl PluginRuntime {
                     source: Some(PluginSource::File(failure.path.clone())),
                     digest: None,
                     world: WORLD,
+                    contract: None,
+                    hooks: None,
                     instance_mode: None,
                     on_failure: None,
                     stats: None,
@@ -730,6 +754,19 @@ impl PluginRuntime {
     }
 }
 
+/// What `sluice plugin check` reports of a plugin that loads.
+#[derive(Debug)]
+pub struct PluginCheck {
+    /// The contract version it targets.
+    pub contract: Contract,
+    /// The hooks its `init` declared.
+    pub hooks: loaded::Hooks,
+    /// What the component imports.
+    pub imports: Vec<String>,
+    /// What it exports.
+    pub exports: Vec<String>,
+}
+
 /// One plugin on the admin API.
 #[derive(Debug, Serialize)]
 pub struct PluginView {
@@ -739,6 +776,10 @@ pub struct PluginView {
     source: Option<PluginSource>,
     digest: Option<String>,
     world: &'static str,
+    /// The contract version the plugin targets (`0.1.0` or `0.2.0`).
+    contract: Option<Contract>,
+    /// The hooks it implements (what its `init` declared; both for 0.1.0).
+    hooks: Option<loaded::Hooks>,
     instance_mode: Option<crate::config::InstanceMode>,
     on_failure: Option<FailurePolicy>,
     #[serde(flatten)]

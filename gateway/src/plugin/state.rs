@@ -3,7 +3,7 @@
 //!
 //! Counters are stored as decimal ASCII, so a plugin in any language can `get` and read them.
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -61,6 +61,40 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct SharedState {
     map: DashMap<String, Slot>,
+    /// Single operations hold it shared, a batch (`apply`) exclusively: a batch then runs with
+    /// no other operation on this state between its steps. Uncontended, a shared hold is one
+    /// atomic add.
+    batch: RwLock<()>,
+}
+
+/// One step of [`SharedState::apply`].
+#[derive(Debug)]
+pub enum StateOp {
+    /// `get`.
+    Get(String),
+    /// `set`.
+    Set(String, Bytes, Option<u64>),
+    /// `delete`.
+    Delete(String),
+    /// `incr`.
+    Incr(String, i64, Option<u64>),
+    /// `compare-and-swap`.
+    CompareAndSwap(String, Option<Vec<u8>>, Option<Bytes>, Option<u64>),
+}
+
+/// The result of one [`StateOp`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateOpResult {
+    /// The value read.
+    Get(Option<Bytes>),
+    /// Stored.
+    Set,
+    /// Whether the key existed.
+    Delete(bool),
+    /// The new counter value.
+    Incr(Result<i64, StateError>),
+    /// Whether the swap happened.
+    CompareAndSwap(bool),
 }
 
 fn deadline(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
@@ -70,6 +104,11 @@ fn deadline(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
 impl SharedState {
     /// The live value of a key.
     pub fn get(&self, key: &str) -> Option<Bytes> {
+        let _shared = self.shared();
+        self.get_unlocked(key)
+    }
+
+    fn get_unlocked(&self, key: &str) -> Option<Bytes> {
         let now = monotonic_ns();
         let slot = self.map.get(key)?;
         slot.live(now).then(|| slot.value.clone())
@@ -77,6 +116,11 @@ impl SharedState {
 
     /// Stores a value.
     pub fn set(&self, key: String, value: Bytes, ttl_ms: Option<u64>) {
+        let _shared = self.shared();
+        self.set_unlocked(key, value, ttl_ms)
+    }
+
+    fn set_unlocked(&self, key: String, value: Bytes, ttl_ms: Option<u64>) {
         let now = monotonic_ns();
         self.map.insert(
             key,
@@ -89,12 +133,27 @@ impl SharedState {
 
     /// Removes a key; whether a live value was there.
     pub fn delete(&self, key: &str) -> bool {
+        let _shared = self.shared();
+        self.delete_unlocked(key)
+    }
+
+    fn delete_unlocked(&self, key: &str) -> bool {
         let now = monotonic_ns();
         self.map.remove(key).is_some_and(|(_, slot)| slot.live(now))
     }
 
     /// Adds to a counter atomically (the map shard stays locked for the read-modify-write).
     pub fn incr(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StateError> {
+        let _shared = self.shared();
+        self.incr_unlocked(key, delta, ttl_ms)
+    }
+
+    fn incr_unlocked(
+        &self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, StateError> {
         let now = monotonic_ns();
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) if e.get().live(now) => {
@@ -134,6 +193,17 @@ impl SharedState {
         new: Option<Bytes>,
         ttl_ms: Option<u64>,
     ) -> bool {
+        let _shared = self.shared();
+        self.compare_and_swap_unlocked(key, expected, new, ttl_ms)
+    }
+
+    fn compare_and_swap_unlocked(
+        &self,
+        key: String,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        ttl_ms: Option<u64>,
+    ) -> bool {
         let now = monotonic_ns();
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) => {
@@ -167,6 +237,32 @@ impl SharedState {
                 true
             }
         }
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        // The lock guards no data: a panic while it was held leaves nothing half-done.
+        self.batch.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the operations in order with no other operation on this state in between.
+    pub fn apply(&self, ops: Vec<StateOp>) -> Vec<StateOpResult> {
+        let _exclusive = self.batch.write().unwrap_or_else(PoisonError::into_inner);
+        ops.into_iter()
+            .map(|op| match op {
+                StateOp::Get(key) => StateOpResult::Get(self.get_unlocked(&key)),
+                StateOp::Set(key, value, ttl) => {
+                    self.set_unlocked(key, value, ttl);
+                    StateOpResult::Set
+                }
+                StateOp::Delete(key) => StateOpResult::Delete(self.delete_unlocked(&key)),
+                StateOp::Incr(key, delta, ttl) => {
+                    StateOpResult::Incr(self.incr_unlocked(key, delta, ttl))
+                }
+                StateOp::CompareAndSwap(key, expected, new, ttl) => StateOpResult::CompareAndSwap(
+                    self.compare_and_swap_unlocked(key, expected.as_deref(), new, ttl),
+                ),
+            })
+            .collect()
     }
 
     /// The live keys that start with `prefix` (a scan of the whole map: for the admin side,
@@ -237,6 +333,63 @@ mod tests {
         s.set("gone".into(), Bytes::from_static(b"v"), Some(0));
         s.sweep();
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn apply_runs_every_step_in_order_and_reports_each() {
+        let s = SharedState::default();
+        s.set("b".into(), Bytes::from_static(b"x"), None);
+        let results = s.apply(vec![
+            StateOp::Incr("n".into(), 2, None),
+            StateOp::Get("n".into()),
+            StateOp::Incr("b".into(), 1, None),
+            StateOp::CompareAndSwap(
+                "n".into(),
+                Some(b"2".to_vec()),
+                Some(Bytes::from_static(b"7")),
+                None,
+            ),
+            StateOp::Delete("b".into()),
+            StateOp::Set("s".into(), Bytes::from_static(b"v"), None),
+            StateOp::Get("n".into()),
+        ]);
+        assert_eq!(
+            results,
+            vec![
+                StateOpResult::Incr(Ok(2)),
+                StateOpResult::Get(Some(Bytes::from_static(b"2"))),
+                StateOpResult::Incr(Err(StateError::NotACounter("b".into()))),
+                StateOpResult::CompareAndSwap(true),
+                StateOpResult::Delete(true),
+                StateOpResult::Set,
+                StateOpResult::Get(Some(Bytes::from_static(b"7"))),
+            ]
+        );
+        assert_eq!(s.get("s").unwrap(), "v");
+    }
+
+    #[test]
+    fn apply_is_atomic_against_single_operations() {
+        // Each batch increments two counters; a reader between the two steps of a batch would
+        // see them differ.
+        let s = std::sync::Arc::new(SharedState::default());
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    s.apply(vec![
+                        StateOp::Incr("a".into(), 1, None),
+                        StateOp::Incr("b".into(), 1, None),
+                    ]);
+                }
+            })
+        };
+        for _ in 0..2000 {
+            let r = s.apply(vec![StateOp::Get("a".into()), StateOp::Get("b".into())]);
+            assert_eq!(r[0], r[1], "a batch was seen half done");
+        }
+        writer.join().unwrap();
+        assert_eq!(s.get("a").unwrap(), "2000");
     }
 
     #[test]

@@ -114,6 +114,9 @@ mod tests {
     use serde_json::json;
 
     fn verified() -> Verified {
+        // Keys are imported into the host's crypto: the test host's, here (it stays
+        // installed on this thread for the rest of the test).
+        let _host = sluice_plugin_sdk::testing::TestHost::new();
         let key = parse_key(&json!({"kid": "k", "alg": "HS256", "secret": "s-0123456789abcdef"}))
             .unwrap();
         Verified {

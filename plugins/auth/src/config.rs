@@ -1,14 +1,18 @@
 //! The plugin's configuration: parsed and validated once in `init`, with errors naming the
-//! offending field. Plain Rust (no host calls), so it is unit-tested natively.
+//! offending field. Keys are imported into the gateway's `crypto` here, once per key (the
+//! gateway checks the material); unit tests run them against the SDK's test host.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::str::FromStr;
 
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_plugin_sdk::crypto::{self, KeyMaterial};
 
 /// Default `leeway`.
 pub const DEFAULT_LEEWAY_MS: u64 = 30_000;
@@ -95,8 +99,8 @@ pub struct Key {
     pub kid: String,
     /// The only algorithm a token verified with this key may use.
     pub alg: Algorithm,
-    /// The key material.
-    pub decoding: DecodingKey,
+    /// The key, imported into the gateway's `crypto` (signatures are verified there).
+    pub verifier: crypto::Key,
     /// The key as configured (JSON), kept so a retired kv key can be shared with other
     /// instances through the plugin's state.
     pub raw: Value,
@@ -314,7 +318,7 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
     if materials > 1 {
         return Err("give exactly one of secret, pem, jwk (found several)".into());
     }
-    let decoding = match alg.family() {
+    let verifier = match alg.family() {
         AlgorithmFamily::Hmac => {
             let Some(secret) = &raw.secret else {
                 return Err(format!(
@@ -324,7 +328,8 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
             if secret.is_empty() {
                 return Err("secret: must not be empty".into());
             }
-            DecodingKey::from_secret(secret.as_bytes())
+            import(alg, KeyMaterial::Secret(secret.as_bytes()))
+                .map_err(|e| format!("secret: {e}"))?
         }
         family => {
             if raw.secret.is_some() {
@@ -336,12 +341,8 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
                 if pem.contains("PRIVATE KEY") {
                     return Err("pem: must be a public key, not a private key".into());
                 }
-                let key = match family {
-                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()),
-                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem.as_bytes()),
-                    _ => DecodingKey::from_ed_pem(pem.as_bytes()),
-                };
-                key.map_err(|e| format!("pem: not a valid {family:?} public key: {e}"))?
+                import(alg, KeyMaterial::Pem(pem))
+                    .map_err(|e| format!("pem: not a valid {family:?} public key: {e}"))?
             } else if let Some(jwk) = &raw.jwk {
                 let jwk: Jwk =
                     serde_json::from_value(jwk.clone()).map_err(|e| format!("jwk: {e}"))?;
@@ -353,11 +354,7 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
                         raw.alg
                     ));
                 }
-                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("jwk: {e}"))?;
-                if key.family() != family {
-                    return Err(format!("jwk: not a {family:?} key, which {alg:?} needs"));
-                }
-                key
+                import_jwk(alg, &jwk).map_err(|e| format!("jwk: {e}"))?
             } else {
                 return Err(format!("pem or jwk: required for {alg:?}"));
             }
@@ -366,9 +363,69 @@ pub fn parse_key(value: &Value) -> Result<Key, String> {
     Ok(Key {
         kid: raw.kid,
         alg,
-        decoding,
+        verifier,
         raw: value.clone(),
     })
+}
+
+/// The gateway's name of a JWS algorithm.
+pub fn crypto_alg(alg: Algorithm) -> Result<crypto::Algorithm, String> {
+    Ok(match alg {
+        Algorithm::HS256 => crypto::Algorithm::Hs256,
+        Algorithm::HS384 => crypto::Algorithm::Hs384,
+        Algorithm::HS512 => crypto::Algorithm::Hs512,
+        Algorithm::RS256 => crypto::Algorithm::Rs256,
+        Algorithm::RS384 => crypto::Algorithm::Rs384,
+        Algorithm::RS512 => crypto::Algorithm::Rs512,
+        Algorithm::PS256 => crypto::Algorithm::Ps256,
+        Algorithm::PS384 => crypto::Algorithm::Ps384,
+        Algorithm::PS512 => crypto::Algorithm::Ps512,
+        Algorithm::ES256 => crypto::Algorithm::Es256,
+        Algorithm::ES384 => crypto::Algorithm::Es384,
+        Algorithm::EdDSA => crypto::Algorithm::EdDsa,
+        other => return Err(format!("{other:?} is not supported")),
+    })
+}
+
+/// Imports key material into the gateway for `alg`, once: the key then verifies every token.
+pub fn import(alg: Algorithm, material: KeyMaterial<'_>) -> Result<crypto::Key, String> {
+    crypto::Key::import(crypto_alg(alg)?, material).map_err(|e| e.to_string())
+}
+
+fn b64(field: &str, text: &str) -> Result<Vec<u8>, String> {
+    URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| format!("`{field}` is not base64url"))
+}
+
+/// Imports a public JWK (RSA `n`/`e`, EC `x`/`y`, OKP Ed25519 `x`) for `alg`. A key of
+/// another family than `alg` needs is refused here, before the gateway sees it.
+pub fn import_jwk(alg: Algorithm, jwk: &Jwk) -> Result<crypto::Key, String> {
+    let family = alg.family();
+    match (&jwk.algorithm, family) {
+        (AlgorithmParameters::RSA(rsa), AlgorithmFamily::Rsa) => {
+            let (n, e) = (b64("n", &rsa.n)?, b64("e", &rsa.e)?);
+            import(alg, KeyMaterial::Rsa { n: &n, e: &e })
+        }
+        (AlgorithmParameters::EllipticCurve(ec), AlgorithmFamily::Ec) => {
+            let curve_fits = matches!(
+                (alg, &ec.curve),
+                (Algorithm::ES256, EllipticCurve::P256) | (Algorithm::ES384, EllipticCurve::P384)
+            );
+            if !curve_fits {
+                return Err(format!("curve {:?} does not fit {alg:?}", ec.curve));
+            }
+            let (x, y) = (b64("x", &ec.x)?, b64("y", &ec.y)?);
+            import(alg, KeyMaterial::Ec { x: &x, y: &y })
+        }
+        (AlgorithmParameters::OctetKeyPair(okp), AlgorithmFamily::Ed)
+            if okp.curve == EllipticCurve::Ed25519 =>
+        {
+            let x = b64("x", &okp.x)?;
+            import(alg, KeyMaterial::Ed25519(&x))
+        }
+        _ => Err(format!("not a {family:?} key, which {alg:?} needs")),
+    }
 }
 
 /// Durations as configs write them (the SDK's parser).
@@ -419,6 +476,8 @@ mod tests {
     use serde_json::json;
 
     fn err(value: Value) -> String {
+        // Keys are imported into the (test) host's crypto.
+        let _host = sluice_plugin_sdk::testing::TestHost::new();
         AuthConfig::parse(&value).unwrap_err()
     }
 
@@ -558,6 +617,7 @@ mod tests {
 
     #[test]
     fn kv_entry() {
+        let _host = sluice_plugin_sdk::testing::TestHost::new();
         let kv =
             KvKeys::parse(br#"{"keys":[{"kid":"a","alg":"HS256","secret":"s"}],"grace":"1m"}"#)
                 .unwrap();

@@ -8,14 +8,14 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_plugin_sdk::host::{self, Level};
 use sluice_plugin_sdk::outbound::{self, HttpRequest};
 use sluice_plugin_sdk::state;
 
-use crate::config::{JwksConfig, Key};
+use crate::config::{JwksConfig, Key, import_jwk};
 
 /// State: the last good JWKS body.
 pub const STATE_BODY: &str = "jwks:body";
@@ -201,17 +201,12 @@ fn parse_jwk(value: &Value) -> Result<Key, String> {
     if alg.family() == AlgorithmFamily::Hmac {
         return Err(format!("kid `{kid}`: HMAC keys are not taken from a JWKS"));
     }
-    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("kid `{kid}`: {e}"))?;
-    if decoding.family() != alg.family() {
-        return Err(format!(
-            "kid `{kid}`: not a {:?} key, which {alg:?} needs",
-            alg.family()
-        ));
-    }
+    // Imported once per key set: the set is parsed again only when a new body was fetched.
+    let verifier = import_jwk(alg, &jwk).map_err(|e| format!("kid `{kid}`: {e}"))?;
     Ok(Key {
         kid,
         alg,
-        decoding,
+        verifier,
         raw: value.clone(),
     })
 }

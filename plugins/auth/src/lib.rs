@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value, json};
 use sluice_plugin_sdk::host::{self, Level};
-use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, kv, state};
+use sluice_plugin_sdk::{Action, Config, Error, Hooks, Plugin, Request, Response, kv, state};
 
 use crate::cache::{TokenCache, Verified, same_key};
 use crate::config::{AuthConfig, Key, KvKeys, parse_key};
@@ -236,6 +236,9 @@ fn unauthorized(reject: &Reject) -> Response {
 }
 
 impl Plugin for Auth {
+    // No `on_response`: the gateway makes no call for it on the way back.
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: Config) -> Result<Self, Error> {
         let config = AuthConfig::parse(config.value()).map_err(Error::new)?;
         Ok(Self {

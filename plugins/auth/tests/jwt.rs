@@ -632,6 +632,15 @@ fn config_errors_name_the_field() {
             json!({"keys": [{"kid": "k", "alg": "RS256", "pem": RSA_PRIVATE}]}),
             "keys[0]: pem: must be a public key",
         ),
+        (
+            // Material of another family than the alg pins: refused at import by the host.
+            json!({"keys": [{"kid": "k", "alg": "RS256", "pem": ED_PUBLIC}]}),
+            "keys[0]: pem: not a valid Rsa public key: RS256: invalid public key",
+        ),
+        (
+            json!({"keys": [{"kid": "k", "alg": "ES256", "pem": EC384_PUBLIC}]}),
+            "keys[0]: pem: not a valid Ec public key: ES256: invalid public key",
+        ),
         (json!({"leeway": "30 fortnights"}), "leeway"),
     ];
     for (config, want) in cases {
@@ -771,4 +780,38 @@ fn an_instance_that_notices_a_rotation_late_grants_no_fresh_grace() {
         "the retirement time is the first instance's, not the late one's"
     );
     assert_eq!(status(&first, &host, &bearer(&old)), 401);
+}
+
+#[test]
+fn keys_are_imported_into_the_host_once_not_per_request() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    assert_eq!(host.crypto_imports(), 7, "one import per configured key");
+    for (i, (alg, kid)) in [
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::PS384, "ps"),
+        (Algorithm::ES256, "es256"),
+        (Algorithm::EdDSA, "ed"),
+        (Algorithm::HS512, "hs512"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A fresh token each time: no token-cache hit, the signature is verified.
+        let token = sign(
+            alg,
+            kid,
+            &with(claims(), json!({"sub": format!("user-{i}")})),
+        );
+        assert_eq!(status(&plugin, &host, &bearer(&token)), 200, "{alg:?}");
+        let mut forged = token.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(
+            status(&plugin, &host, &bearer(&forged)),
+            401,
+            "{alg:?} forged"
+        );
+    }
+    assert_eq!(host.crypto_imports(), 7, "verifying imported nothing more");
 }

@@ -136,7 +136,11 @@ enum Circuit {
 }
 
 fn read_circuit(cmd: &str) -> Circuit {
-    match state::get(&keys::circuit(cmd)) {
+    parse_circuit(state::get(&keys::circuit(cmd)))
+}
+
+fn parse_circuit(value: Option<Vec<u8>>) -> Circuit {
+    match value {
         Some(raw) => match keys::parse_open(&raw) {
             Some(opened_at) => Circuit::Open { opened_at },
             None => Circuit::Closed(Some(raw)),
@@ -177,21 +181,40 @@ fn transition(cmd: &str, to: &str) {
     host::log(level, &format!("breaker: circuit `{cmd}` is now {to}"));
 }
 
-/// A shared counter's value; absent, unreadable or (transiently) negative counts as 0.
-fn read_counter(key: &str) -> u64 {
-    state::get(key).map_or(0, |v| keys::parse_counter(&v))
+/// A counter's value as stored; absent, unreadable or (transiently) negative counts as 0.
+fn counter_value(value: Option<&[u8]>) -> u64 {
+    value.map_or(0, keys::parse_counter)
 }
 
-/// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before).
+/// The value read by a `get` of a batch.
+fn got(result: Option<&state::OpResult>) -> Option<&[u8]> {
+    match result {
+        Some(state::OpResult::Get(value)) => value.as_deref(),
+        _ => None,
+    }
+}
+
+/// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before),
+/// read in batches of `state::apply` (one host call for a 10-bucket window).
 pub fn read_health(cmd: &str, s: &Settings, now_ms: u64) -> Health {
     let current = now_ms / s.bucket_ms();
+    let kinds = [keys::SUCCESS, keys::FAILURE, keys::TIMEOUT, keys::REJECTED];
+    let counters: Vec<(String, bool)> = (current.saturating_sub(s.rolling_buckets - 1)..=current)
+        .flat_map(|bucket| {
+            kinds
+                .iter()
+                .map(move |kind| (keys::count(cmd, bucket, kind), *kind != keys::SUCCESS))
+        })
+        .collect();
     let mut total = 0;
     let mut errors = 0;
-    for bucket in current.saturating_sub(s.rolling_buckets - 1)..=current {
-        for kind in [keys::SUCCESS, keys::FAILURE, keys::TIMEOUT, keys::REJECTED] {
-            let n = read_counter(&keys::count(cmd, bucket, kind));
+    for chunk in counters.chunks(state::MAX_BATCH) {
+        let ops: Vec<state::Op<'_>> = chunk.iter().map(|(key, _)| state::Op::Get(key)).collect();
+        let results = state::apply(&ops);
+        for ((_, is_error), result) in chunk.iter().zip(&results) {
+            let n = counter_value(got(Some(result)));
             total += n;
-            if kind != keys::SUCCESS {
+            if *is_error {
                 errors += n;
             }
         }
@@ -211,6 +234,22 @@ fn reset_window(cmd: &str, s: &Settings, now_ms: u64) {
             state::delete(&keys::count(cmd, bucket, kind));
         }
     }
+}
+
+/// What the bulkhead said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Admitted in this lease period.
+    Taken(u64),
+    /// Full: nothing was kept.
+    Full,
+}
+
+/// The circuit as read, and the bulkhead place taken in the same step.
+struct Entry {
+    circuit: Circuit,
+    /// `None` when the bulkhead is off.
+    place: Option<Place>,
 }
 
 impl Breaker {
@@ -260,24 +299,59 @@ impl Breaker {
         self.announced.borrow_mut().insert(cmd.to_owned());
     }
 
-    /// Admits a request into the bulkhead: one `incr` on the counter of the current lease
-    /// period and one `get` of the period before (whose requests may still run); older periods
-    /// have outlived their lease. The lease period admitted in, or `None` when full (the count
-    /// is given back). One counter, however large the bulkhead, so a rejection under overload
-    /// costs the same three calls as an admission.
-    fn enter_bulkhead(&self, cmd: &str, s: &Settings, now_ms: u64) -> Result<Option<u64>, Error> {
+    /// Reads the circuit and, when the bulkhead is on, takes a place in it, in one atomic
+    /// `state::apply`: an `incr` of the counter of the current lease period and a `get` of the
+    /// period before (whose requests may still run); older periods have outlived their lease.
+    /// One counter, however large the bulkhead. The place is taken before the circuit is
+    /// looked at (so the common case, a closed circuit and room, is one host call); a request
+    /// that does not go on gives it back with [`Self::give_back`].
+    fn read_circuit_and_enter(&self, cmd: &str, s: &Settings, now_ms: u64) -> Result<Entry, Error> {
+        let circuit_key = keys::circuit(cmd);
+        if s.max_concurrent_requests == 0 {
+            return Ok(Entry {
+                circuit: read_circuit(cmd),
+                place: None,
+            });
+        }
         let lease = s.lease_ms();
         let period = now_ms / lease;
         let ttl = Some(inflight_ttl(lease));
-        let mine = state::incr(&keys::inflight(cmd, period), 1, ttl)?.max(0) as u64;
-        let before = period
-            .checked_sub(1)
-            .map_or(0, |p| read_counter(&keys::inflight(cmd, p)));
-        if mine + before > s.max_concurrent_requests {
-            state::incr(&keys::inflight(cmd, period), -1, ttl)?;
-            return Ok(None);
+        let mine_key = keys::inflight(cmd, period);
+        let before_key = period.checked_sub(1).map(|p| keys::inflight(cmd, p));
+        let mut ops = vec![
+            state::Op::Get(&circuit_key),
+            state::Op::Incr(&mine_key, 1, ttl),
+        ];
+        if let Some(key) = &before_key {
+            ops.push(state::Op::Get(key));
         }
-        Ok(Some(period))
+        let results = state::apply(&ops);
+        let circuit = parse_circuit(got(results.first()).map(<[u8]>::to_vec));
+        let mine = match results.get(1) {
+            Some(state::OpResult::Incr(Ok(n))) => (*n).max(0) as u64,
+            Some(state::OpResult::Incr(Err(e))) => return Err(e.clone()),
+            _ => return Err(Error::new("breaker: state.apply returned too few results")),
+        };
+        let before = counter_value(got(results.get(2)));
+        let place = if mine + before > s.max_concurrent_requests {
+            state::incr(&mine_key, -1, ttl)?;
+            Place::Full
+        } else {
+            Place::Taken(period)
+        };
+        Ok(Entry {
+            circuit,
+            place: Some(place),
+        })
+    }
+
+    /// Gives back a place taken by [`Self::read_circuit_and_enter`] for a request that does
+    /// not go on (short-circuited).
+    fn give_back(&self, cmd: &str, s: &Settings, entry: &Entry) {
+        if let Some(Place::Taken(period)) = entry.place {
+            let lease = s.lease_ms();
+            let _ = state::incr(&keys::inflight(cmd, period), -1, Some(inflight_ttl(lease)));
+        }
     }
 
     /// Gives a bulkhead place back, unless its lease period is over (it no longer counts).
@@ -403,27 +477,42 @@ impl Plugin for Breaker {
         if s.force_open {
             return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms));
         }
+        let entry = self.read_circuit_and_enter(&cmd, &s, now_ms)?;
         let mut trial = None;
         if !s.force_closed {
-            match read_circuit(&cmd) {
+            let short = match &entry.circuit {
                 Circuit::Open { opened_at, .. } => {
+                    let opened_at = *opened_at;
                     let ends = opened_at.saturating_add(s.sleep_window_ms);
                     if now_ms <= ends {
-                        return Ok(self.short_circuit(&cmd, &s, now_ms, ends - now_ms + 1));
+                        Some(ends - now_ms + 1)
+                    } else {
+                        // Half-open: the first `half_open_requests` callers win.
+                        let n =
+                            match state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))
+                            {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    self.give_back(&cmd, &s, &entry);
+                                    return Err(e);
+                                }
+                            };
+                        if n == 1 {
+                            transition(&cmd, keys::TO_HALF_OPEN);
+                        }
+                        if n > s.half_open_requests as i64 {
+                            Some(1000)
+                        } else {
+                            trial = Some(opened_at);
+                            None
+                        }
                     }
-                    // Half-open: the first `half_open_requests` callers win.
-                    let n = state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))?;
-                    if n == 1 {
-                        transition(&cmd, keys::TO_HALF_OPEN);
-                    }
-                    if n > s.half_open_requests as i64 {
-                        return Ok(self.short_circuit(&cmd, &s, now_ms, 1000));
-                    }
-                    trial = Some(opened_at);
                 }
                 Circuit::Closed(raw) => {
-                    let health = self.health(&cmd, &s, now_ms, closed_at(&raw));
-                    if health.trips(&s) {
+                    let health = self.health(&cmd, &s, now_ms, closed_at(raw));
+                    if !health.trips(&s) {
+                        None
+                    } else {
                         let open = keys::open_value(now_ms);
                         if state::compare_and_swap(
                             &keys::circuit(&cmd),
@@ -440,30 +529,31 @@ impl Plugin for Breaker {
                                 ),
                             );
                             transition(&cmd, keys::TO_OPEN);
-                            return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms + 1));
-                        }
-                        // Another caller changed the circuit first: follow what it did.
-                        if let Circuit::Open { opened_at, .. } = read_circuit(&cmd) {
+                            Some(s.sleep_window_ms + 1)
+                        } else if let Circuit::Open { opened_at, .. } = read_circuit(&cmd) {
+                            // Another caller changed the circuit first: follow what it did.
                             let ends = opened_at.saturating_add(s.sleep_window_ms);
-                            let left = ends.saturating_sub(now_ms) + 1;
-                            return Ok(self.short_circuit(&cmd, &s, now_ms, left));
+                            Some(ends.saturating_sub(now_ms) + 1)
+                        } else {
+                            None
                         }
                     }
                 }
+            };
+            if let Some(retry_after_ms) = short {
+                self.give_back(&cmd, &s, &entry);
+                return Ok(self.short_circuit(&cmd, &s, now_ms, retry_after_ms));
             }
         }
 
-        let admitted = if s.max_concurrent_requests == 0 {
-            None
-        } else {
-            match self.enter_bulkhead(&cmd, &s, now_ms)? {
-                Some(period) => Some(period),
-                None => {
-                    if let Some(opened_at) = trial {
-                        self.end_trial(&cmd, &s, opened_at, false, now_ms);
-                    }
-                    return Ok(self.reject(&cmd, &s, now_ms));
+        let admitted = match entry.place {
+            None => None,
+            Some(Place::Taken(period)) => Some(period),
+            Some(Place::Full) => {
+                if let Some(opened_at) = trial {
+                    self.end_trial(&cmd, &s, opened_at, false, now_ms);
                 }
+                return Ok(self.reject(&cmd, &s, now_ms));
             }
         };
         if s.timeout_ms > 0 {
@@ -504,26 +594,45 @@ impl Plugin for Breaker {
         };
         let now_ns = host::monotonic_ns();
         let now_ms = now_ns / 1_000_000;
-        // The outcome is counted first (as Hystrix does, so a closing trial's own success is
-        // cleared with the window); then what others wait on (the bulkhead slot, the trial's
-        // decision); the latency counting after it may fail without keeping them.
-        count(&cmd, &s, now_ms, kind);
-        if let Some(period) = ticket.admitted {
-            self.leave_bulkhead(&cmd, &s, period, now_ms);
+        // One atomic batch: the outcome (counted first, as Hystrix does, so a closing trial's
+        // own success is cleared with the window), the bulkhead place given back (unless its
+        // lease period is over: it no longer counts), the latency. A failed step fails only
+        // itself. The trial's decision comes after, as others wait on it.
+        let latency_us = now_ns.saturating_sub(ticket.start_ns) / 1000;
+        let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
+        let index = keys::latency_index(latency_us);
+        let latency_ttl = Some(keys::PERCENTILE_BUCKET_MS * (keys::PERCENTILE_BUCKETS + 1));
+        let count_key = keys::count(&cmd, now_ms / s.bucket_ms(), kind);
+        let lease = s.lease_ms();
+        let inflight_key = ticket
+            .admitted
+            .filter(|&period| now_ms / lease <= period + 1)
+            .map(|period| keys::inflight(&cmd, period));
+        let latency_key = keys::latency(&cmd, pbucket, index);
+        let latency_sum_key = keys::latency_sum(&cmd, pbucket);
+        let mut ops = vec![state::Op::Incr(&count_key, 1, bucket_ttl(&s))];
+        if let Some(key) = &inflight_key {
+            ops.push(state::Op::Incr(key, -1, Some(inflight_ttl(lease))));
+        }
+        ops.push(state::Op::Incr(&latency_key, 1, latency_ttl));
+        ops.push(state::Op::Incr(
+            &latency_sum_key,
+            i64::try_from(latency_us).unwrap_or(i64::MAX),
+            latency_ttl,
+        ));
+        let results = state::apply(&ops);
+        if let Some(state::OpResult::Incr(Err(e))) = results.first() {
+            host::log(Level::Warn, &format!("breaker: counting {count_key}: {e}"));
         }
         if let Some(opened_at) = ticket.trial {
             self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
         }
-        let latency_us = now_ns.saturating_sub(ticket.start_ns) / 1000;
-        let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
-        let index = keys::latency_index(latency_us);
-        let ttl = Some(keys::PERCENTILE_BUCKET_MS * (keys::PERCENTILE_BUCKETS + 1));
-        state::incr(&keys::latency(&cmd, pbucket, index), 1, ttl)?;
-        state::incr(
-            &keys::latency_sum(&cmd, pbucket),
-            i64::try_from(latency_us).unwrap_or(i64::MAX),
-            ttl,
-        )?;
+        let latency_results = &results[results.len().saturating_sub(2)..];
+        for result in latency_results {
+            if let state::OpResult::Incr(Err(e)) = result {
+                return Err(e.clone());
+            }
+        }
         Ok(())
     }
 }
