@@ -2,11 +2,13 @@
 //! upstream (and a plugin) gets, and the `[server.http2]` limits.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -192,5 +194,91 @@ async fn a_rapid_reset_flood_loses_its_connection_and_others_are_served() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    gw.shutdown().await;
+}
+
+/// An h2c-only upstream (HTTP/2 with prior knowledge, as a gRPC server without TLS speaks) on
+/// 127.0.0.1:0. `/health` answers 200, in gRPC's way once `failing` is set: still HTTP 200,
+/// with `grpc-status: 14` (unavailable). Records the HTTP version of each health check.
+async fn h2c_upstream(
+    failing: Arc<AtomicBool>,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Version>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let checks: Arc<std::sync::Mutex<Vec<Version>>> = Arc::default();
+    let seen = checks.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (failing, seen) = (failing.clone(), seen.clone());
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut response = http::Response::new(Full::new(Bytes::from_static(b"h2c")));
+                if req.uri().path() == "/health" {
+                    seen.lock().unwrap().push(req.version());
+                    if failing.load(Ordering::SeqCst) {
+                        response
+                            .headers_mut()
+                            .insert("grpc-status", http::HeaderValue::from_static("14"));
+                    }
+                }
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, checks)
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn active_checks_of_an_h2c_service_speak_h2c() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let (addr, checks) = h2c_upstream(failing.clone()).await;
+    let config = format!(
+        "[services.s]\ninstances = [\"{addr}\"]\nprotocol = \"h2c\"\n\
+         [services.s.active_health]\npath = \"/health\"\ninterval = \"100ms\"\n\
+         unhealthy_threshold = 2\nhealthy_threshold = 2\n\
+         [[routes]]\npath = \"/\"\nservice = \"s\"\n"
+    );
+    let gw = gateway(&config).await;
+    let admin = gw.admin_addr;
+    let failing_checks = move || async move {
+        let view: serde_json::Value =
+            serde_json::from_str(&get(admin, "/admin/services").await.2).unwrap();
+        view["services"][0]["instances"][0]["health"]["failing_checks"].clone()
+    };
+    // An HTTP/1.1 check would get no answer from this server: the checks are h2c, and pass.
+    eventually("three h2c checks", || {
+        let seen = checks.lock().unwrap().clone();
+        async move { seen.len() >= 3 }
+    })
+    .await;
+    assert!(
+        checks.lock().unwrap().iter().all(|v| *v == Version::HTTP_2),
+        "{:?}",
+        checks.lock().unwrap()
+    );
+    assert_eq!(failing_checks().await, false);
+    assert_eq!(get(gw.listen_addr, "/").await.2, "h2c");
+
+    // A gRPC-style failure (HTTP 200, `grpc-status` 14) fails the check.
+    failing.store(true, Ordering::SeqCst);
+    eventually("marked down by grpc-status", || async move {
+        failing_checks().await == true
+    })
+    .await;
+    // And passing again brings it back.
+    failing.store(false, Ordering::SeqCst);
+    eventually("back up", || async move { failing_checks().await == false }).await;
     gw.shutdown().await;
 }
