@@ -149,51 +149,180 @@ async fn http2_can_be_turned_off() {
     gw.shutdown().await;
 }
 
+/// Raw HTTP/2 frames, for clients that misbehave on purpose (the `h2` crate will not send a
+/// CONTINUATION flood, nor write as fast as the socket takes).
+mod raw {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    /// HPACK: `:method GET`, `:scheme http`, `:path /` (static table), `:authority h`.
+    pub const GET_ROOT: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x01, b'h'];
+
+    /// One frame: 9-byte head (length, type, flags, stream id), then the payload.
+    pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// The preface and an empty SETTINGS frame: what opens a client connection.
+    pub fn open() -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[]);
+        out
+    }
+
+    /// Reads frames until the server closes the connection (EOF or reset) or `wait` passes.
+    /// Returns the first GOAWAY's last stream id and error code, if one came, and whether the
+    /// connection was closed.
+    pub async fn read_until_closed(
+        mut read: impl tokio::io::AsyncRead + Unpin,
+        wait: std::time::Duration,
+    ) -> (Option<(u32, u32)>, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut goaway = None;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut chunk = [0u8; 16384];
+        let closed = loop {
+            let n = match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+                Err(_) => break false,
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(n)) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let payload = &buf[9..9 + len];
+                if buf[3] == GOAWAY && goaway.is_none() && len >= 8 {
+                    let last = u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                    let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                    goaway = Some((last, code));
+                }
+                buf.drain(..9 + len);
+            }
+        };
+        (goaway, closed)
+    }
+}
+
 #[tokio::test]
 async fn a_rapid_reset_flood_loses_its_connection_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::named("ok").await;
     let gw = gateway(&one_route(up.addr, "/")).await;
 
+    // A well-behaved h2c client keeps calling while the flood runs.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sender = h2c(gw.listen_addr).await;
+    let good = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.is_cancelled() {
+                let request = Request::get("http://h/").body(Empty::new()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+                    .await
+                {
+                    Ok(Ok(response)) if response.status() == StatusCode::OK => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        }
+    });
+
+    // The flood (CVE-2023-44487): HEADERS then RST_STREAM on a new stream each time, written
+    // in batches as fast as the socket takes them, without waiting for anything.
     let tcp = tokio::net::TcpStream::connect(gw.listen_addr)
         .await
         .unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let ended = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    // Open streams and reset them at once, as fast as frames can be written (CVE-2023-44487).
-    let mut sent = 0;
-    for _ in 0..5000 {
-        let request = Request::get("http://h/").body(()).unwrap();
-        match client.send_request(request, true) {
-            Ok((_, mut stream)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                sent += 1;
-            }
-            Err(_) => break,
+    let (read, mut write) = tcp.into_split();
+    let reader = tokio::spawn(raw::read_until_closed(read, Duration::from_secs(10)));
+    write.write_all(&raw::open()).await.unwrap();
+    const STREAMS: u32 = 5000;
+    let mut written = 0;
+    for batch in 0..STREAMS / 50 {
+        let mut frames = Vec::new();
+        for i in 0..50 {
+            let id = 2 * (batch * 50 + i) + 1;
+            let flags = raw::END_STREAM | raw::END_HEADERS;
+            raw::frame(&mut frames, raw::HEADERS, flags, id, raw::GET_ROOT);
+            raw::frame(&mut frames, raw::RST_STREAM, 0, id, &8u32.to_be_bytes()); // CANCEL
         }
-        if sent % 100 == 0 {
-            tokio::task::yield_now().await;
+        if write.write_all(&frames).await.is_err() {
+            break; // the gateway closed the connection
         }
+        written += 50;
     }
-    let result = tokio::time::timeout(Duration::from_secs(10), ended)
-        .await
-        .expect("the flooding connection is closed by the gateway")
-        .unwrap();
-    let error = result.expect_err("closed with an error");
+    let (goaway, closed) = reader.await.unwrap();
     assert!(
-        error.is_go_away() || error.is_io(),
-        "GOAWAY expected after {sent} resets: {error:?}"
+        closed,
+        "the flooding connection is closed by the gateway ({written} streams reset)"
     );
-    if let Some(reason) = error.reason() {
-        assert_eq!(reason, h2::Reason::ENHANCE_YOUR_CALM, "{error:?}");
+    // The GOAWAY is there unless the close overtook it (a reset discards unread data).
+    if let Some((last_stream, code)) = goaway {
+        assert_eq!(code, raw::ENHANCE_YOUR_CALM, "GOAWAY reason");
+        // Cut off within a bounded number of streams: far fewer than the flood's.
+        let streams = last_stream.div_ceil(2);
+        assert!(streams <= 1000, "GOAWAY after {streams} streams");
     }
-    // Another client is served as usual.
+    // The reset streams that the gateway did take up were few, not the flood's 5000.
+    assert!(up.hits() <= 1000, "{} reset requests proxied", up.hits());
+
+    // The other client was served throughout, and still is.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.cancel();
+    let (ok, failed) = good.await.unwrap();
+    assert!(failed.is_empty(), "{ok} served, failed: {failed:?}");
+    assert!(ok >= 1, "the well-behaved client made calls");
     let mut sender = h2c(gw.listen_addr).await;
     let response = sender
         .send_request(Request::get("http://h/").body(Empty::new()).unwrap())
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_continuation_flood_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::named("ok").await;
+    let gw = gateway(&one_route(up.addr, "/")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.listen_addr)
+        .await
+        .unwrap();
+    let (read, mut write) = tcp.into_split();
+    let reader = tokio::spawn(raw::read_until_closed(read, Duration::from_secs(10)));
+    // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames
+    // of one small header each (the decoded list stays far under max_header_list_size).
+    let mut frames = raw::open();
+    raw::frame(&mut frames, raw::HEADERS, raw::END_STREAM, 1, raw::GET_ROOT);
+    for _ in 0..100 {
+        // Literal header without indexing, new name: `x-a: a`.
+        let header = [0x00, 3, b'x', b'-', b'a', 1, b'a'];
+        raw::frame(&mut frames, raw::CONTINUATION, 0, 1, &header);
+    }
+    let _ = write.write_all(&frames).await;
+    let (goaway, closed) = reader.await.unwrap();
+    assert!(closed, "the connection is closed, not left waiting for END_HEADERS");
+    let (_, code) = goaway.expect("a GOAWAY before the close");
+    assert_eq!(code, raw::ENHANCE_YOUR_CALM, "GOAWAY reason");
+    assert_eq!(up.hits(), 0, "the request never reached the upstream");
+    // Others are served.
+    assert_eq!(get(gw.listen_addr, "/").await.0, StatusCode::OK);
     gw.shutdown().await;
 }
 
