@@ -9,7 +9,7 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-mod echo {
+pub mod echo {
     tonic::include_proto!("echo");
 }
 

@@ -422,7 +422,7 @@ async fn tls_server(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let response = respond(&req).map(|text| Full::new(Bytes::from(text)));
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 });
