@@ -317,7 +317,10 @@ async fn a_continuation_flood_loses_its_connection() {
     }
     let _ = write.write_all(&frames).await;
     let (goaway, closed) = reader.await.unwrap();
-    assert!(closed, "the connection is closed, not left waiting for END_HEADERS");
+    assert!(
+        closed,
+        "the connection is closed, not left waiting for END_HEADERS"
+    );
     let (_, code) = goaway.expect("a GOAWAY before the close");
     assert_eq!(code, raw::ENHANCE_YOUR_CALM, "GOAWAY reason");
     assert_eq!(up.hits(), 0, "the request never reached the upstream");
@@ -361,10 +364,16 @@ async fn h2c_upstream(
 }
 
 /// Polls `check` until it holds, for at most 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within 10 s: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -376,10 +376,7 @@ async fn tls_upstream(
 async fn tls_server(
     issued: &Issued,
     client_ca: Option<&TestCa>,
-    respond: impl Fn(&Request<hyper::body::Incoming>) -> http::Response<String>
-    + Send
-    + Sync
-    + 'static,
+    respond: impl Fn(&Request<hyper::body::Incoming>) -> http::Response<String> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let respond = Arc::new(respond);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -422,10 +419,11 @@ async fn tls_server(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let response = respond(&req).map(|text| Full::new(Bytes::from(text)));
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let response = respond(&req).map(|text| Full::new(Bytes::from(text)));
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
@@ -485,16 +483,26 @@ async fn upstreams_over_tls_http1_and_h2_with_a_client_certificate() {
 }
 
 /// Polls `check` until it holds, for at most 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within 10 s: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// The `health` of instance `address` of service `service` in `/admin/services`.
-async fn instance_health(admin: SocketAddr, service: &str, address: SocketAddr) -> serde_json::Value {
+async fn instance_health(
+    admin: SocketAddr,
+    service: &str,
+    address: SocketAddr,
+) -> serde_json::Value {
     let view: serde_json::Value =
         serde_json::from_str(&crate::harness::get(admin, "/admin/services").await.2).unwrap();
     let service = view["services"]
@@ -581,7 +589,11 @@ async fn active_checks_reach_tls_upstreams_over_tls_and_h2() {
         instance_health(admin, "s", a).await["failing_checks"] == true
     })
     .await;
-    assert_eq!(served_by_a().await, 0, "failing its checks, it takes no traffic");
+    assert_eq!(
+        served_by_a().await,
+        0,
+        "failing its checks, it takes no traffic"
+    );
     eventually("a marked down over h2 too", || async move {
         instance_health(admin, "h2", a).await["failing_checks"] == true
     })
