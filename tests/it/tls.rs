@@ -561,6 +561,7 @@ async fn active_checks_reach_tls_upstreams_over_tls_and_h2() {
          [[routes]]\npath = \"/\"\nservice = \"s\"\n"
     );
     let gw = gateway(&config).await;
+    let (listen, admin) = (gw.listen_addr, gw.admin_addr);
     // Both services check `a` the way they speak to it: HTTP/1.1 and h2, each over TLS.
     eventually("checks over HTTP/1.1 and h2", || {
         let seen = checks.lock().unwrap().clone();
@@ -571,7 +572,6 @@ async fn active_checks_reach_tls_upstreams_over_tls_and_h2() {
         let health = instance_health(admin, service, a).await;
         assert_eq!(health["failing_checks"], false, "{service}: {health}");
     }
-    let (listen, admin) = (gw.listen_addr, gw.admin_addr);
     let served_by_a = move || async move {
         let mut n = 0;
         for _ in 0..10 {
