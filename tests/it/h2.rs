@@ -274,12 +274,15 @@ async fn a_rapid_reset_flood_loses_its_connection_and_others_are_served() {
     // The GOAWAY is there unless the close overtook it (a reset discards unread data).
     if let Some((last_stream, code)) = goaway {
         assert_eq!(code, raw::ENHANCE_YOUR_CALM, "GOAWAY reason");
-        // Cut off within a bounded number of streams: far fewer than the flood's.
+        // Cut off within a bounded number of streams, far fewer than the flood's (21 here
+        // when written: max_pending_accept_reset_streams = 20, plus the one over it; the
+        // margin is for a loaded machine, where the gateway reads the flood in smaller bites).
         let streams = last_stream.div_ceil(2);
-        assert!(streams <= 1000, "GOAWAY after {streams} streams");
+        assert!(streams <= 500, "GOAWAY after {streams} streams");
     }
-    // The reset streams that the gateway did take up were few, not the flood's 5000.
-    assert!(up.hits() <= 1000, "{} reset requests proxied", up.hits());
+    // The reset streams that the gateway did take up were few, not the flood's 5000 (without
+    // the limit: 1 364 of them reached the upstream, and the connection stayed open).
+    assert!(up.hits() <= 500, "{} reset requests proxied", up.hits());
 
     // The other client was served throughout, and still is.
     tokio::time::sleep(Duration::from_millis(100)).await;
