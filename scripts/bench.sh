@@ -180,6 +180,7 @@ grpc)
   for t in nginx h2load curl; do
     command -v $t >/dev/null || apt-get install -y nginx-light nghttp2-client curl
   done
+  cargo build --release -p sluice
   cargo build --release -p sluice --example grpc_echo
   T=$(mktemp -d); trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
   "$CARGO_TARGET_DIR/release/examples/grpc_echo" 127.0.0.1:19051 > $T/echo.log 2>&1 & echo $! > $T/echo.pid
