@@ -134,7 +134,7 @@ tls)
   cat > $T/ngx.conf <<C
 worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
 events { worker_connections 4096; }
-http { access_log off; upstream u { server 127.0.0.1:19101; keepalive 64; }
+http { access_log off; keepalive_requests 1000000; upstream u { server 127.0.0.1:19101; keepalive 64; keepalive_requests 1000000; }
   server { listen 127.0.0.1:19443 ssl http2; ssl_certificate $T/dev.pem; ssl_certificate_key $T/dev.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -187,7 +187,7 @@ grpc)
   cat > $T/ngx.conf <<C
 worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
 events { worker_connections 4096; }
-http { access_log off; upstream g { server 127.0.0.1:19051; keepalive 64; }
+http { access_log off; keepalive_requests 1000000; upstream g { server 127.0.0.1:19051; keepalive 64; keepalive_requests 1000000; }
   server { listen 127.0.0.1:19280 http2; location / { grpc_pass grpc://g; } } }
 C
   nginx -c $T/ngx.conf
