@@ -89,7 +89,7 @@ async fn main() -> Result<(), String> {
         task.abort();
     }
     println!(
-        "h2_flood: {} connections, {} streams opened and reset in {secs} s",
+        "h2_flood: {} connections, {} streams opened and reset in {secs} s (as written to the socket: what a connection had buffered when the gateway closed it was never read)",
         counts.connections.load(Ordering::Relaxed),
         counts.streams.load(Ordering::Relaxed)
     );
