@@ -3,7 +3,12 @@
 #   scripts/bench.sh proxy [seconds] [connections]   gateway vs nginx/haproxy/caddy, 3 runs
 #   scripts/bench.sh plugins                          plugin runtime costs (+ auth verify cost)
 #   scripts/bench.sh auth [seconds] [connections]    gateway with the built-in auth on the route
-#   scripts/bench.sh tls [seconds] [connections]     HTTPS keep-alive (wrk) and h2 (h2load) vs nginx
+#   scripts/bench.sh tls [seconds] [connections]     HTTPS keep-alive (wrk), new TLS handshakes (openssl
+#                                                    s_time -new, 4 at once) and h2 (h2load) vs nginx; 3 rounds
+#   scripts/bench.sh grpc [seconds] [connections]    gRPC unary calls/s (h2load, h2c) direct to a tonic
+#                                                    server, through nginx (grpc_pass) and through the gateway; 3 rounds
+#   scripts/bench.sh rapid-reset [seconds]           p99 of a well-behaved h2c client (h2load) with and without
+#                                                    an HTTP/2 rapid-reset flood on other connections; 3 rounds
 #   scripts/bench.sh tracing [seconds] [connections] telemetry off vs collector live/down/blackholed
 #                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 #   scripts/bench.sh chain [seconds] [connections]   the plugin path in one run: nginx, no plugins, the
@@ -46,6 +51,39 @@ events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:$2; location / { return 200 "hello from upstream\n"; } } }
 C
   nginx -c "$1/up.conf"
+}
+# Medians of rows "ROUND TARGET METRIC VALUE" (file $1) per target and metric, and each
+# target's ratio to target $2 (taken per round, then the median of the rounds).
+summarize() { # ROWS BASE
+  python3 - "$1" "$2" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+base = sys.argv[2]
+targets = list(dict.fromkeys(r[1] for r in rows))
+metrics = list(dict.fromkeys(r[2] for r in rows))
+def val(run, t, m):
+    v = [float(r[3]) for r in rows if r[0] == run and r[1] == t and r[2] == m]
+    return v[0] if v and v[0] > 0 else None
+runs = sorted({r[0] for r in rows})
+print(f"{'metric':<26} {'target':<10} {'median':>10} {'/' + base:>9}   rounds")
+for m in metrics:
+    for t in targets:
+        vals = [v for v in (val(run, t, m) for run in runs) if v is not None]
+        if not vals:
+            continue
+        ratios = [val(run, t, m) / val(run, base, m) for run in runs
+                  if val(run, t, m) is not None and val(run, base, m) is not None]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        print(f"{m:<26} {t:<10} {statistics.median(vals):>10.1f} {ratio:>9}   {' '.join(f'{v:g}' for v in vals)}")
+PY
+}
+# p99 in ms of an h2load --log-file (tab-separated: start µs, status, duration µs).
+log_p99() { # FILE
+  python3 - "$1" <<'PY'
+import sys
+d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
+print(f"{d[min(len(d) - 1, int(len(d) * 0.99))] / 1000:.3f}" if d else 0)
+PY
 }
 case "$what" in
 proxy)
@@ -96,7 +134,7 @@ tls)
   cat > $T/ngx.conf <<C
 worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
 events { worker_connections 4096; }
-http { access_log off; upstream u { server 127.0.0.1:19101; keepalive 64; }
+http { access_log off; keepalive_requests 1000000; upstream u { server 127.0.0.1:19101; keepalive 64; keepalive_requests 1000000; }
   server { listen 127.0.0.1:19443 ssl http2; ssl_certificate $T/dev.pem; ssl_certificate_key $T/dev.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -111,15 +149,121 @@ TOML
   nginx -c $T/ngx.conf
   "$CARGO_TARGET_DIR/release/sluice" run --config $T/gw.toml >$T/gw.log 2>&1 & echo $! > $T/gw.pid
   sleep 1.5
+  : > $T/rows
   for run in 1 2 3; do
-    echo "== run $run"
     for target in nginx:19443 gateway:18443; do
       name=${target%%:*}; port=${target##*:}
       https=$(wrk -t1 -c$conns -d${secs}s https://127.0.0.1:$port/ | awk '/Requests\/sec/ {print $2}')
+      # New handshakes: full ones (`-new`: no session resumption, which wrk with
+      # `Connection: close` would do), 4 clients at once, each connecting, shaking hands
+      # and closing in a loop; the sum of their connections per second.
+      stimes=()
+      for i in 1 2 3 4; do
+        openssl s_time -connect 127.0.0.1:$port -new -time $secs > $T/stime.$i 2>/dev/null & stimes+=($!)
+      done
+      wait "${stimes[@]}" || true
+      hs=$(cat $T/stime.* | awk '/connections in [0-9]+ real seconds/ {n += $1; s = $4} END {if (s > 0) printf "%.1f", n / s; else print 0}')
       h2=$(h2load -t1 -c$conns -m10 -D$secs https://127.0.0.1:$port/ 2>/dev/null | awk '/^finished in/ {print $4}')
-      echo "$name https_keepalive_req/s=$https h2_req/s=$h2"
+      { echo "$run $name https_keepalive_req/s ${https:-0}"
+        echo "$run $name new_handshakes/s ${hs:-0}"
+        echo "$run $name h2_req/s ${h2:-0}"; } | tee -a $T/rows >&2
     done
   done
+  summarize $T/rows nginx
+  ;;
+grpc)
+  # gRPC unary calls per second, h2load over h2c (prior knowledge), to the same tonic echo
+  # server (gateway/examples/grpc_echo.rs, one thread): direct, through nginx (grpc_pass,
+  # one worker) and through the gateway (one worker, service protocol = "h2c").
+  secs=${2:-8}; conns=${3:-16}
+  export PATH=$PATH:/usr/sbin
+  for t in nginx h2load curl; do
+    command -v $t >/dev/null || apt-get install -y nginx-light nghttp2-client curl
+  done
+  cargo build --release -p sluice
+  cargo build --release -p sluice --example grpc_echo
+  T=$(mktemp -d); trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  "$CARGO_TARGET_DIR/release/examples/grpc_echo" 127.0.0.1:19051 > $T/echo.log 2>&1 & echo $! > $T/echo.pid
+  cat > $T/ngx.conf <<C
+worker_processes 1; pid $T/ngx.pid; error_log $T/ngx.err; daemon on;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; upstream g { server 127.0.0.1:19051; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:19280 http2; location / { grpc_pass grpc://g; } } }
+C
+  nginx -c $T/ngx.conf
+  cat > $T/gw.toml <<TOML
+[server]
+listen = "127.0.0.1:18280"
+admin = "127.0.0.1:18281"
+workers = 1
+[log]
+access = false
+level = "warn"
+[services.echo]
+instances = ["127.0.0.1:19051"]
+protocol = "h2c"
+[[routes]]
+path = "/echo.Echo"
+service = "echo"
+TOML
+  "$CARGO_TARGET_DIR/release/sluice" run --config $T/gw.toml > $T/gw.log 2>&1 & echo $! > $T/gw.pid
+  sleep 1.5
+  # One unary call's body: the 5-byte gRPC frame head (not compressed, length 6), then
+  # echo.Msg { text: "hi", count: 1 } in protobuf.
+  printf '\x00\x00\x00\x00\x06\x0a\x02hi\x10\x01' > $T/call.bin
+  grpc_h=(-H 'content-type: application/grpc' -H 'te: trailers')
+  for target in direct:19051 nginx:19280 gateway:18280; do
+    # Each target answers a real call (grpc-status 0 in the trailers) before it is measured.
+    st=$(curl -s --http2-prior-knowledge "${grpc_h[@]}" --data-binary @$T/call.bin -D - -o /dev/null \
+      http://127.0.0.1:${target##*:}/echo.Echo/Unary | tr -d '\r' | awk -F': ' 'tolower($1) == "grpc-status" {print $2}')
+    [ "$st" = 0 ] || { echo "bench: ${target%%:*} answered grpc-status '${st}'; logs:" >&2; cat $T/*.log $T/ngx.err >&2; exit 1; }
+  done
+  : > $T/rows
+  for run in 1 2 3; do
+    for target in direct:19051 nginx:19280 gateway:18280; do
+      name=${target%%:*}; port=${target##*:}
+      out=$(h2load -t1 -c$conns -m10 -D$secs "${grpc_h[@]}" -d $T/call.bin \
+        http://127.0.0.1:$port/echo.Echo/Unary 2>/dev/null)
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+      ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+      { echo "$run $name unary_calls/s ${rps:-0}"; echo "$run $name http_2xx ${ok:-0}"; } | tee -a $T/rows >&2
+    done
+  done
+  summarize $T/rows direct
+  ;;
+rapid-reset)
+  # What an HTTP/2 rapid-reset flood (CVE-2023-44487) on other connections does to a
+  # well-behaved client: h2load (h2c, 16 connections, one stream each) through the gateway
+  # (one worker, nginx upstream), alone and while gateway/examples/h2_flood.rs floods 4
+  # connections (HEADERS + RST_STREAM in batches, reconnecting each time the gateway cuts one
+  # off). p99 from h2load's per-request log. The issue's goal: p99 under flood <= 2x.
+  secs=${2:-10}
+  export PATH=$PATH:/usr/sbin
+  for t in nginx h2load; do
+    command -v $t >/dev/null || apt-get install -y nginx-light nghttp2-client
+  done
+  cargo build --release -p sluice --example h2_flood
+  cargo build --release -p sluice
+  T=$(mktemp -d); trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  start_upstream "$T" 19301
+  bench_config "" | sed 's/:18080/:18380/; s/:18081/:18381/; s/:19001/:19301/' > $T/gw.toml
+  "$CARGO_TARGET_DIR/release/sluice" run --config $T/gw.toml > $T/gw.log 2>&1 & echo $! > $T/gw.pid
+  sleep 1.5
+  : > $T/rows
+  for run in 1 2 3; do
+    for mode in alone flood; do
+      if [ $mode = flood ]; then
+        "$CARGO_TARGET_DIR/release/examples/h2_flood" 127.0.0.1:18380 $((secs + 2)) 4 > $T/flood.out & flood=$!
+        sleep 1
+      fi
+      out=$(h2load -t1 -c16 -m1 -D$secs --log-file=$T/req.log http://127.0.0.1:18380/ 2>/dev/null)
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+      p99=$(log_p99 $T/req.log)
+      { echo "$run $mode req/s ${rps:-0}"; echo "$run $mode p99_ms $p99"; } | tee -a $T/rows >&2
+      if [ $mode = flood ]; then wait $flood; cat $T/flood.out >&2; fi
+    done
+  done
+  summarize $T/rows alone
   ;;
 plugins)
   rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
@@ -415,5 +559,5 @@ TOML
     done
   done
   ;;
-*) echo "usage: $0 proxy|plugins|auth|tracing|chain|load" >&2; exit 2 ;;
+*) echo "usage: $0 proxy|plugins|auth|tls|grpc|rapid-reset|tracing|chain|load" >&2; exit 2 ;;
 esac

@@ -97,15 +97,16 @@ impl Proxy {
         let grpc = request.version() == Version::HTTP_2 && crate::grpc::is_grpc(request.headers());
         let protocol = if grpc {
             Protocol::Grpc
-        } else if request.version() == Version::HTTP_2 {
-            Protocol::H2
         } else if request
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
             .is_some()
-            && crate::websocket::is_websocket(request.headers())
+            && (crate::websocket::is_websocket(request.headers())
+                || crate::websocket::is_extended_connect(request.extensions()))
         {
             Protocol::Ws
+        } else if request.version() == Version::HTTP_2 {
+            Protocol::H2
         } else {
             Protocol::Http1
         };
@@ -406,11 +407,15 @@ impl Proxy {
         };
 
         // hyper marks requests that ask for an upgrade (none on the usual path: this is a
-        // check of an empty extension map).
+        // check of an empty extension map): an HTTP/1.1 `Upgrade: websocket`, or an HTTP/2
+        // extended CONNECT (RFC 8441).
         let upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .filter(|_| crate::websocket::is_websocket(&parts.headers));
+            .filter(|_| {
+                crate::websocket::is_websocket(&parts.headers)
+                    || crate::websocket::is_extended_connect(&parts.extensions)
+            });
 
         // Origin-form URI; hop-by-hop headers off, X-Forwarded-* on.
         parts.uri = upstream_uri(route, &parts.uri)?;
@@ -713,8 +718,14 @@ fn check_framing(headers: &http::HeaderMap, max_body: u64) -> Result<(), ProxyEr
 
 /// An HTTP/2 request as plugins and routes see every request: `:authority` as the `Host`
 /// header (when the client sent no `Host` of its own) and an origin-form URI. hyper keeps
-/// pseudo-headers out of the header map.
+/// pseudo-headers out of the header map. A WebSocket opened by extended CONNECT (RFC 8441)
+/// is the `GET` it is over HTTP/1.1 (its `:protocol` stays in the extensions).
 fn h2_request_view(parts: &mut http::request::Parts) {
+    if parts.method == http::Method::CONNECT
+        && crate::websocket::is_extended_connect(&parts.extensions)
+    {
+        parts.method = http::Method::GET;
+    }
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())

@@ -281,7 +281,9 @@ fn h2_builder(c: &Http2Config) -> http2::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(c.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(c.max_local_error_reset_streams)
         .keep_alive_interval((!c.keep_alive_interval.is_zero()).then_some(c.keep_alive_interval))
-        .keep_alive_timeout(c.keep_alive_timeout);
+        .keep_alive_timeout(c.keep_alive_timeout)
+        // WebSockets over HTTP/2 (RFC 8441 extended CONNECT, see websocket.rs).
+        .enable_connect_protocol();
     b
 }
 

@@ -1,4 +1,5 @@
-//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455).
+//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455; and over HTTP/2, RFC
+//! 8441 extended CONNECT).
 //!
 //! The upgrade request goes through routing and the route's `on-request` plugins like any
 //! other request (so `auth` guards it); then it is sent to an instance on a connection of its
@@ -7,6 +8,13 @@
 //! side closes, nothing moves for `server.websocket.idle_timeout`, or
 //! `server.websocket.max_duration` passes. Frames are not parsed: the instance does the
 //! WebSocket protocol; the gateway only relays it.
+//!
+//! Over HTTP/2 a client opens a WebSocket with `:method CONNECT` and `:protocol websocket`
+//! on one stream (the gateway announces `SETTINGS_ENABLE_CONNECT_PROTOCOL`). It is routed and
+//! checked the same way, then sent to the instance as the HTTP/1.1 upgrade the instance
+//! expects (`GET`, `Upgrade: websocket`, a fresh `Sec-WebSocket-Key`); the instance's 101
+//! becomes the 200 that RFC 8441 answers with, and the frames (the same bytes in both
+//! framings) are relayed between the HTTP/2 stream and the upgraded connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,8 +43,37 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+/// Whether a request is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441: `:method
+/// CONNECT`, `:protocol websocket`; hyper gives only such requests a `Protocol`, and the
+/// request view turns their method into `GET`).
+pub fn is_extended_connect(extensions: &http::Extensions) -> bool {
+    extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an RFC 8441 extended CONNECT into the HTTP/1.1 upgrade request an instance
+/// expects (a `GET` already, see `proxy::h2_request_view`): no body, a new `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random bytes,
+/// base64), `Sec-WebSocket-Version: 13` unless the client named one. The client's other
+/// `Sec-WebSocket-*` headers (protocol, extensions) go along as they are.
+fn upgrade_request(request: &mut Request<RequestBody>) {
+    use base64::Engine as _;
+    *request.body_mut() = RequestBody::full(bytes::Bytes::new());
+    request.extensions_mut().remove::<hyper::ext::Protocol>();
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    let headers = request.headers_mut();
+    headers.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+    );
+    headers
+        .entry(header::SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+}
+
 /// Sends the upgrade request to `endpoint` and, on 101, relays the two connections in a task
-/// of their own. Returns the instance's answer for the client (101 or a refusal).
+/// of their own. Returns the instance's answer for the client (101 or a refusal; 200 for an
+/// HTTP/2 extended CONNECT, whose stream is relayed).
 pub async fn forward(
     service: &Service,
     endpoint: &Arc<Endpoint>,
@@ -45,6 +82,10 @@ pub async fn forward(
     limits: &WebSocketConfig,
     metrics: &Arc<Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let extended_connect = is_extended_connect(request.extensions());
+    if extended_connect {
+        upgrade_request(&mut request);
+    }
     // The hop-by-hop headers were dropped on the way; these two are what this hop needs.
     let headers = request.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -84,7 +125,7 @@ pub async fn forward(
         crate::headers::strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, ResponseBody::streamed(body)));
     }
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let mut upstream_side = Response::from_parts(parts.clone(), body);
     let limits = limits.clone();
     let metrics = metrics.clone();
@@ -103,6 +144,16 @@ pub async fn forward(
         metrics.websocket_closed();
         tracing::debug!(service = &*service_name, "WebSocket closed: {ended}");
     });
+    if extended_connect {
+        // RFC 8441 §5: a 2xx opens the WebSocket; the HTTP/1.1 handshake's own headers
+        // (Upgrade, Connection, Sec-WebSocket-Accept) have no place on an HTTP/2 stream. A
+        // chosen subprotocol or extension goes along.
+        parts.status = StatusCode::OK;
+        parts.version = http::Version::HTTP_2;
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     // The 101 goes to the client as the instance sent it (Upgrade, Connection,
     // Sec-WebSocket-Accept and any subprotocol included).
     Ok(Response::from_parts(parts, ResponseBody::empty()))

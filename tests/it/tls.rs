@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -359,6 +359,26 @@ async fn tls_upstream(
     issued: &Issued,
     client_ca: Option<&TestCa>,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    tls_server(issued, client_ca, |req| {
+        // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host.
+        let host = match req.headers().get("host") {
+            Some(h) => h.to_str().unwrap().to_owned(),
+            None => req.uri().authority().unwrap().to_string(),
+        };
+        http::Response::new(format!("{:?} {host}", req.version()))
+    })
+    .await
+}
+
+/// An HTTPS server on 127.0.0.1:0 (ALPN h2 and http/1.1) answering each request with
+/// `respond(&request)`; with `client_ca`, it requires a client certificate. Counts TCP
+/// connections.
+async fn tls_server(
+    issued: &Issued,
+    client_ca: Option<&TestCa>,
+    respond: impl Fn(&Request<hyper::body::Incoming>) -> http::Response<String> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let respond = Arc::new(respond);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -394,21 +414,15 @@ async fn tls_upstream(
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let acceptor = acceptor.clone();
+            let respond = respond.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host.
-                        let host = match req.headers().get("host") {
-                            Some(h) => h.to_str().unwrap().to_owned(),
-                            None => req.uri().authority().unwrap().to_string(),
-                        };
-                        let text = format!("{:?} {host}", req.version());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::from(text)),
-                        ))
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let response = respond(&req).map(|text| Full::new(Bytes::from(text)));
+                        async move { Ok::<_, std::convert::Infallible>(response) }
                     });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -465,5 +479,124 @@ async fn upstreams_over_tls_http1_and_h2_with_a_client_certificate() {
     // Without the client certificate the instance refuses the gateway.
     let (status, _, _) = crate::harness::get(gw.listen_addr, "/anonymous").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+    gw.shutdown().await;
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `health` of instance `address` of service `service` in `/admin/services`.
+async fn instance_health(
+    admin: SocketAddr,
+    service: &str,
+    address: SocketAddr,
+) -> serde_json::Value {
+    let view: serde_json::Value =
+        serde_json::from_str(&crate::harness::get(admin, "/admin/services").await.2).unwrap();
+    let service = view["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("no service {service} in {view}"));
+    service["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["address"] == address.to_string())
+        .unwrap_or_else(|| panic!("no instance {address} in {service}"))["health"]
+        .clone()
+}
+
+#[tokio::test]
+async fn active_checks_reach_tls_upstreams_over_tls_and_h2() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // Two HTTPS instances (the same name, as replicas behind one DNS name would have); `a`
+    // records the HTTP version of each health check and fails them once told to.
+    let failing = Arc::new(AtomicBool::new(false));
+    let checks: Arc<Mutex<Vec<Version>>> = Arc::default();
+    let (a, _) = {
+        let (failing, checks) = (failing.clone(), checks.clone());
+        tls_server(&ca.issue(&["upstream.test"]), None, move |req| {
+            if req.uri().path() != "/health" {
+                return http::Response::new("a".to_string());
+            }
+            checks.lock().unwrap().push(req.version());
+            let mut response = http::Response::new(String::new());
+            if failing.load(Ordering::SeqCst) {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            response
+        })
+        .await
+    };
+    let (b, _) = tls_server(&ca.issue(&["upstream.test"]), None, |_| {
+        http::Response::new("b".to_string())
+    })
+    .await;
+    let tls = format!("tls_ca = {ca_file:?}\ntls_server_name = \"upstream.test\"\n");
+    let health = "path = \"/health\"\ninterval = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
+    let config = format!(
+        "[services.s]\ninstances = [\"{a}\", \"{b}\"]\ntls = true\nretries = 0\n{tls}\
+         [services.s.active_health]\n{health}\
+         [services.h2]\ninstances = [\"{a}\"]\nprotocol = \"h2\"\n{tls}\
+         [services.h2.active_health]\n{health}\
+         [[routes]]\npath = \"/\"\nservice = \"s\"\n"
+    );
+    let gw = gateway(&config).await;
+    let (listen, admin) = (gw.listen_addr, gw.admin_addr);
+    // Both services check `a` the way they speak to it: HTTP/1.1 and h2, each over TLS.
+    eventually("checks over HTTP/1.1 and h2", || {
+        let seen = checks.lock().unwrap().clone();
+        async move { seen.contains(&Version::HTTP_11) && seen.contains(&Version::HTTP_2) }
+    })
+    .await;
+    for service in ["s", "h2"] {
+        let health = instance_health(admin, service, a).await;
+        assert_eq!(health["failing_checks"], false, "{service}: {health}");
+    }
+    let served_by_a = move || async move {
+        let mut n = 0;
+        for _ in 0..10 {
+            let (status, _, body) = crate::harness::get(listen, "/").await;
+            assert_eq!(status, StatusCode::OK);
+            n += usize::from(body == "a");
+        }
+        n
+    };
+    assert_eq!(served_by_a().await, 5, "round robin over both");
+
+    // `a` starts failing its health path: marked down, and the traffic moves to `b`.
+    failing.store(true, Ordering::SeqCst);
+    eventually("a marked down", || async move {
+        instance_health(admin, "s", a).await["failing_checks"] == true
+    })
+    .await;
+    assert_eq!(
+        served_by_a().await,
+        0,
+        "failing its checks, it takes no traffic"
+    );
+    eventually("a marked down over h2 too", || async move {
+        instance_health(admin, "h2", a).await["failing_checks"] == true
+    })
+    .await;
     gw.shutdown().await;
 }

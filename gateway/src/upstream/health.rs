@@ -1,5 +1,6 @@
 //! Instance health: passive ejection after consecutive failures (with a growing back-off and a
-//! cap on the share of a service that may be out), and optional active HTTP checks.
+//! cap on the share of a service that may be out), and optional active checks spoken over the
+//! service's own transport (TLS, HTTP/1.1, h2, h2c).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Endpoint, Service};
+use crate::body::RequestBody;
 use crate::config::{ActiveHealthConfig, PassiveHealthConfig};
 
 /// The health of one instance.
@@ -121,14 +123,14 @@ impl Service {
     }
 }
 
-/// Runs the active checks of a service until shutdown: every `interval`, one GET per instance.
+/// Runs the active checks of a service until shutdown: every `interval`, one GET per instance,
+/// spoken the way the service's traffic is (see [`probe`]).
 pub fn spawn_active_checks(
     service: Arc<Service>,
     config: ActiveHealthConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = crate::plugin::host::outbound_client();
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -138,31 +140,54 @@ pub fn spawn_active_checks(
             }
             let set = service.endpoints();
             let (name, config) = (&service.name, &config);
-            let probes = set.endpoints.iter().map(|e| {
-                let client = client.clone();
-                async move {
-                    let healthy = probe(&client, &e.address, config).await;
-                    apply_probe(name, e, healthy, config);
-                }
+            let probes = set.endpoints.iter().map(|e| async move {
+                let healthy = match probe(e, config).await {
+                    Ok(()) => true,
+                    Err(why) => {
+                        tracing::debug!(
+                            service = &**name,
+                            instance = &*e.address,
+                            "health check failed: {why}"
+                        );
+                        false
+                    }
+                };
+                apply_probe(name, e, healthy, config);
             });
             futures_util::future::join_all(probes).await;
         }
     })
 }
 
-async fn probe(
-    client: &crate::plugin::host::OutboundClient,
-    address: &str,
-    config: &ActiveHealthConfig,
-) -> bool {
-    let Ok(request) = http::Request::get(format!("http://{address}{}", config.path.get_ref()))
-        .body(http_body_util::Full::default())
-    else {
-        return false;
-    };
-    match tokio::time::timeout(config.timeout, client.request(request)).await {
-        Ok(Ok(response)) => response.status().is_success(),
-        _ => false,
+/// One check of an instance: `GET path` with the instance's address as `Host`, on a new
+/// connection made by the instance's pool, so over TLS (the service's CA, server name,
+/// client certificate and ALPN) and HTTP/1.1, h2 or h2c exactly as requests are sent to it.
+/// Healthy when the answer is 2xx within `timeout` (connect included) and, for a gRPC server
+/// (which answers 200 to everything, the outcome in `grpc-status`), carries no
+/// `grpc-status` other than 0 in its head.
+async fn probe(endpoint: &Endpoint, config: &ActiveHealthConfig) -> Result<(), String> {
+    let request = http::Request::get(config.path.get_ref().as_str())
+        .header(http::header::HOST, endpoint.host_header.clone())
+        .header(http::header::USER_AGENT, "sluice-health-check")
+        .body(RequestBody::full(bytes::Bytes::new()))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let response = tokio::time::timeout(
+        config.timeout,
+        endpoint.pool.send_unpooled(request, config.timeout),
+    )
+    .await
+    .map_err(|_| format!("no answer within {:?}", config.timeout))?
+    .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    match response.headers().get("grpc-status") {
+        Some(code) if code != "0" => Err(format!(
+            "answered grpc-status {}",
+            String::from_utf8_lossy(code.as_bytes())
+        )),
+        _ => Ok(()),
     }
 }
 

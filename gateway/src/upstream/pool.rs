@@ -344,6 +344,39 @@ impl InstancePool {
         })
     }
 
+    /// Sends one request on a connection of its own, made the way the pool makes them (TCP,
+    /// then TLS with the service's roots, name and ALPN, then HTTP/1.1 or HTTP/2 as
+    /// `protocol` says), and never pooled: the connection closes once the response is
+    /// dropped. Active health checks probe an instance this way, as traffic reaches it,
+    /// without borrowing a worker's connections (they run on a control task).
+    pub async fn send_unpooled(
+        &self,
+        request: http::Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> std::io::Result<http::Response<Incoming>> {
+        let failed = std::io::Error::other;
+        let sender = match self.open(connect_timeout).await {
+            Ok(sender) => sender,
+            Err(ConnectError::Timeout) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ));
+            }
+            Err(ConnectError::Failed(e)) => return Err(e),
+        };
+        match sender {
+            Sender::Http1(mut sender) => sender.send_request(request).await.map_err(failed),
+            Sender::H2(mut sender) => {
+                let tls = self.transport.tls.is_some();
+                sender
+                    .send_request(for_h2(request, tls))
+                    .await
+                    .map_err(failed)
+            }
+        }
+    }
+
     fn put_back(&self, sender: SendRequest<RequestBody>) {
         let mut idle = self.idle_list().lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
