@@ -57,6 +57,7 @@ testing-crypto = ["testing", "dep:aws-lc-rs", "dep:pem"]
 wit-bindgen = "0.61"
 serde = { version = "1", features = ["derive"] }
 serde_json = "1"
+humantime = "2"
 
 [target.'cfg(not(target_arch = "wasm32"))'.dependencies]
 aws-lc-rs = { version = "1.19", optional = true, default-features = false, features = ["aws-lc-sys", "prebuilt-nasm"] }

@@ -8,7 +8,7 @@ use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
 use crate::builtin::{SECRET, token};
-use crate::harness::{gateway, get, plugin_cache_dir};
+use crate::harness::{gateway, get, plugin_cache_dir, wait_for};
 
 /// A WebSocket echo server on 127.0.0.1:0 (one thread per connection; ends with the test).
 fn echo_server() -> SocketAddr {
@@ -111,13 +111,21 @@ async fn websocket_upgrades_are_guarded_by_auth_and_relayed() {
         closed_when_idle.1
     );
 
+    // The relay task lowers the gauge as it ends, just after the client saw the close.
+    wait_for(
+        Duration::from_secs(5),
+        "the WebSocket gauge back to 0",
+        || async {
+            get(gw.admin_addr, "/metrics")
+                .await
+                .2
+                .contains("sluice_websocket_connections 0")
+        },
+    )
+    .await;
     let metrics = get(gw.admin_addr, "/metrics").await.2;
     assert!(
         metrics.contains("sluice_websocket_upgrades_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_websocket_connections 0"),
         "{metrics}"
     );
     assert!(
