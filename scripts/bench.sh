@@ -85,6 +85,18 @@ d = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
 print(f"{d[min(len(d) - 1, int(len(d) * 0.99))] / 1000:.3f}" if d else 0)
 PY
 }
+# Waits (at most 120 s) until the admin API on 18081 lists plugin $1 as active. JSON is read
+# with python3: the plugin objects' fields are not in a fixed order a grep could rely on.
+wait_active() {
+  for _ in $(seq 1200); do
+    curl -s http://127.0.0.1:18081/admin/plugins | python3 -c 'import json, sys
+sys.exit(0 if any(p["name"] == sys.argv[1] and p["status"] == "active"
+                  for p in json.load(sys.stdin)["plugins"]) else 1)' "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "plugin $1 did not become active within 120 s" >&2
+  return 1
+}
 case "$what" in
 proxy)
   secs=${2:-8}; conns=${3:-64}
@@ -539,7 +551,7 @@ TOML
     t0=$(date +%s%N)
     cp "$T/langs/t-python.wasm" "$T/plugins/t-python.wasm.tmp" && mv "$T/plugins/t-python.wasm.tmp" "$T/plugins/t-python.wasm"
     read -r rps p99 <<< "$(wrk_line http://127.0.0.1:18080/none/ "$secs")"
-    until curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-python","status":"active"'; do sleep 0.1; done
+    wait_active t-python
     loaded=$(( ($(date +%s%N) - t0) / 1000000 ))
     printf "%-4s %-10s %10s %9s %12s\n" "$run" compiling "$rps" "$p99" "$(awk -v m=$loaded 'BEGIN {printf "%.1f", m / 1000}')"
     kill -TERM $gw; wait $gw 2>/dev/null
@@ -547,8 +559,7 @@ TOML
   echo "== the Python and JavaScript templates vs the bare route"
   gw_config "$T/langs" > "$T/langs.toml"
   "$CARGO_TARGET_DIR/release/sluice" run --config "$T/langs.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
-  until curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-python","status":"active"' \
-     && curl -s http://127.0.0.1:18081/admin/plugins | grep -q '"name":"t-js","status":"active"'; do sleep 0.2; done
+  wait_active t-python && wait_active t-js
   printf "%-4s %-7s %10s %9s %7s\n" run route req/s p99 /none
   for run in 1 2 3; do
     read -r base bp99 <<< "$(wrk_line http://127.0.0.1:18080/none/ "$secs")"
