@@ -468,16 +468,7 @@ async fn a_new_configuration_rebuilds_plugins_whose_settings_changed() {
 /// bytes do not match is refused and the running version keeps serving.
 #[tokio::test]
 async fn a_plugin_named_by_digest_is_fetched_verified_and_a_mismatch_refused() {
-    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
-    let served = wasm.clone();
-    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
-    let digest = {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(&wasm)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let (store, digest) = testbed_store().await;
     let up = Upstream::named("up").await;
     let cache = tempfile::tempdir().unwrap();
     let text = |sha: &str, tag: &str| {
@@ -533,16 +524,7 @@ async fn a_plugin_pushed_by_digest_is_served_by_every_node_and_a_wrong_digest_re
     let endpoint = etcd.endpoint();
     let prefix = unique_prefix();
     let work = tempfile::tempdir().unwrap();
-    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
-    let served = wasm.clone();
-    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
-    let digest = {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(&wasm)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let (store, digest) = testbed_store().await;
     let up = Upstream::named("up").await;
     let doc = |sha: &str, tag: &str| {
         format!(
@@ -602,16 +584,7 @@ async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
     let endpoint = etcd.endpoint();
     let prefix = unique_prefix();
     let work = tempfile::tempdir().unwrap();
-    let wasm = bytes::Bytes::from(std::fs::read(fixture("testbed")).unwrap());
-    let served = wasm.clone();
-    let store = Upstream::recording(move |_seen| hyper::Response::new(full(served.clone()))).await;
-    let digest = {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(&wasm)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let (store, digest) = testbed_store().await;
     let up = Upstream::recording(|seen| {
         hyper::Response::new(full(
             seen.headers

@@ -15,14 +15,6 @@ use rustls::pki_types::pem::PemObject;
 use crate::harness::*;
 use crate::tls::{Issued, TestCa};
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn public(key: &Ed25519KeyPair) -> String {
     format!("ed25519:{}", STANDARD.encode(key.public_key().as_ref()))
 }

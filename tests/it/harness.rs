@@ -295,6 +295,21 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The sha256 of some bytes, as lower-case hex (how `[plugins.sources.NAME] sha256` is written).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A file server answering every request with the testbed fixture's bytes (a plugin source
+/// for `[plugins.sources.NAME] url`), and their sha256.
+pub async fn testbed_store() -> (Upstream, String) {
+    let wasm = Bytes::from(std::fs::read(fixture("testbed")).unwrap());
+    let digest = sha256_hex(&wasm);
+    let store = Upstream::recording(move |_seen| hyper::Response::new(full(wasm.clone()))).await;
+    (store, digest)
+}
+
 /// A shared compile cache for the tests' gateways, so each test does not recompile.
 pub fn plugin_cache_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
