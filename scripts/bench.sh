@@ -21,11 +21,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 what=${1:-proxy}
 
-# The gateway in front of peers.sh's upstream (127.0.0.1:19001): one worker, no access log,
-# one route with the plugins named in $1 (space-separated, may be empty).
-bench_config() {
-  local plugins=""
-  for p in $1; do plugins="$plugins\"$p\", "; done
+# What every benchmark gateway starts with: listening on 18080 (admin 18081), one worker, no
+# access log.
+gateway_head() {
   cat <<TOML
 [server]
 listen = "127.0.0.1:18080"
@@ -34,6 +32,15 @@ workers = 1
 [log]
 access = false
 level = "warn"
+TOML
+}
+# The gateway in front of peers.sh's upstream (127.0.0.1:19001), one route with the plugins
+# named in $1 (space-separated, may be empty).
+bench_config() {
+  local plugins=""
+  for p in $1; do plugins="$plugins\"$p\", "; done
+  gateway_head
+  cat <<TOML
 [services.up]
 instances = ["127.0.0.1:19001"]
 [[routes]]
@@ -389,14 +396,7 @@ http { access_log off; upstream u { server 127.0.0.1:19001; keepalive 64; }
   server { listen 127.0.0.1:19081; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
   nginx -c "$T/ngx.conf"
-  cat > "$T/gw.toml" <<TOML
-[server]
-listen = "127.0.0.1:18080"
-admin = "127.0.0.1:18081"
-workers = 1
-[log]
-access = false
-level = "warn"
+  { gateway_head; cat <<TOML; } > "$T/gw.toml"
 [plugins]
 dir = "$T/plugins"
 cache_dir = "$T/cache"
@@ -509,14 +509,8 @@ load)
   cp "$T/t-js/t-js.wasm" "$T/langs/"
   cp "$T/t-python/t-python.wasm" "$T/langs/"
   gw_config() { # plugin dir
+    gateway_head
     cat <<TOML
-[server]
-listen = "127.0.0.1:18080"
-admin = "127.0.0.1:18081"
-workers = 1
-[log]
-access = false
-level = "warn"
 [plugins]
 dir = "$1"
 cache_dir = ""
