@@ -144,20 +144,11 @@ fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> 
             N * 2
         )
     };
-    if text.len() != N * 2 {
-        return Err(invalid());
-    }
+    // W3C ids are lower-case: upper-case digits, which `hex` would accept, are refused.
     let mut out = [0u8; N];
-    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-        let digit = |b: u8| match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        };
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
-            _ => return Err(invalid()),
-        }
+    if text.bytes().any(|b| b.is_ascii_uppercase()) || hex::decode_to_slice(text, &mut out).is_err()
+    {
+        return Err(invalid());
     }
     if out.iter().all(|&b| b == 0) {
         return Err(invalid());
@@ -832,7 +823,7 @@ impl host::Host for HostState {
                 ));
             }
             if trace.trace_id.is_some() {
-                trace.trace_id = Some(parent.trace_id.iter().map(|b| format!("{b:02x}")).collect());
+                trace.trace_id = Some(hex::encode(parent.trace_id));
             }
             trace.parent = Some(parent);
         }
@@ -1099,7 +1090,7 @@ fn host_allowed(allowed: &[String], authority: &http::uri::Authority) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{host_allowed, parse_hex};
 
     #[test]
     fn allowed_hosts_match_host_or_host_and_port() {
@@ -1111,5 +1102,23 @@ mod tests {
         assert!(host_allowed(&allowed, &"127.0.0.1:8080".parse().unwrap()));
         assert!(!host_allowed(&allowed, &"127.0.0.1:8081".parse().unwrap()));
         assert!(!host_allowed(&allowed, &"evil.internal".parse().unwrap()));
+    }
+
+    #[test]
+    fn trace_ids_are_lower_case_hex_of_their_length_and_not_all_zero() {
+        assert_eq!(
+            parse_hex::<8>("00f067aa0ba902b7", "span id"),
+            Ok([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        for bad in [
+            "00F067AA0BA902B7",  // upper case
+            "00f067aa0ba902b",   // too short
+            "00f067aa0ba902b7a", // too long
+            "00f067aa0ba902bz",  // not hex
+            "0000000000000000",  // all zero
+        ] {
+            let e = parse_hex::<8>(bad, "span id").unwrap_err();
+            assert!(e.starts_with("invalid span id"), "{bad}: {e}");
+        }
     }
 }
