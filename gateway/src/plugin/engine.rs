@@ -44,6 +44,9 @@ pub fn note_long_call() {
     }
 }
 
+/// Bytes of a recycled linear memory kept resident and reset in place (see `engine_config`).
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// Builds the engine. `cache_dir = None` disables the compiled-artifact cache.
 /// `max_memory_bytes` is the largest linear memory any plugin may use.
 ///
@@ -71,6 +74,12 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
     config.epoch_interruption(true);
     // Deep recursion in a guest traps instead of overflowing the worker's stack.
     config.max_wasm_stack(1024 * 1024);
+    // `SLUICE_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map so `perf report` names the
+    // plugins' compiled functions instead of showing anonymous JIT addresses (a developer
+    // switch for profiling, docs/benchmarks.md; off by default: the map grows per compile).
+    if std::env::var_os("SLUICE_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(dir) = cache_dir {
         // wasmtime's cache keys entries by a hash of the component bytes, the engine's
         // settings and the wasmtime version: a restart with known plugins skips compiling.
@@ -95,7 +104,15 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
             .max_tables_per_component(64)
-            .max_memory_size(max_memory);
+            .max_memory_size(max_memory)
+            // A recycled slot (a per-request instance, a worn-out one) is reset by rewriting
+            // only the pages the instance dirtied (PAGEMAP_SCAN, Linux >= 6.7; plain memset of
+            // the low bytes elsewhere) instead of madvise: the next instance then takes no
+            // page faults and the process no TLB shootdowns. Page faults and decommits were
+            // most of a fresh instance's cost (perf, 2026-11-27: 31 µs per request).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
