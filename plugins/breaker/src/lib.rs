@@ -72,16 +72,24 @@ struct Ticket {
 }
 
 impl Ticket {
+    /// `START ADMITTED TRIAL METHOD ROUTE`, `-` for an absent number (written without
+    /// `format!`: this runs on every request).
     fn encode(&self) -> String {
-        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        format!(
-            "{} {} {} {} {}",
-            self.start_ns,
-            opt(self.admitted),
-            opt(self.trial),
-            self.method,
-            self.route
-        )
+        let mut out = String::with_capacity(64 + self.method.len() + self.route.len());
+        let mut number = itoa::Buffer::new();
+        out.push_str(number.format(self.start_ns));
+        for value in [self.admitted, self.trial] {
+            out.push(' ');
+            match value {
+                Some(v) => out.push_str(number.format(v)),
+                None => out.push('-'),
+            }
+        }
+        out.push(' ');
+        out.push_str(&self.method);
+        out.push(' ');
+        out.push_str(&self.route);
+        out
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -118,7 +126,14 @@ const METHODS: [&str; 9] = [
 pub fn command_name(settings: &Settings, route: &str, method: &str) -> String {
     match settings.command_key {
         CommandKey::Route => route.to_owned(),
-        CommandKey::RouteMethod => format!("{route} {}", normalize_method(method)),
+        CommandKey::RouteMethod => {
+            let method = normalize_method(method);
+            let mut name = String::with_capacity(route.len() + 1 + method.len());
+            name.push_str(route);
+            name.push(' ');
+            name.push_str(method);
+            name
+        }
     }
 }
 
@@ -652,7 +667,16 @@ mod tests {
             method: "GET".into(),
             route: "my route".into(),
         };
+        assert_eq!(t.encode(), "42 3 - GET my route");
         assert_eq!(Ticket::decode(t.encode().as_bytes()), Some(t));
+        let extremes = Ticket {
+            start_ns: u64::MAX,
+            admitted: None,
+            trial: Some(0),
+            method: "OTHER".into(),
+            route: "r".into(),
+        };
+        assert_eq!(Ticket::decode(extremes.encode().as_bytes()), Some(extremes));
         assert_eq!(Ticket::decode(b"x"), None);
     }
 
