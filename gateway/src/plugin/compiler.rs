@@ -32,9 +32,10 @@ impl std::fmt::Debug for CompilePool {
 }
 
 impl CompilePool {
-    /// A pool with one thread per core.
-    pub fn new() -> anyhow::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// A pool with a thread per core the `workers` leave free, at least one.
+    pub fn new(workers: usize) -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = compile_threads(cores, workers);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("sluice-compile-{i}"))
@@ -65,13 +66,20 @@ impl CompilePool {
     }
 }
 
-/// Nice 19 and `SCHED_BATCH` for the calling thread. Raising one's own niceness needs no
-/// privilege; if the system refuses anyway, the compile still runs, at normal priority.
+/// Compile threads for `workers` data-plane threads on `cores` cores (`workers = 0`: one per
+/// core): the cores left over, at least one.
+fn compile_threads(cores: usize, workers: usize) -> usize {
+    let workers = if workers == 0 { cores } else { workers };
+    cores.saturating_sub(workers).max(1)
+}
+
+/// `SCHED_IDLE` for the calling thread. Lowering one's own priority needs no privilege; if
+/// the system refuses anyway, the compile still runs, at normal priority.
 fn lower_priority() {
     let lowered = set_thread_priority_and_policy(
         thread_native_id(),
         ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
     );
     if let Err(e) = lowered {
         tracing::warn!("plugin compile thread keeps normal priority: {e:?}");
@@ -81,6 +89,16 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compile_threads_use_the_cores_the_workers_leave() {
+        assert_eq!(compile_threads(8, 2), 6);
+        assert_eq!(compile_threads(2, 1), 1);
+        assert_eq!(compile_threads(2, 2), 1, "at least one");
+        assert_eq!(compile_threads(4, 16), 1, "more workers than cores");
+        assert_eq!(compile_threads(4, 0), 1, "workers = 0 is one per core");
+        assert_eq!(compile_threads(1, 1), 1);
+    }
 
     /// The nice value and scheduling policy of the calling thread, from procfs.
     fn own_nice_and_policy() -> (i64, u64) {
@@ -96,12 +114,11 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_at_the_lowest_priority() {
-        let pool = CompilePool::new().unwrap();
+        let pool = CompilePool::new(1).unwrap();
         let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(pool.threads(), cores);
-        let (nice, policy) = pool.run(own_nice_and_policy).await.unwrap();
-        assert_eq!(nice, 19);
-        assert_eq!(policy, 3, "SCHED_BATCH");
+        assert_eq!(pool.threads(), compile_threads(cores, 1));
+        let (_, policy) = pool.run(own_nice_and_policy).await.unwrap();
+        assert_eq!(policy, 5, "SCHED_IDLE");
         // Nested parallel work (cranelift's) stays on the pool's threads.
         let names = pool
             .run(|| {
@@ -122,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_reported_not_propagated() {
-        let pool = CompilePool::new().unwrap();
+        let pool = CompilePool::new(1).unwrap();
         assert!(pool.run(|| panic!("boom")).await.is_none());
         assert_eq!(pool.run(|| 7).await, Some(7), "the pool still serves");
     }

@@ -174,7 +174,7 @@ impl PluginRuntime {
         Ok(Self {
             engine,
             linker,
-            compiler: compiler::CompilePool::new()?,
+            compiler: compiler::CompilePool::new(config.server.workers)?,
             set: ArcSwap::from_pointee(PluginSet::default()),
             failures: Mutex::default(),
             states: Mutex::default(),
