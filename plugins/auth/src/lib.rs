@@ -254,7 +254,8 @@ impl Plugin for Auth {
         for (_, header) in &self.config.forward_claims {
             request.remove_header(header);
         }
-        if self.config.is_public(&request.path()) {
+        // The path is a host call: asked only when some prefix could match.
+        if !self.config.public_paths.is_empty() && self.config.is_public(&request.path()) {
             return Ok(Action::Continue);
         }
         match self.check(request) {
