@@ -30,8 +30,6 @@ use crate::plugin::state::{SharedState, monotonic_ns, unix_ms};
 /// The built-in plugin whose state this module reads.
 pub const PLUGIN: &str = "breaker";
 
-/// Default `server.hystrix_stream_max_clients` (Hystrix's `maxConcurrentConnections`).
-pub const DEFAULT_MAX_CLIENTS: usize = 5;
 /// Default sample interval of the stream (`?delay=` overrides it), as Hystrix.
 pub const DEFAULT_DELAY_MS: u64 = 500;
 /// Samples buffered per client; a client that falls further behind is dropped.

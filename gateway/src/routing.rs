@@ -71,11 +71,7 @@ impl RouteTable {
                     name,
                     path: path.to_string(),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    methods: r
-                        .methods
-                        .iter()
-                        .filter_map(|m| Method::from_bytes(m.get_ref().as_bytes()).ok())
-                        .collect(),
+                    methods: r.methods.iter().map(|m| m.get().clone()).collect(),
                     service: Arc::from(r.service.get_ref().as_str()),
                     strip_prefix: r.strip_prefix,
                     plugins: r.plugins.iter().map(|p| p.get_ref().clone()).collect(),

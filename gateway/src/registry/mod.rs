@@ -24,22 +24,8 @@ use crate::metrics::Metrics;
 use crate::plugin::state::monotonic_ns;
 use crate::upstream::{EndpointSpec, Service, ServiceView, Source, static_specs};
 
-/// A service name accepted by the registry: what fits in a URL segment, a metric label and an
-/// etcd key without escaping.
-pub fn check_service_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid name: use 1 to 128 of A-Z a-z 0-9 . _ -"
-        ))
-    }
-}
+/// A service name accepted by the registry (the same rule as `[services.NAME]`).
+pub use crate::config::check_service_name;
 
 /// The body of `PUT /registry/services/{service}/instances/{id}`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

@@ -9,37 +9,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
-use http::header::{COOKIE, HeaderName};
+use http::header::COOKIE;
 
 use super::Endpoint;
 use crate::config::BalancerKind;
-
-/// Where the `hash` balancer takes its key from.
-#[derive(Debug, Clone)]
-pub enum HashOn {
-    /// A request header's value.
-    Header(HeaderName),
-    /// A cookie's value.
-    Cookie(String),
-}
+/// `hash_on` is typed in the config (`config/services.rs`); the balancer reads it.
+pub use crate::config::HashOn;
 
 impl HashOn {
-    /// Parses `header:NAME` or `cookie:NAME`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (kind, name) = text.split_once(':')?;
-        let name = name.trim();
-        if name.is_empty() {
-            return None;
-        }
-        match kind.trim() {
-            "header" => HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(Self::Header),
-            "cookie" => Some(Self::Cookie(name.to_owned())),
-            _ => None,
-        }
-    }
-
     /// The key of a request, if it carries one.
     pub fn key<'a>(&self, headers: &'a HeaderMap) -> Option<&'a [u8]> {
         match self {
@@ -295,6 +272,7 @@ fn by_ring(tables: &Tables, key: &[u8], ok: &dyn Fn(u32) -> bool) -> Option<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FromText;
 
     #[test]
     fn smooth_schedule_spreads_the_heavy_instance() {
@@ -375,12 +353,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-user", "alice".parse().unwrap());
         headers.insert(COOKIE, "a=1; session=s3cr3t; b=2".parse().unwrap());
-        let h = HashOn::parse("header:x-user").unwrap();
+        let h = HashOn::from_text("header:x-user").unwrap();
         assert_eq!(h.key(&headers), Some(&b"alice"[..]));
-        let c = HashOn::parse("cookie:session").unwrap();
+        let c = HashOn::from_text("cookie:session").unwrap();
         assert_eq!(c.key(&headers), Some(&b"s3cr3t"[..]));
         assert!(
-            HashOn::parse("cookie:none")
+            HashOn::from_text("cookie:none")
                 .unwrap()
                 .key(&headers)
                 .is_none()
@@ -398,7 +376,5 @@ mod tests {
             http::HeaderValue::from_bytes(b"session=\xff").unwrap(),
         );
         assert_eq!(c.key(&headers), None, "not UTF-8: no key");
-        assert!(HashOn::parse("query:x").is_none());
-        assert!(HashOn::parse("header:").is_none());
     }
 }

@@ -237,10 +237,7 @@ impl Service {
                 .unwrap_or(config.request_timeout)
                 .min(config.request_timeout),
             balancer: config.balancer,
-            hash_on: config
-                .hash_on
-                .as_ref()
-                .and_then(|h| HashOn::parse(h.get_ref())),
+            hash_on: config.hash_on.as_ref().map(|h| h.get().clone()),
             retry: RetryPolicy::from_config(config.retries, &config.retry),
             budget: RetryBudget::new(
                 config.retry.budget_percent,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::RetryConfig;
+use crate::config::{RetryConfig, RetryOn};
 use crate::error::{ProxyError, TimeoutPhase};
 
 /// One service's retry rules.
@@ -27,24 +27,23 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// From `retries` and `[services.NAME.retry]` (already validated).
+    /// From `retries` and `[services.NAME.retry]` (typed when the file was read).
     pub fn from_config(retries: u32, config: &RetryConfig) -> Self {
-        let on = |what: &str| config.on.iter().any(|o| o.get_ref() == what);
+        let on = |what: RetryOn| config.on.iter().any(|o| *o.get() == what);
         Self {
             retries,
-            on_connect: on("connect"),
-            on_reset: on("reset"),
-            on_timeout: on("timeout"),
+            on_connect: on(RetryOn::Connect),
+            on_reset: on(RetryOn::Reset),
+            on_timeout: on(RetryOn::Timeout),
             statuses: config
                 .on
                 .iter()
-                .filter_map(|o| o.get_ref().parse().ok())
+                .filter_map(|o| match o.get() {
+                    RetryOn::Status(status) => Some(status.as_u16()),
+                    RetryOn::Connect | RetryOn::Reset | RetryOn::Timeout => None,
+                })
                 .collect(),
-            methods: config
-                .methods
-                .iter()
-                .filter_map(|m| Method::from_bytes(m.get_ref().as_bytes()).ok())
-                .collect(),
+            methods: config.methods.iter().map(|m| m.get().clone()).collect(),
             backoff: config.backoff,
             max_backoff: config.max_backoff.max(config.backoff),
             max_replay_body_bytes: config.max_replay_body_bytes,
@@ -226,6 +225,7 @@ fn window_sum(buckets: &[AtomicU64], now_s: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Parsed;
 
     #[test]
     fn budget_allows_the_percentage_plus_the_floor() {
@@ -284,9 +284,13 @@ mod tests {
     #[test]
     fn decide_retries_what_the_policy_names_while_tries_and_time_are_left() {
         let config = RetryConfig {
-            on: ["connect", "timeout", "503"]
-                .map(|o| toml::Spanned::new(0..0, o.to_string()))
-                .to_vec(),
+            on: [
+                RetryOn::Connect,
+                RetryOn::Timeout,
+                RetryOn::Status(http::StatusCode::SERVICE_UNAVAILABLE),
+            ]
+            .map(Parsed::new)
+            .to_vec(),
             backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(20),
             ..RetryConfig::default()
@@ -352,7 +356,7 @@ mod tests {
     #[test]
     fn a_connect_timeout_counts_as_a_connect_failure_not_a_timeout() {
         let config = RetryConfig {
-            on: vec![toml::Spanned::new(0..0, "connect".to_string())],
+            on: vec![Parsed::new(RetryOn::Connect)],
             ..RetryConfig::default()
         };
         let policy = RetryPolicy::from_config(1, &config);
