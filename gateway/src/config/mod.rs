@@ -5,10 +5,10 @@
 //! fail at load, not silently fall back to a default.
 //!
 //! **Who owns what.** Each table of the file is a typed struct in one file of this module
-//! (`server`, `admin`, `plugins`, `services`, `routes`, `registry`), next to the checks of its
-//! keys; values the gateway uses typed are parsed here once ([`Parsed`]), never by consumers.
-//! A subsystem that already owns its table and needs its own machinery to check it keeps it
-//! (`telemetry::TelemetryConfig`, `cluster::ClusterConfig`); the root below names it.
+//! (`server`, `admin`, `plugins`, `services`, `routes`, `registry`, `telemetry`), next to the
+//! checks of its keys; values the gateway uses typed are parsed here once ([`Parsed`]), never
+//! by consumers. Only `[cluster]` stays with its subsystem (`cluster::ClusterConfig`): checking
+//! it needs the etcd client's TLS setup.
 
 mod admin;
 mod plugins;
@@ -16,6 +16,7 @@ mod registry;
 mod routes;
 mod server;
 mod services;
+mod telemetry;
 mod value;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ pub(crate) use self::services::check_authority;
 pub use self::services::{
     ActiveHealthConfig, BalancerKind, HashOn, InstanceConfig, PassiveHealthConfig, RetryConfig,
     RetryOn, ServiceConfig, UpstreamProtocol, check_service_name,
+};
+pub use self::telemetry::{
+    OtlpEndpoint, OtlpHeaders, Protocol as TelemetryProtocol, TelemetryConfig,
 };
 pub use self::value::{FromText, Parsed};
 
@@ -85,7 +89,7 @@ pub struct Config {
     pub resolver: ResolverConfig,
     /// `[telemetry]`: OpenTelemetry (OTLP) trace export; absent = no spans at all.
     #[serde(default)]
-    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    pub telemetry: Option<TelemetryConfig>,
     /// `[admin]`: the admin API's token(s).
     #[serde(default)]
     pub admin: AdminConfig,

@@ -105,20 +105,18 @@ fn build_exporter(config: &TelemetryConfig) -> anyhow::Result<opentelemetry_otlp
             .with_headers(
                 headers
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| {
+                        // Valid header values are visible ASCII: the text is what was written.
+                        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        (k.as_str().to_owned(), v)
+                    })
                     .collect::<HashMap<_, _>>(),
             )
             .build(),
         Protocol::Grpc => {
             let mut map = http::HeaderMap::new();
-            for (k, v) in headers {
-                // Checked when the config was loaded.
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(k.as_bytes()),
-                    http::HeaderValue::from_str(v),
-                ) {
-                    map.insert(k, v);
-                }
+            for (k, v) in headers.iter() {
+                map.insert(k.clone(), v.clone());
             }
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

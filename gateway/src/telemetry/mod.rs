@@ -1,6 +1,6 @@
 //! OpenTelemetry trace export (`[telemetry]`).
 //!
-//! Module map: `config` (the `[telemetry]` table), `span` (a request's spans, assembled when
+//! Module map: `config/telemetry.rs` (the `[telemetry]` table, with the other tables), `span` (a request's spans, assembled when
 //! it ends), `w3c` (the `traceparent` sent upstream), `exporter` (the bounded queue and the
 //! batch task that sends OTLP over HTTP/protobuf or gRPC), and this file: the handle the
 //! request path holds, and the metrics.
@@ -9,7 +9,6 @@
 //! is full (collector slow or down), the request's spans are dropped whole and counted in
 //! `sluice_telemetry_spans_dropped_total{reason="queue_full"}`.
 
-pub mod config;
 pub mod exporter;
 pub mod span;
 pub mod w3c;
@@ -27,8 +26,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
-pub use self::config::{Protocol, TelemetryConfig};
 pub use self::span::{Attempt, CallTimer, FinishedRequest, PluginCall, RequestTrace};
+pub use crate::config::{TelemetryConfig, TelemetryProtocol as Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DropLabels {

@@ -1,10 +1,15 @@
-//! `[telemetry]`: where and how spans are exported (OTLP).
+//! `[telemetry]`: where and how spans are exported (OTLP); read by `telemetry/exporter.rs`.
+//! The endpoint and the headers are typed here, once: the exporter neither parses them again
+//! nor skips one it cannot parse.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::{FromText, Parsed};
 
 /// `[telemetry]`. Its presence turns tracing on; without it the gateway makes no spans and
 /// injects no trace headers.
@@ -15,7 +20,7 @@ pub struct TelemetryConfig {
     /// path gets `/v1/traces`; a URL with a path is used as is. For `grpc`, the server's URL
     /// (`http://127.0.0.1:4317`).
     #[serde(default)]
-    pub endpoint: Option<Spanned<String>>,
+    pub endpoint: Option<Parsed<OtlpEndpoint>>,
     /// `protocol = "http"` (OTLP/HTTP with protobuf bodies) or `"grpc"`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -25,7 +30,7 @@ pub struct TelemetryConfig {
     /// `headers = { authorization = "..." }`: sent with every export (gRPC metadata for
     /// `grpc`).
     #[serde(default = "no_headers")]
-    pub headers: Spanned<BTreeMap<String, String>>,
+    pub headers: Spanned<OtlpHeaders>,
     /// `resource = { "deployment.environment" = "prod" }`: more resource attributes.
     #[serde(default)]
     pub resource: BTreeMap<String, String>,
@@ -58,11 +63,68 @@ pub enum Protocol {
     Grpc,
 }
 
+/// `endpoint`: an `http://` or `https://` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// As written.
+    text: String,
+    /// Whether the URL has a path of its own (beyond `/`): OTLP/HTTP then uses it as is.
+    has_path: bool,
+}
+
+impl FromText for OtlpEndpoint {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let uri = text.parse::<http::Uri>().ok().filter(|u| {
+            matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some()
+        });
+        match uri {
+            Some(uri) => Ok(Self {
+                text: text.to_owned(),
+                has_path: !uri.path().trim_end_matches('/').is_empty(),
+            }),
+            None => Err(format!(
+                "`{text}` is not an http:// or https:// URL (for example http://127.0.0.1:4318)"
+            )),
+        }
+    }
+}
+
+/// `headers`: sent with every export, typed when the file is read. A name or value that is
+/// not valid in HTTP is kept aside (by name) for the validation pass to report.
+#[derive(Debug, Clone, Default)]
+pub struct OtlpHeaders {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    refused: Vec<String>,
+}
+
+impl OtlpHeaders {
+    /// The headers, in the file's (sorted) order.
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.headers.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for OtlpHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Self::default();
+        for (name, value) in BTreeMap::<String, String>::deserialize(d)? {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                (Ok(n), Ok(v)) => out.headers.push((n, v)),
+                _ => out.refused.push(name),
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn default_service_name() -> String {
     "sluice".into()
 }
-fn no_headers() -> Spanned<BTreeMap<String, String>> {
-    Spanned::new(0..0, BTreeMap::new())
+fn no_headers() -> Spanned<OtlpHeaders> {
+    Spanned::new(0..0, OtlpHeaders::default())
 }
 fn default_batch_size() -> Spanned<usize> {
     Spanned::new(0..0, 512)
@@ -84,17 +146,15 @@ impl TelemetryConfig {
     /// The export URL: the configured endpoint, or the protocol's default on 127.0.0.1; for
     /// HTTP, `/v1/traces` is added when the URL has no path.
     pub fn export_url(&self) -> String {
-        match (&self.endpoint, self.protocol) {
+        match (self.endpoint.as_ref().map(Parsed::get), self.protocol) {
             (Some(e), Protocol::Http) => {
-                let e = e.get_ref().trim_end_matches('/');
-                match e.parse::<http::Uri>() {
-                    Ok(uri) if uri.path() == "/" || uri.path().is_empty() => {
-                        format!("{e}/v1/traces")
-                    }
-                    _ => e.to_owned(),
+                let url = e.text.trim_end_matches('/');
+                match e.has_path {
+                    true => url.to_owned(),
+                    false => format!("{url}/v1/traces"),
                 }
             }
-            (Some(e), Protocol::Grpc) => e.get_ref().clone(),
+            (Some(e), Protocol::Grpc) => e.text.clone(),
             (None, Protocol::Http) => "http://127.0.0.1:4318/v1/traces".into(),
             (None, Protocol::Grpc) => "http://127.0.0.1:4317".into(),
         }
@@ -103,29 +163,15 @@ impl TelemetryConfig {
     /// Problems serde cannot see: `(span, message)`, the span pointing at the value.
     pub fn problems(&self) -> Vec<(Option<std::ops::Range<usize>>, String)> {
         let mut out = Vec::new();
-        if let Some(endpoint) = &self.endpoint {
-            let text = endpoint.get_ref();
-            let ok = text.parse::<http::Uri>().ok().filter(|u| {
-                matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some()
-            });
-            if ok.is_none() {
-                out.push((
-                    Some(endpoint.span()),
-                    format!(
-                        "telemetry.endpoint: `{text}` is not an http:// or https:// URL (for example http://127.0.0.1:4318)"
-                    ),
-                ));
-            }
+        if let Some(why) = self.endpoint.as_ref().and_then(Parsed::problem) {
+            let span = self.endpoint.as_ref().map(Parsed::span);
+            out.push((span, format!("telemetry.endpoint: {why}")));
         }
-        for (name, value) in self.headers.get_ref() {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || http::HeaderValue::from_str(value).is_err()
-            {
-                out.push((
-                    Some(self.headers.span()),
-                    format!("telemetry.headers: `{name}` is not a valid header name and value"),
-                ));
-            }
+        for name in &self.headers.get_ref().refused {
+            out.push((
+                Some(self.headers.span()),
+                format!("telemetry.headers: `{name}` is not a valid header name and value"),
+            ));
         }
         if *self.batch_size.get_ref() == 0 {
             out.push((
@@ -207,5 +253,46 @@ mod tests {
             "t.toml:3:14: telemetry.queue_size: must be at least batch_size (100)\n\
              t.toml: telemetry.export_timeout: must be more than 0"
         );
+    }
+
+    #[test]
+    fn headers_are_typed_and_every_bad_one_is_named() {
+        let t = telemetry("[telemetry]\nheaders = { Authorization = \"Bearer t\", x-b = \"1\" }\n");
+        let headers: Vec<(&str, &[u8])> = t
+            .headers
+            .get_ref()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("authorization", &b"Bearer t"[..]), ("x-b", &b"1"[..])]
+        );
+        let e = Config::parse(
+            "[telemetry]\nheaders = { ok = \"1\", \"b c\" = \"1\", d = \"line\\nbreak\" }\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "t.toml:2:11: telemetry.headers: `b c` is not a valid header name and value\n\
+             t.toml:2:11: telemetry.headers: `d` is not a valid header name and value"
+        );
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_named_with_its_position() {
+        for bad in ["127.0.0.1:4318", "ftp://h:1", "http://", "http:// h"] {
+            let e = Config::parse(&format!("[telemetry]\nendpoint = \"{bad}\"\n"), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "t.toml:2:12: telemetry.endpoint: `{bad}` is not an http:// or https:// URL (for example http://127.0.0.1:4318)"
+                )
+            );
+        }
     }
 }
