@@ -4,11 +4,10 @@
 //! Every table rejects unknown keys (`deny_unknown_fields`): a typo in a production config must
 //! fail at load, not silently fall back to a default.
 //!
-//! **Who owns what.** Each table of the file is a typed struct in one file of this module
-//! (`server`, `admin`, `plugins`, `services`, `routes`, `registry`, `telemetry`), next to the
-//! checks of its keys; values the gateway uses typed are parsed here once ([`Parsed`]), never
-//! by consumers. Only `[cluster]` stays with its subsystem (`cluster::ClusterConfig`): checking
-//! it needs the etcd client's TLS setup.
+//! **The rule.** Every table is a typed struct in this module's file for its concern, next to
+//! the checks of its keys, and text the gateway uses typed is parsed here once ([`Parsed`]),
+//! never by consumers; only `[cluster]` stays in `cluster/`, because checking it needs the etcd
+//! client's TLS setup.
 
 mod admin;
 mod plugins;
