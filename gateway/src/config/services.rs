@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http::header::HeaderName;
+use http::uri::PathAndQuery;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -265,7 +266,7 @@ impl Default for PassiveHealthConfig {
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthConfig {
     /// `path = "/health"`: probed with GET; 2xx is healthy.
-    pub path: Spanned<String>,
+    pub path: Parsed<PathAndQuery>,
     /// `interval = "5s"`.
     #[serde(default = "default_probe_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -363,6 +364,19 @@ impl FromText for HashOn {
     }
 }
 
+/// `active_health.path`: what the probe sends as `GET PATH` (a query is allowed). Parsed as
+/// the probe's request parses it, so a path the probe could never send fails the load instead
+/// of every probe.
+impl FromText for PathAndQuery {
+    fn from_text(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err(format!("`{text}` must start with `/`"));
+        }
+        text.parse()
+            .map_err(|_| format!("`{text}` is not a valid request path (like /health)"))
+    }
+}
+
 /// A service name: what fits in a URL segment, a metric label and an etcd key without
 /// escaping (the registry API takes the same names).
 pub fn check_service_name(name: &str) -> Result<(), String> {
@@ -451,15 +465,10 @@ impl ServiceConfig {
             p.add(format!("services.{name}: {e}"));
         }
         if let Some(active) = &self.active_health {
-            if !active.path.get_ref().starts_with('/') {
-                p.at(
-                    active.path.span(),
-                    format!(
-                        "services.{name}.active_health.path: `{}` must start with `/`",
-                        active.path.get_ref()
-                    ),
-                );
-            }
+            p.parsed(
+                &format!("services.{name}.active_health.path"),
+                [&active.path],
+            );
             if active.interval.is_zero()
                 || active.healthy_threshold == 0
                 || active.unhealthy_threshold == 0
@@ -578,6 +587,25 @@ mod tests {
                 format!(
                     "t.toml:3:11: services.s.hash_on: `{bad}` must be `header:NAME` or `cookie:NAME`"
                 )
+            );
+        }
+    }
+
+    #[test]
+    fn the_probe_path_is_typed_and_one_the_probe_could_not_send_is_refused() {
+        let s = service("[services.s.active_health]\npath = \"/health?deep=1\"").unwrap();
+        let path = s.active_health.expect("set").path;
+        assert_eq!(path.get().as_str(), "/health?deep=1");
+        for (bad, why) in [
+            ("health", "must start with `/`"),
+            ("/a b", "is not a valid request path (like /health)"),
+            ("/a\\u0007", "is not a valid request path (like /health)"),
+        ] {
+            let e = service(&format!("[services.s.active_health]\npath = \"{bad}\"")).unwrap_err();
+            let shown = bad.replace("\\u0007", "\u{7}");
+            assert_eq!(
+                e,
+                format!("t.toml:4:8: services.s.active_health.path: `{shown}` {why}")
             );
         }
     }

@@ -166,7 +166,7 @@ pub fn spawn_active_checks(
 /// (which answers 200 to everything, the outcome in `grpc-status`), carries no
 /// `grpc-status` other than 0 in its head.
 async fn probe(endpoint: &Endpoint, config: &ActiveHealthConfig) -> Result<(), String> {
-    let request = http::Request::get(config.path.get_ref().as_str())
+    let request = http::Request::get(http::Uri::from(config.path.get().clone()))
         .header(http::header::HOST, endpoint.host_header.clone())
         .header(http::header::USER_AGENT, "sluice-health-check")
         .body(RequestBody::full(bytes::Bytes::new()))
