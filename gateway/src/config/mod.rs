@@ -187,14 +187,10 @@ impl Config {
         self.resolver.check(&mut p);
         routes::check(&self.routes, &self.services, &mut p);
         if let Some(telemetry) = &self.telemetry {
-            for (span, message) in telemetry.problems() {
-                p.0.push((span, message));
-            }
+            p.0.extend(telemetry.problems());
         }
         self.plugins.check_sources(&mut p);
-        for (span, message) in crate::plugin::canary::problems(self) {
-            p.0.push((span, message));
-        }
+        p.0.extend(crate::plugin::canary::problems(self));
         if let Some(cluster) = &self.cluster {
             for message in cluster.problems(text) {
                 p.add(message);
