@@ -14,7 +14,8 @@ use http::HeaderValue;
 use sluice::config::{Config, InstanceMode};
 use sluice::metrics::{Metrics, RouteName};
 use sluice::plugin::host::RequestState;
-use sluice::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
+use sluice::chain::{UpstreamOutcome, on_request, on_response};
+use sluice::plugin::{PluginRuntime, PluginSet};
 
 fn main() {
     // `cargo test --all-targets` runs benches once as tests, without `--bench`: nothing to
@@ -233,12 +234,12 @@ async fn auth_verify_round(cached: bool) {
             r
         };
         for _ in 0..200 {
-            let out = rt.on_request(&set, &chain, call()).await;
+            let out = on_request(&rt, &set, &chain, call()).await;
             assert!(out.response.is_none(), "{name}: the token was refused");
         }
         let started = Instant::now();
         for _ in 0..n {
-            let out = rt.on_request(&set, &chain, call()).await;
+            let out = on_request(&rt, &set, &chain, call()).await;
             assert!(out.response.is_none());
             std::hint::black_box(out.request);
         }
@@ -354,7 +355,7 @@ async fn round_trip(
     chain: &[String],
     response: http::Response<sluice::body::ResponseBody>,
 ) -> http::Response<sluice::body::ResponseBody> {
-    let out = rt.on_request(set, chain, request()).await;
+    let out = on_request(rt, set, chain, request()).await;
     assert!(
         out.response.is_none() && out.error.is_none(),
         "the chain answered"
@@ -363,9 +364,8 @@ async fn round_trip(
         failure: None,
         attempted: true,
     };
-    let (response, error, _) = rt
-        .on_response(&out.ran, out.request, response, upstream)
-        .await;
+    let (response, error, _) =
+        on_response(rt, &out.ran, out.request, response, upstream).await;
     assert!(error.is_none(), "on-response failed: {error:?}");
     response
 }

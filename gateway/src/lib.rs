@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod body;
+pub mod chain;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -21,7 +21,8 @@ use crate::headers;
 use crate::metrics::{Metrics, Protocol, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::state::monotonic_ns;
-use crate::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
+use crate::chain::UpstreamOutcome;
+use crate::plugin::{PluginRuntime, PluginSet};
 use crate::registry::Registry;
 use crate::routing::Route;
 use crate::server::AmbiguousFraming;
@@ -267,7 +268,7 @@ impl Proxy {
             PluginBody::new(buffered),
         ));
         state.trace.trace_id = outcome.trace.as_ref().map(RequestTrace::trace_id_hex);
-        let chain = self.plugins.on_request(&set, &route.plugins, state).await;
+        let chain = crate::chain::on_request(&self.plugins, &set, &route.plugins, state).await;
         let mut request = chain.request;
         if let Some(trace) = outcome.trace.as_mut() {
             // The trace the request continues and the sampling decision it leaves with.
@@ -323,10 +324,9 @@ impl Proxy {
                 .and_then(ProxyError::upstream_failure),
             attempted,
         };
-        let (response, error, plugin_trace) = self
-            .plugins
-            .on_response(&chain.ran, request, response, upstream)
-            .await;
+        let (response, error, plugin_trace) =
+            crate::chain::on_response(&self.plugins, &chain.ran, request, response, upstream)
+                .await;
         if error.is_some() {
             outcome.error = error;
         }

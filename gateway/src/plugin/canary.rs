@@ -192,7 +192,7 @@ pub(crate) fn problems(config: &Config) -> Vec<(Option<std::ops::Range<usize>>, 
 /// Picks the plugin a request runs for a chain entry: the entry itself, or for a canary
 /// entry its version (PERCENT % of draws, when loaded) or its current plugin. The draw is
 /// counted.
-pub(super) fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &'a str {
+pub fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &'a str {
     // Plain names (the usual case) cost one byte comparison.
     if !entry.ends_with('%') {
         return entry;
