@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use sluice::config::{Config, InstanceMode};
-use sluice::metrics::{Metrics, RouteName};
-use sluice::plugin::host::RequestState;
 use sluice::chain::{UpstreamOutcome, on_request, on_response};
+use sluice::config::{Config, InstanceMode};
+use sluice::metrics::Metrics;
+use sluice::plugin::host::RequestState;
 use sluice::plugin::{PluginRuntime, PluginSet};
 
 fn main() {
@@ -364,8 +364,7 @@ async fn round_trip(
         failure: None,
         attempted: true,
     };
-    let (response, error, _) =
-        on_response(rt, &out.ran, out.request, response, upstream).await;
+    let (response, error, _) = on_response(rt, &out.ran, out.request, response, upstream).await;
     assert!(error.is_none(), "on-response failed: {error:?}");
     response
 }
@@ -385,7 +384,7 @@ fn request() -> Box<RequestState> {
     Box::new(RequestState::new(
         parts,
         SocketAddr::from(([127, 0, 0, 1], 1234)),
-        RouteName::new("bench"),
+        std::sync::Arc::from("bench"),
         HeaderValue::from_static("0123456789abcdef"),
         Default::default(),
     ))

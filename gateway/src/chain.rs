@@ -10,19 +10,20 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::config::{FailurePolicy, PluginSettings};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamFailure};
 use crate::plugin::PluginRuntime;
 use crate::plugin::PluginSet;
 use crate::plugin::bindings::types;
-use crate::plugin::host::{PluginBody, PluginTrace, RequestState, ResponseState};
+use crate::plugin::host::{PluginBody, RequestState, ResponseState};
 use crate::plugin::loaded::{LoadedPlugin, PluginFailure};
+use crate::plugin::trace::PluginTrace;
 use crate::plugin::{canary, sandbox};
 
 /// What became of a request upstream, as `on-response` is told.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpstreamOutcome {
     /// Why the gateway answered instead of the upstream, if it did.
-    pub failure: Option<types::UpstreamFailure>,
+    pub failure: Option<UpstreamFailure>,
     /// Whether the request went to (or was tried on) an upstream at all.
     pub attempted: bool,
 }
@@ -67,7 +68,8 @@ pub async fn on_request(
             match plugins.settings_for(&name).on_failure {
                 FailurePolicy::FailClosed => return fail(request, error, ran),
                 FailurePolicy::FailOpen => {
-                    plugins.metrics()
+                    plugins
+                        .metrics()
                         .record_call(&name, "on_request", "skipped", 0.0);
                     continue;
                 }
@@ -158,8 +160,7 @@ pub async fn on_response(
         None => (parts, None, Some(body)),
         Some(plugin) => {
             let limit = plugin.shared.settings.max_body_bytes;
-            match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
-                .await
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await
             {
                 Ok(collected) => (parts, Some(collected.to_bytes()), None),
                 Err(e) => {
@@ -181,7 +182,7 @@ pub async fn on_response(
     let mut head = Box::new(ResponseState {
         parts,
         body: PluginBody::new(buffered),
-        upstream_failure: upstream.failure,
+        upstream_failure: upstream.failure.map(types::UpstreamFailure::from),
         upstream_attempted: upstream.attempted,
     });
     for plugin in ran.iter().rev() {
@@ -232,7 +233,12 @@ pub async fn on_response(
 }
 
 /// A failed call of a fail-open plugin: logged, counted, and the request goes on.
-fn skipped(plugins: &PluginRuntime, plugin: &Arc<str>, phase: &'static str, failure: &PluginFailure) {
+fn skipped(
+    plugins: &PluginRuntime,
+    plugin: &Arc<str>,
+    phase: &'static str,
+    failure: &PluginFailure,
+) {
     tracing::warn!(
         plugin = &**plugin,
         phase,
@@ -308,4 +314,16 @@ fn plugin_response(
         response.headers_mut().append(name, value);
     }
     Ok(response)
+}
+
+/// The gateway's upstream failure as the WIT type a plugin reads (`upstream-failure`).
+impl From<UpstreamFailure> for types::UpstreamFailure {
+    fn from(failure: UpstreamFailure) -> Self {
+        match failure {
+            UpstreamFailure::ConnectFailed => Self::ConnectFailed,
+            UpstreamFailure::TimedOut => Self::TimedOut,
+            UpstreamFailure::Failed => Self::Failed,
+            UpstreamFailure::NoInstance => Self::NoInstance,
+        }
+    }
 }

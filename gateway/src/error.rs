@@ -132,8 +132,7 @@ impl ProxyError {
 
     /// What `on-response` is told about a response the gateway made because the upstream
     /// failed; `None` for every other error.
-    pub fn upstream_failure(&self) -> Option<crate::plugin::bindings::types::UpstreamFailure> {
-        use crate::plugin::bindings::types::UpstreamFailure;
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
         match self {
             Self::NoInstance { .. } => Some(UpstreamFailure::NoInstance),
             Self::UpstreamConnect { .. } => Some(UpstreamFailure::ConnectFailed),
@@ -181,6 +180,20 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// Why the gateway answered instead of the upstream (what a plugin's `on-response` is told
+/// as `upstream-failure`; `chain.rs` converts it to the WIT type when it lends the response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection could be made to any instance tried.
+    ConnectFailed,
+    /// The upstream did not answer in time.
+    TimedOut,
+    /// The connection failed after the request was sent (reset, malformed response).
+    Failed,
+    /// The service had no live instance.
+    NoInstance,
 }
 
 /// Which wait of an upstream exchange ran out of time.

@@ -33,6 +33,10 @@ pub mod tls;
 pub mod upstream;
 pub mod websocket;
 
+/// The clocks (a leaf module the plugin runtime owns; the gateway reads the same monotonic
+/// origin).
+pub use crate::plugin::clock;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

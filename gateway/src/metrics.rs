@@ -32,6 +32,11 @@ impl RouteName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (what the plugin runtime keeps of a request's route).
+    pub fn to_arc(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl EncodeLabelValue for RouteName {

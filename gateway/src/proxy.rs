@@ -16,12 +16,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::chain::UpstreamOutcome;
+use crate::clock::monotonic_ns;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::headers;
 use crate::metrics::{Metrics, Protocol, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
-use crate::plugin::state::monotonic_ns;
-use crate::chain::UpstreamOutcome;
 use crate::plugin::{PluginRuntime, PluginSet};
 use crate::registry::Registry;
 use crate::routing::Route;
@@ -263,7 +263,7 @@ impl Proxy {
         let mut state = Box::new(RequestState::new(
             parts,
             client,
-            route.name.clone(),
+            route.name.to_arc(),
             request_id,
             PluginBody::new(buffered),
         ));
@@ -325,8 +325,7 @@ impl Proxy {
             attempted,
         };
         let (response, error, plugin_trace) =
-            crate::chain::on_response(&self.plugins, &chain.ran, request, response, upstream)
-                .await;
+            crate::chain::on_response(&self.plugins, &chain.ran, request, response, upstream).await;
         if error.is_some() {
             outcome.error = error;
         }

@@ -25,8 +25,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use super::PluginSet;
+use super::metrics::Label;
 use crate::config::{Config, FailurePolicy};
-use crate::metrics::Label;
 
 /// A canary entry, `NAME@VERSION:PERCENT%`.
 #[derive(Debug, Clone, Copy, PartialEq)]

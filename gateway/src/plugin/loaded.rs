@@ -13,10 +13,10 @@ use tokio::time::Instant;
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
+use super::clock::monotonic_ns;
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
-use super::state::monotonic_ns;
 use crate::config::InstanceMode;
 
 /// The world of the current contract, the one `sluice plugin new` and the SDK target.

@@ -11,6 +11,7 @@
 pub mod bindings;
 pub mod builtin;
 pub mod canary;
+pub mod clock;
 mod compat;
 pub mod compiler;
 pub mod crypto;
@@ -26,6 +27,7 @@ pub mod metrics;
 mod reconfigure;
 pub mod sandbox;
 pub mod state;
+pub mod trace;
 pub mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -319,7 +321,7 @@ impl PluginRuntime {
                     LoadFailure {
                         path: path.to_owned(),
                         reason: e.to_string(),
-                        at_ms: state::unix_ms(),
+                        at_ms: clock::unix_ms(),
                     },
                 );
             }
