@@ -86,7 +86,7 @@ async fn language(lang: &str, plugin: &Path) {
     .unwrap();
     let metrics = Metrics::new();
     let config = config_for(dir.path(), cache.path(), InstanceMode::Pooled);
-    let cold = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let cold = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
     assert_eq!(
         cold.reload().await.loaded,
@@ -94,7 +94,7 @@ async fn language(lang: &str, plugin: &Path) {
         "{lang}"
     );
     let cold_ms = started.elapsed().as_secs_f64() * 1e3;
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
     assert_eq!(
         rt.reload().await.loaded,
@@ -153,7 +153,7 @@ async fn auth_verify_round(cached: bool) {
     let cache = tempfile::tempdir().unwrap();
     config.plugins.cache_dir = Some(cache.path().to_owned());
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let report = rt.reload().await;
     assert_eq!(report.loaded, ["auth"], "{report:?}");
     let set = rt.current();
@@ -296,7 +296,7 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
     config.plugins.defaults.instance = InstanceMode::Pooled;
     config.log.access = false;
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let mut loaded = rt.reload().await.loaded;
     loaded.sort();
     assert_eq!(loaded, ["breaker", "noop"]);
@@ -395,7 +395,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(
+    let rt = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), mode),
         metrics.plugins.clone(),
     )
@@ -444,7 +444,7 @@ async fn compile_times(plugin: &Path) {
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
     let metrics = Metrics::new();
-    let cold = PluginRuntime::new(
+    let cold = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
         metrics.plugins.clone(),
     )
@@ -453,7 +453,7 @@ async fn compile_times(plugin: &Path) {
     assert_eq!(cold.reload().await.loaded, ["noop"]);
     let cold_time = started.elapsed();
     // A new runtime (as after a restart) with the same cache directory.
-    let warm = PluginRuntime::new(
+    let warm = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
         metrics.plugins.clone(),
     )
@@ -473,7 +473,7 @@ async fn drop_to_serving(plugin: &Path) {
     let cache = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let rt = Arc::new(
-        PluginRuntime::new(
+        sluice::plugin::runtime(
             &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
             metrics.plugins.clone(),
         )

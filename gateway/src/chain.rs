@@ -9,13 +9,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
-use crate::config::{FailurePolicy, PluginSettings};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::plugin::PluginRuntime;
 use crate::plugin::PluginSet;
 use crate::plugin::bindings::types;
 use crate::plugin::host::{PluginBody, RequestState, ResponseState};
 use crate::plugin::loaded::{LoadedPlugin, PluginFailure};
+use crate::plugin::settings::{FailurePolicy, PluginSettings};
 use crate::plugin::trace::PluginTrace;
 use crate::plugin::{canary, sandbox};
 

@@ -20,7 +20,8 @@ pub mod headers;
 pub mod hystrix;
 pub mod logging;
 pub mod metrics;
-pub mod path;
+/// The canonical-path algorithm (the runtime's: `set-path` canonicalises like the edge).
+pub use sluice_plugin_host::path;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
@@ -97,7 +98,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // With `[cluster]`, the shared parts come from etcd (or the last-known-good snapshot).
         let (config, node) = cluster::bootstrap(config, &metrics).await?;
-        let plugins = Arc::new(PluginRuntime::new(&config, metrics.plugins.clone())?);
+        let plugins = Arc::new(plugin::runtime(&config, metrics.plugins.clone())?);
         let report = plugins.reload().await;
         if !report.loaded.is_empty() || !report.failed.is_empty() {
             tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "plugins loaded");
@@ -124,10 +125,10 @@ impl Gateway {
             .filter(|_| config.kv.backend == config::KvBackend::Etcd)
         {
             let kv = plugins.kv().clone();
-            kv.attach_etcd(plugin::kv::EtcdKv::new(
+            kv.attach_remote(Box::new(plugin::kv::EtcdKv::new(
                 conn.clone(),
                 config.kv.prefix.clone(),
-            ));
+            )));
             control_tasks.push(tokio::spawn(etcd::mirror(
                 conn,
                 config.kv.prefix.clone(),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use http::HeaderName;
 
-use crate::config::PluginSettings;
+use crate::settings::PluginSettings;
 
 /// Headers that frame the message or describe one connection (RFC 9110 §7.6.1), and `host`:
 /// the gateway sets them, a plugin never does. A plugin that could set `content-length` on an
@@ -216,9 +216,22 @@ mod tests {
     #[test]
     fn added_headers_are_capped_in_count_and_bytes() {
         let settings = PluginSettings {
+            instance: crate::settings::InstanceMode::Pooled,
+            max_idle_instances: 1,
+            max_uses: 1,
+            max_memory_bytes: 1 << 20,
+            cpu_timeout: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_secs(1),
+            on_failure: crate::settings::FailurePolicy::FailClosed,
+            quarantine_after: 5,
+            quarantine_for: std::time::Duration::from_secs(10),
+            request_body: false,
+            response_body: false,
+            max_body_bytes: 1024,
+            allowed_hosts: Vec::new(),
+            kv_read: Vec::new(),
             max_added_headers: 2,
             max_added_header_bytes: 20,
-            ..PluginSettings::default()
         };
         let name = HeaderName::from_static("x-a");
         let mut added = AddedHeaders::default();

@@ -17,7 +17,7 @@ use super::clock::monotonic_ns;
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
-use crate::config::InstanceMode;
+use crate::settings::InstanceMode;
 
 /// The world of the current contract, the one `sluice plugin new` and the SDK target.
 pub const WORLD: &str = "sluice:plugin/plugin@0.2.0";

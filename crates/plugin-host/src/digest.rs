@@ -175,7 +175,12 @@ impl PluginRuntime {
         let fetched = async {
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let response = if https {
-                fetch_https(&uri, self.settings.sources_ca.as_deref()).await
+                fetch_https(
+                    &uri,
+                    self.settings.sources_ca.as_deref(),
+                    self.settings.load_roots,
+                )
+                .await
             } else {
                 self.fetch_http(uri).await
             }
@@ -231,20 +236,23 @@ type FetchBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error
 async fn fetch_https(
     uri: &http::Uri,
     ca: Option<&Path>,
+    load_roots: fn(&Path) -> Result<rustls::RootCertStore, String>,
 ) -> Result<http::Response<FetchBody>, String> {
     let roots = match ca {
-        Some(ca) => crate::tls::load_roots(ca).map_err(|e| format!("plugins.sources_ca: {e}"))?,
+        Some(ca) => load_roots(ca).map_err(|e| format!("plugins.sources_ca: {e}"))?,
         None => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             roots
         }
     };
-    let mut client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     let host = uri.host().unwrap_or_default();
     // `[::1]` in a URL is the name `::1` for the certificate.
@@ -314,7 +322,7 @@ fn decode_signature(signature: &str) -> Result<Vec<u8>, String> {
 }
 
 /// What is wrong with `[plugins] trusted_keys`, naming the entry.
-pub(crate) fn key_problems(keys: &[String]) -> Vec<String> {
+pub fn key_problems(keys: &[String]) -> Vec<String> {
     keys.iter()
         .enumerate()
         .filter_map(|(i, key)| {

@@ -21,7 +21,7 @@ use super::log_stream::PluginLogStream;
 use super::sandbox::{AddedHeaders, OutboundGuard, check_plugin_header};
 use super::state::{SharedState, StateError};
 use super::trace::{PluginTrace, SpanEvent, TraceParent};
-use crate::config::PluginSettings;
+use crate::settings::PluginSettings;
 
 /// Largest outbound response body a plugin receives.
 const MAX_OUTBOUND_BODY: usize = 4 * 1024 * 1024;
