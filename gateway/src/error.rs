@@ -89,9 +89,6 @@ pub enum ProxyError {
         /// Its `max_body_bytes`.
         limit: usize,
     },
-    /// The gateway is shutting down and accepts no new requests on this connection.
-    #[error("gateway is shutting down")]
-    ShuttingDown,
 }
 
 impl ProxyError {
@@ -102,7 +99,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoInstance { .. } | Self::ShuttingDown | Self::PluginUnavailable { .. } => {
+            Self::NoInstance { .. } | Self::PluginUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,7 +120,6 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "connect",
             Self::UpstreamTimeout { .. } => "timeout",
             Self::UpstreamFailed { .. } => "reset",
-            Self::ShuttingDown => "shutting_down",
             Self::PluginFailed { .. } => "plugin_failed",
             Self::PluginUnavailable { .. } => "plugin_unavailable",
             Self::BodyTooLargeForPlugin { .. } => "payload_too_large",

@@ -5,38 +5,38 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod admin_auth;
 pub mod body;
 pub mod chain;
 pub mod cluster;
 pub mod config;
-pub mod demo;
-pub mod edge;
-pub mod error;
+pub(crate) mod demo;
+pub(crate) mod edge;
+pub(crate) mod error;
 pub mod etcd;
-pub mod grpc;
-pub mod headers;
+pub(crate) mod grpc;
+pub(crate) mod headers;
 pub mod hystrix;
 pub mod logging;
 pub mod metrics;
 /// The canonical-path algorithm (the runtime's: `set-path` canonicalises like the edge).
-pub use sluice_plugin_host::path;
+pub(crate) use sluice_plugin_host::path;
 pub mod plugin;
-pub mod proxy;
-pub mod registry;
-pub mod routing;
+pub(crate) mod proxy;
+pub(crate) mod registry;
+pub(crate) mod routing;
 pub mod scaffold;
 pub mod server;
-pub mod snapshot;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;
-pub mod websocket;
+pub(crate) mod snapshot;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod upstream;
+pub(crate) mod websocket;
 
 /// The clocks (a leaf module the plugin runtime owns; the gateway reads the same monotonic
 /// origin).
-pub use crate::plugin::clock;
+pub(crate) use crate::plugin::clock;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
