@@ -54,7 +54,7 @@ pub async fn on_request(
     for entry in chain {
         // A canary entry draws its version here, once: `ran` keeps the plugin that ran,
         // so the same version runs `on-response`.
-        let name = canary::choose(entry, set, &plugins.metrics().canary);
+        let name = canary::choose(entry, |n| set.get(n).is_some(), &plugins.metrics().canary);
         let Some(plugin) = set.get(name) else {
             let error = ProxyError::PluginUnavailable {
                 plugin: name.to_owned(),

@@ -24,9 +24,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::PluginSet;
-use super::metrics::Label;
-
 /// A canary entry, `NAME@VERSION:PERCENT%`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Canary<'a> {
@@ -108,7 +105,11 @@ pub fn parse(entry: &str) -> Result<Option<Canary<'_>>, String> {
 /// Picks the plugin a request runs for a chain entry: the entry itself, or for a canary
 /// entry its version (PERCENT % of draws, when loaded) or its current plugin. The draw is
 /// counted.
-pub fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &'a str {
+pub fn choose<'a>(
+    entry: &'a str,
+    loaded: impl Fn(&str) -> bool,
+    metrics: &CanaryMetrics,
+) -> &'a str {
     // Plain names (the usual case) cost one byte comparison.
     if !entry.ends_with('%') {
         return entry;
@@ -118,7 +119,7 @@ pub fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &
         return entry;
     };
     let drawn = fastrand::f64() * 100.0 < canary.percent;
-    let chosen = if drawn && set.get(canary.version).is_some() {
+    let chosen = if drawn && loaded(canary.version) {
         canary.version
     } else {
         canary.base
@@ -129,8 +130,8 @@ pub fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CanaryLabels {
-    plugin: Label,
-    version: Label,
+    plugin: String,
+    version: String,
 }
 
 /// One canary entry's counters: requests that ran the current plugin, and the version.
@@ -176,8 +177,8 @@ impl CanaryMetrics {
                     let counter = |v: &Arc<str>| {
                         self.family
                             .get_or_create(&CanaryLabels {
-                                plugin: Label(base.clone()),
-                                version: Label(v.clone()),
+                                plugin: base.to_string(),
+                                version: v.to_string(),
                             })
                             .clone()
                     };
@@ -281,14 +282,15 @@ mod tests {
     #[test]
     fn the_draw_follows_the_percentage_and_skips_a_version_not_loaded() {
         let metrics = CanaryMetrics::default();
-        let set = PluginSet::default();
+        let set = crate::PluginSet::default();
+        let loaded = |name: &str| set.get(name).is_some();
         // The version is not loaded: every request runs the current plugin.
         for _ in 0..100 {
-            assert_eq!(choose("t@v2:100%", &set, &metrics), "t");
+            assert_eq!(choose("t@v2:100%", loaded, &metrics), "t");
         }
         assert_eq!(metrics.view("t").unwrap().requests, 100);
         assert!(metrics.view("t@v2").unwrap().requests == 0);
-        assert_eq!(choose("plain", &set, &metrics), "plain");
+        assert_eq!(choose("plain", loaded, &metrics), "plain");
         assert!(metrics.view("plain").is_none());
     }
 }

@@ -16,9 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{host, kv, outbound, state, types};
 use super::kv::KvStore;
-use super::loaded::MemoryLimiter;
 use super::log_stream::PluginLogStream;
-use super::sandbox::{AddedHeaders, OutboundGuard, check_plugin_header};
+use super::sandbox::{AddedHeaders, MemoryLimiter, OutboundGuard, check_plugin_header};
 use super::state::{SharedState, StateError};
 use super::trace::{PluginTrace, SpanEvent, TraceParent};
 use crate::settings::PluginSettings;

@@ -273,6 +273,28 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// What a shared backend holds replaces the store, and its changes apply one by one,
+    /// each at the backend's version (what an admin write through the backend waits for).
+    #[tokio::test]
+    async fn a_shared_backend_s_state_and_changes_are_mirrored() {
+        let kv = KvStore::in_memory();
+        kv.put("local", Bytes::from_static(b"x")).unwrap();
+        kv.reset(vec![
+            ("a".into(), b"1".to_vec(), 7),
+            ("b".into(), b"2".to_vec(), 9),
+        ]);
+        assert_eq!(kv.get("local"), None, "a reset replaces everything");
+        assert_eq!(kv.get("a"), Some((Bytes::from_static(b"1"), 7)));
+        kv.change("a", Some(b"3"), 11);
+        kv.change("b", None, 12);
+        assert_eq!(kv.get("a"), Some((Bytes::from_static(b"3"), 11)));
+        assert!(kv.get("b").is_none());
+        assert!(kv.wait_for("a", Some(11), Duration::from_millis(1)).await);
+        assert!(!kv.wait_for("a", Some(12), Duration::from_millis(20)).await);
+        assert!(kv.wait_for("b", None, Duration::from_millis(1)).await);
+        assert!(kv.remote().is_none());
+    }
+
     #[test]
     fn versions_grow_and_values_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();

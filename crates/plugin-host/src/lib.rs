@@ -50,7 +50,9 @@ use self::kv::KvStore;
 use self::loaded::{Contract, LoadedPlugin, PluginSource, WORLD};
 use self::loader::LoadError;
 use self::metrics::PluginMetrics;
-use self::settings::{FailurePolicy, InstanceMode, Live, NodeSettings, PluginSettings};
+use self::settings::{
+    DigestSource, FailurePolicy, InstanceMode, Live, NodeSettings, PluginSettings,
+};
 use self::state::SharedState;
 
 /// The plugins active at one moment. Requests load it once, so a reload mid-request never
@@ -290,6 +292,36 @@ impl PluginRuntime {
             .await;
         self.note_result(name, Path::new("<built-in>"), &result);
         result
+    }
+
+    /// Loads (or keeps) plugin `name` from its digest source.
+    async fn load_by_digest(&self, name: &str, source: &DigestSource) -> Result<bool, LoadError> {
+        let origin = source.origin();
+        if let Err(e) = digest::check_signature(&self.settings.trusted_keys, name, source) {
+            let refused = Err(e);
+            self.note_result(name, Path::new(&origin), &refused);
+            return refused;
+        }
+        let result = match self.fetcher().obtain(source).await {
+            Ok((path, bytes)) => match self.config_json(name, None) {
+                Ok(config) => {
+                    self.load_bytes(name, PluginSource::File(path), bytes, config)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.note_result(name, Path::new(&origin), &result);
+        result
+    }
+
+    /// Fetches plugins by digest for this runtime.
+    fn fetcher(&self) -> digest::Fetcher<'_> {
+        digest::Fetcher {
+            settings: &self.settings,
+            outbound: &self.outbound,
+        }
     }
 
     /// Loads (or reloads) one plugin file; `Ok(false)` when it is already active unchanged.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
 use super::clock::monotonic_ns;
@@ -162,49 +162,6 @@ impl PluginFailure {
             Self::CpuTimeout(_) | Self::Timeout(_) => 3,
             Self::Quarantined => 4,
         }
-    }
-}
-
-/// Tracks linear memory so an instance can be recycled when it grew large, and caps it.
-pub struct MemoryLimiter {
-    max: usize,
-    current: usize,
-}
-
-impl MemoryLimiter {
-    /// A limiter with a cap in bytes.
-    pub fn new(max: usize) -> Self {
-        Self { max, current: 0 }
-    }
-
-    /// Bytes of linear memory the instance holds.
-    pub fn current(&self) -> usize {
-        self.current
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.current - current.min(self.current) + desired;
-        if total > self.max {
-            return Ok(false);
-        }
-        self.current = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use http::HeaderName;
+use wasmtime::ResourceLimiter;
 
 use crate::settings::PluginSettings;
 
@@ -198,6 +199,49 @@ pub fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
 pub fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("plugins.cache_dir: cannot create {}: {e}", dir.display()))
+}
+
+/// Tracks linear memory so an instance can be recycled when it grew large, and caps it.
+pub struct MemoryLimiter {
+    max: usize,
+    current: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter with a cap in bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max, current: 0 }
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.current - current.min(self.current) + desired;
+        if total > self.max {
+            return Ok(false);
+        }
+        self.current = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::digest::DigestSource;
+use serde::{Deserialize, Serialize};
 
 /// How a plugin instance is managed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,4 +141,22 @@ pub struct NodeSettings {
     pub builtins: &'static [(&'static str, &'static [u8])],
     /// Reads CA certificates (PEM) into a root store, with an error naming the file.
     pub load_roots: fn(&Path) -> Result<rustls::RootCertStore, String>,
+}
+
+/// `[plugins.sources.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestSource {
+    /// `sha256 = "…"`: the SHA-256 of the component, 64 lower-case hex digits.
+    pub sha256: String,
+    /// `url = "http://…/auth.wasm"`: where to fetch it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `path = "/shared/plugins/auth.wasm"`: or where to read it.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `signature = "BASE64"`: ed25519 signature over the `sha256` text, required when
+    /// `[plugins] trusted_keys` is set.
+    #[serde(default)]
+    pub signature: Option<String>,
 }
