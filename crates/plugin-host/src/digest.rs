@@ -115,7 +115,7 @@ impl Fetcher<'_> {
         match &cache {
             Some(path) => {
                 if let Err(e) = store(path, &bytes) {
-                    tracing::warn!(path = %path.display(), "cannot cache a plugin by digest: {e}");
+                    tracing::warn!(target: crate::LOG_TARGET, path = %path.display(), "cannot cache a plugin by digest: {e}");
                 }
                 Ok((path.clone(), bytes))
             }
@@ -244,7 +244,7 @@ async fn fetch_https(
             .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!("plugin fetch connection: {e}");
+            tracing::debug!(target: crate::LOG_TARGET, "plugin fetch connection: {e}");
         }
     });
     let authority = uri.authority().map_or(host, |a| a.as_str());

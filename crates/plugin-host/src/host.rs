@@ -868,9 +868,9 @@ impl kv::Host for HostState {
             // Read as absent: a plugin cannot tell a secret it may not read from no secret.
             let why = "not its own (NAME/...) and not granted by kv_read";
             if std::mem::replace(&mut self.kv_denied_logged, true) {
-                tracing::debug!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+                tracing::debug!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
             } else {
-                tracing::warn!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+                tracing::warn!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
             }
             return Ok(None);
         }

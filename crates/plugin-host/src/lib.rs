@@ -36,6 +36,11 @@ pub mod state;
 pub mod trace;
 pub mod watcher;
 
+/// The target of the runtime's log events: what it was as the gateway's `plugin` module, so
+/// filters such as `sluice=debug` or `sluice::plugin=warn` keep selecting them. (Plugins'
+/// own log lines use it too.)
+pub(crate) const LOG_TARGET: &str = "sluice::plugin";
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -143,7 +148,7 @@ impl PluginRuntime {
             None => engine::default_cache_dir().filter(|dir| {
                 // The default location is the user's own: refused, it only costs compile time.
                 sandbox::prepare_cache_dir(dir)
-                    .map_err(|e| tracing::warn!("compiled-plugin cache disabled: {e}"))
+                    .map_err(|e| tracing::warn!(target: crate::LOG_TARGET, "compiled-plugin cache disabled: {e}"))
                     .is_ok()
             }),
         };
@@ -222,7 +227,7 @@ impl PluginRuntime {
             Some(dir) => match plugin_files(dir) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::error!(dir = %dir.display(), "cannot list the plugin directory: {e}");
+                    tracing::error!(target: crate::LOG_TARGET, dir = %dir.display(), "cannot list the plugin directory: {e}");
                     report
                         .failed
                         .insert("*".into(), format!("cannot list {}: {e}", dir.display()));
@@ -345,12 +350,12 @@ impl PluginRuntime {
         match result {
             Ok(true) => {
                 self.failures.lock().expect("failures lock").remove(name);
-                tracing::info!(plugin = name, source = %path.display(), "plugin loaded");
+                tracing::info!(target: crate::LOG_TARGET, plugin = name, source = %path.display(), "plugin loaded");
             }
             Ok(false) => {}
             Err(e) => {
                 let serving = self.current().get(name).is_some();
-                tracing::error!(
+                tracing::error!(target: crate::LOG_TARGET,
                     plugin = name,
                     source = %path.display(),
                     "plugin not loaded: {e}{}",
@@ -522,7 +527,7 @@ impl PluginRuntime {
             PluginSet { plugins }
         });
         self.failures.lock().expect("failures lock").remove(name);
-        tracing::info!(plugin = name, "plugin unloaded");
+        tracing::info!(target: crate::LOG_TARGET, plugin = name, "plugin unloaded");
     }
 
     /// What `GET /admin/plugins` shows.

@@ -467,7 +467,7 @@ impl LoadedPlugin {
                     self.stats
                         .quarantined_until
                         .store(monotonic_ns() + period.as_nanos() as u64, Ordering::Relaxed);
-                    tracing::warn!(
+                    tracing::warn!(target: crate::LOG_TARGET,
                         plugin = &*self.shared.name,
                         failures,
                         "plugin quarantined for {period:?} after repeated failures (last: {e})"
