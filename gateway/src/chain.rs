@@ -327,3 +327,59 @@ impl From<UpstreamFailure> for types::UpstreamFailure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TimeoutPhase;
+
+    /// What a plugin's `on-response` reads for each error the gateway answers with: the
+    /// upstream's failures by kind, nothing for the others.
+    #[test]
+    fn plugins_are_told_which_upstream_failure_made_the_answer() {
+        let (service, instance): (Arc<str>, Arc<str>) = (Arc::from("svc"), Arc::from("i:1"));
+        let lent = |e: ProxyError| e.upstream_failure().map(types::UpstreamFailure::from);
+        let cases = [
+            (
+                ProxyError::NoInstance {
+                    service: service.clone(),
+                },
+                Some(types::UpstreamFailure::NoInstance),
+            ),
+            (
+                ProxyError::UpstreamConnect {
+                    service: service.clone(),
+                    instance: instance.clone(),
+                },
+                Some(types::UpstreamFailure::ConnectFailed),
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    service: service.clone(),
+                    instance: instance.clone(),
+                    phase: TimeoutPhase::Response,
+                },
+                Some(types::UpstreamFailure::TimedOut),
+            ),
+            (
+                ProxyError::UpstreamFailed {
+                    service,
+                    instance,
+                    reason: "reset".into(),
+                },
+                Some(types::UpstreamFailure::Failed),
+            ),
+            (
+                ProxyError::PluginFailed {
+                    plugin: "p".into(),
+                    reason: "trapped".into(),
+                },
+                None,
+            ),
+        ];
+        for (error, expected) in cases {
+            let text = error.to_string();
+            assert_eq!(lent(error), expected, "{text}");
+        }
+    }
+}
