@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use sluice::chain::{UpstreamOutcome, on_request, on_response};
 use sluice::config::{Config, InstanceMode};
-use sluice::metrics::{Metrics, RouteName};
+use sluice::metrics::Metrics;
 use sluice::plugin::host::RequestState;
-use sluice::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
+use sluice::plugin::{PluginRuntime, PluginSet};
 
 fn main() {
     // `cargo test --all-targets` runs benches once as tests, without `--bench`: nothing to
@@ -85,7 +86,7 @@ async fn language(lang: &str, plugin: &Path) {
     .unwrap();
     let metrics = Metrics::new();
     let config = config_for(dir.path(), cache.path(), InstanceMode::Pooled);
-    let cold = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let cold = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
     assert_eq!(
         cold.reload().await.loaded,
@@ -93,7 +94,7 @@ async fn language(lang: &str, plugin: &Path) {
         "{lang}"
     );
     let cold_ms = started.elapsed().as_secs_f64() * 1e3;
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let started = Instant::now();
     assert_eq!(
         rt.reload().await.loaded,
@@ -152,7 +153,7 @@ async fn auth_verify_round(cached: bool) {
     let cache = tempfile::tempdir().unwrap();
     config.plugins.cache_dir = Some(cache.path().to_owned());
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let report = rt.reload().await;
     assert_eq!(report.loaded, ["auth"], "{report:?}");
     let set = rt.current();
@@ -233,12 +234,12 @@ async fn auth_verify_round(cached: bool) {
             r
         };
         for _ in 0..200 {
-            let out = rt.on_request(&set, &chain, call()).await;
+            let out = on_request(&rt, &set, &chain, call()).await;
             assert!(out.response.is_none(), "{name}: the token was refused");
         }
         let started = Instant::now();
         for _ in 0..n {
-            let out = rt.on_request(&set, &chain, call()).await;
+            let out = on_request(&rt, &set, &chain, call()).await;
             assert!(out.response.is_none());
             std::hint::black_box(out.request);
         }
@@ -295,7 +296,7 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
     config.plugins.defaults.instance = InstanceMode::Pooled;
     config.log.access = false;
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(&config, metrics.plugins.clone()).unwrap();
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let mut loaded = rt.reload().await.loaded;
     loaded.sort();
     assert_eq!(loaded, ["breaker", "noop"]);
@@ -354,7 +355,7 @@ async fn round_trip(
     chain: &[String],
     response: http::Response<sluice::body::ResponseBody>,
 ) -> http::Response<sluice::body::ResponseBody> {
-    let out = rt.on_request(set, chain, request()).await;
+    let out = on_request(rt, set, chain, request()).await;
     assert!(
         out.response.is_none() && out.error.is_none(),
         "the chain answered"
@@ -363,9 +364,7 @@ async fn round_trip(
         failure: None,
         attempted: true,
     };
-    let (response, error, _) = rt
-        .on_response(&out.ran, out.request, response, upstream)
-        .await;
+    let (response, error, _) = on_response(rt, &out.ran, out.request, response, upstream).await;
     assert!(error.is_none(), "on-response failed: {error:?}");
     response
 }
@@ -385,7 +384,7 @@ fn request() -> Box<RequestState> {
     Box::new(RequestState::new(
         parts,
         SocketAddr::from(([127, 0, 0, 1], 1234)),
-        RouteName::new("bench"),
+        std::sync::Arc::from("bench"),
         HeaderValue::from_static("0123456789abcdef"),
         Default::default(),
     ))
@@ -396,7 +395,7 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
     let metrics = Metrics::new();
-    let rt = PluginRuntime::new(
+    let rt = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), mode),
         metrics.plugins.clone(),
     )
@@ -445,7 +444,7 @@ async fn compile_times(plugin: &Path) {
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
     let metrics = Metrics::new();
-    let cold = PluginRuntime::new(
+    let cold = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
         metrics.plugins.clone(),
     )
@@ -454,7 +453,7 @@ async fn compile_times(plugin: &Path) {
     assert_eq!(cold.reload().await.loaded, ["noop"]);
     let cold_time = started.elapsed();
     // A new runtime (as after a restart) with the same cache directory.
-    let warm = PluginRuntime::new(
+    let warm = sluice::plugin::runtime(
         &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
         metrics.plugins.clone(),
     )
@@ -474,7 +473,7 @@ async fn drop_to_serving(plugin: &Path) {
     let cache = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let rt = Arc::new(
-        PluginRuntime::new(
+        sluice::plugin::runtime(
             &config_for(dir.path(), cache.path(), InstanceMode::Pooled),
             metrics.plugins.clone(),
         )

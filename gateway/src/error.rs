@@ -89,9 +89,6 @@ pub enum ProxyError {
         /// Its `max_body_bytes`.
         limit: usize,
     },
-    /// The gateway is shutting down and accepts no new requests on this connection.
-    #[error("gateway is shutting down")]
-    ShuttingDown,
 }
 
 impl ProxyError {
@@ -102,7 +99,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoInstance { .. } | Self::ShuttingDown | Self::PluginUnavailable { .. } => {
+            Self::NoInstance { .. } | Self::PluginUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::PluginFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,7 +120,6 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "connect",
             Self::UpstreamTimeout { .. } => "timeout",
             Self::UpstreamFailed { .. } => "reset",
-            Self::ShuttingDown => "shutting_down",
             Self::PluginFailed { .. } => "plugin_failed",
             Self::PluginUnavailable { .. } => "plugin_unavailable",
             Self::BodyTooLargeForPlugin { .. } => "payload_too_large",
@@ -132,8 +128,7 @@ impl ProxyError {
 
     /// What `on-response` is told about a response the gateway made because the upstream
     /// failed; `None` for every other error.
-    pub fn upstream_failure(&self) -> Option<crate::plugin::bindings::types::UpstreamFailure> {
-        use crate::plugin::bindings::types::UpstreamFailure;
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
         match self {
             Self::NoInstance { .. } => Some(UpstreamFailure::NoInstance),
             Self::UpstreamConnect { .. } => Some(UpstreamFailure::ConnectFailed),
@@ -181,6 +176,20 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// Why the gateway answered instead of the upstream (what a plugin's `on-response` is told
+/// as `upstream-failure`; `chain.rs` converts it to the WIT type when it lends the response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection could be made to any instance tried.
+    ConnectFailed,
+    /// The upstream did not answer in time.
+    TimedOut,
+    /// The connection failed after the request was sent (reset, malformed response).
+    Failed,
+    /// The service had no live instance.
+    NoInstance,
 }
 
 /// Which wait of an upstream exchange ran out of time.

@@ -70,7 +70,6 @@ pub fn code_of_error(error: &ProxyError) -> u8 {
         ProxyError::NoInstance { .. }
         | ProxyError::UpstreamConnect { .. }
         | ProxyError::UpstreamFailed { .. }
-        | ProxyError::ShuttingDown
         | ProxyError::PluginUnavailable { .. } => code::UNAVAILABLE,
         ProxyError::PayloadTooLarge { .. } | ProxyError::BodyTooLargeForPlugin { .. } => {
             code::RESOURCE_EXHAUSTED

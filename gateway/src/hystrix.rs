@@ -25,7 +25,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
 
-use crate::plugin::state::{SharedState, monotonic_ns, unix_ms};
+use crate::clock::{monotonic_ns, unix_ms};
+use crate::plugin::state::SharedState;
 
 /// The built-in plugin whose state this module reads.
 pub const PLUGIN: &str = "breaker";

@@ -5,32 +5,38 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod admin_auth;
 pub mod body;
+pub mod chain;
 pub mod cluster;
 pub mod config;
-pub mod demo;
-pub mod edge;
-pub mod error;
+pub(crate) mod demo;
+pub(crate) mod edge;
+pub(crate) mod error;
 pub mod etcd;
-pub mod grpc;
-pub mod headers;
+pub(crate) mod grpc;
+pub(crate) mod headers;
 pub mod hystrix;
 pub mod logging;
 pub mod metrics;
-pub mod path;
+/// The canonical-path algorithm (the runtime's: `set-path` canonicalises like the edge).
+pub(crate) use sluice_plugin_host::path;
 pub mod plugin;
-pub mod proxy;
-pub mod registry;
-pub mod routing;
+pub(crate) mod proxy;
+pub(crate) mod registry;
+pub(crate) mod routing;
 pub mod scaffold;
 pub mod server;
-pub mod snapshot;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;
-pub mod websocket;
+pub(crate) mod snapshot;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod upstream;
+pub(crate) mod websocket;
+
+/// The clocks (a leaf module the plugin runtime owns; the gateway reads the same monotonic
+/// origin).
+pub(crate) use crate::plugin::clock;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,7 +98,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // With `[cluster]`, the shared parts come from etcd (or the last-known-good snapshot).
         let (config, node) = cluster::bootstrap(config, &metrics).await?;
-        let plugins = Arc::new(PluginRuntime::new(&config, metrics.plugins.clone())?);
+        let plugins = Arc::new(plugin::runtime(&config, metrics.plugins.clone())?);
         let report = plugins.reload().await;
         if !report.loaded.is_empty() || !report.failed.is_empty() {
             tracing::info!(loaded = ?report.loaded, failed = ?report.failed, "plugins loaded");
@@ -119,10 +125,10 @@ impl Gateway {
             .filter(|_| config.kv.backend == config::KvBackend::Etcd)
         {
             let kv = plugins.kv().clone();
-            kv.attach_etcd(plugin::kv::EtcdKv::new(
+            kv.attach_remote(Box::new(plugin::kv::EtcdKv::new(
                 conn.clone(),
                 config.kv.prefix.clone(),
-            ));
+            )));
             control_tasks.push(tokio::spawn(etcd::mirror(
                 conn,
                 config.kv.prefix.clone(),

@@ -302,7 +302,7 @@ fn check_plugin(file: &std::path::Path) -> ExitCode {
     };
     runtime.block_on(async {
         let metrics = sluice::metrics::Metrics::new();
-        let plugins = match sluice::plugin::PluginRuntime::new(&config, metrics.plugins.clone()) {
+        let plugins = match sluice::plugin::runtime(&config, metrics.plugins.clone()) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("sluice: {e:#}");

@@ -32,6 +32,11 @@ impl RouteName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (what the plugin runtime keeps of a request's route).
+    pub fn to_arc(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl EncodeLabelValue for RouteName {
@@ -326,21 +331,6 @@ impl Metrics {
         }
     }
 
-    /// Records one answered request.
-    pub fn record_request(&self, route: &RouteName, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(seconds);
-    }
-
     /// The metric handles of one service.
     pub fn service(&self, name: &Arc<str>) -> ServiceMetrics {
         let labels = ServiceLabels {
@@ -389,11 +379,6 @@ impl Metrics {
     /// The open-connections gauge.
     pub fn connections(&self) -> &Gauge {
         &self.connections
-    }
-
-    /// The registry, for modules that add their own metrics.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// Everything in the Prometheus text format.

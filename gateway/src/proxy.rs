@@ -16,12 +16,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::chain::UpstreamOutcome;
+use crate::clock::monotonic_ns;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::headers;
 use crate::metrics::{Metrics, Protocol, RouteMetrics};
 use crate::plugin::host::{PluginBody, RequestState};
-use crate::plugin::state::monotonic_ns;
-use crate::plugin::{PluginRuntime, PluginSet, UpstreamOutcome};
+use crate::plugin::{PluginRuntime, PluginSet};
 use crate::registry::Registry;
 use crate::routing::Route;
 use crate::server::AmbiguousFraming;
@@ -262,12 +263,12 @@ impl Proxy {
         let mut state = Box::new(RequestState::new(
             parts,
             client,
-            route.name.clone(),
+            route.name.to_arc(),
             request_id,
             PluginBody::new(buffered),
         ));
         state.trace.trace_id = outcome.trace.as_ref().map(RequestTrace::trace_id_hex);
-        let chain = self.plugins.on_request(&set, &route.plugins, state).await;
+        let chain = crate::chain::on_request(&self.plugins, &set, &route.plugins, state).await;
         let mut request = chain.request;
         if let Some(trace) = outcome.trace.as_mut() {
             // The trace the request continues and the sampling decision it leaves with.
@@ -323,10 +324,8 @@ impl Proxy {
                 .and_then(ProxyError::upstream_failure),
             attempted,
         };
-        let (response, error, plugin_trace) = self
-            .plugins
-            .on_response(&chain.ran, request, response, upstream)
-            .await;
+        let (response, error, plugin_trace) =
+            crate::chain::on_response(&self.plugins, &chain.ran, request, response, upstream).await;
         if error.is_some() {
             outcome.error = error;
         }

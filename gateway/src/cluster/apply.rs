@@ -57,7 +57,7 @@ impl Reconfigurer {
         next.plugins.overrides = new.plugins.overrides.clone();
         next.plugins.sources = new.plugins.sources.clone();
 
-        let report = self.proxy.plugins.reconfigure(&next).await;
+        let report = crate::plugin::reconfigure(&self.proxy.plugins, &next).await;
         let built = self.proxy.registry.reconfigure(&next.services, |name| {
             current.services.get(name) != next.services.get(name)
         });

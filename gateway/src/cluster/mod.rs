@@ -34,10 +34,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_ms;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::etcd::EtcdConnection;
 use crate::metrics::Metrics;
-use crate::plugin::state::unix_ms;
 use crate::proxy::Proxy;
 
 /// The default `[cluster] prefix`.

@@ -18,10 +18,10 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::monotonic_ns;
 use crate::config::{Config, RegistryBackend, RegistryConfig, ServiceConfig};
 use crate::etcd::{EtcdConnection, EtcdStatus};
 use crate::metrics::Metrics;
-use crate::plugin::state::monotonic_ns;
 use crate::upstream::{EndpointSpec, Service, ServiceView, Source, static_specs};
 
 /// A service name accepted by the registry (the same rule as `[services.NAME]`).

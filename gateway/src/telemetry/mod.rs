@@ -26,7 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
-pub use self::span::{Attempt, CallTimer, FinishedRequest, PluginCall, RequestTrace};
+pub use self::span::{FinishedRequest, RequestTrace};
 pub use crate::config::{TelemetryConfig, TelemetryProtocol as Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

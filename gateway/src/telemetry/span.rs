@@ -20,56 +20,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use super::Telemetry;
 use super::w3c;
 use crate::error::ProxyError;
-use crate::plugin::host::{PluginTrace, TraceParent};
-
-/// One plugin call, as the plugin chain records it (in `PluginTrace::calls`).
-#[derive(Debug, Clone)]
-pub struct PluginCall {
-    /// The plugin's name.
-    pub plugin: Arc<str>,
-    /// `on_request` or `on_response`.
-    pub phase: &'static str,
-    /// `ok`, `respond`, `error`, `trap`, `timeout`, `quarantined`, `not_loaded`, `skipped`.
-    pub outcome: &'static str,
-    /// When it started.
-    pub start: SystemTime,
-    /// How long it took.
-    pub duration: Duration,
-}
-
-/// A plugin call being timed: `PluginTrace::call_started` gives one when the request is
-/// traced, `PluginTrace::call_finished` records it.
-#[derive(Debug)]
-pub struct CallTimer {
-    start: SystemTime,
-    started: Instant,
-}
-
-impl CallTimer {
-    /// Starts timing now.
-    pub fn now() -> Self {
-        Self {
-            start: SystemTime::now(),
-            started: Instant::now(),
-        }
-    }
-
-    /// The call as a record.
-    pub fn finish(
-        self,
-        plugin: &Arc<str>,
-        phase: &'static str,
-        outcome: &'static str,
-    ) -> PluginCall {
-        PluginCall {
-            plugin: plugin.clone(),
-            phase,
-            outcome,
-            start: self.start,
-            duration: self.started.elapsed(),
-        }
-    }
-}
+use crate::plugin::trace::{PluginTrace, TraceParent};
 
 /// One upstream attempt in flight (see [`RequestTrace::attempt_started`]).
 #[derive(Debug)]
@@ -582,12 +533,12 @@ mod tests {
             ..PluginTrace::default()
         };
         plugin.attributes.push(("tenant".into(), "a".into()));
-        plugin.events.push(crate::plugin::host::SpanEvent {
+        plugin.events.push(crate::plugin::trace::SpanEvent {
             name: "cache miss".into(),
             attributes: vec![("key".into(), "k".into())],
             unix_ns: 1_700_000_000_000_000_000,
         });
-        plugin.calls.push(PluginCall {
+        plugin.calls.push(crate::plugin::trace::PluginCall {
             plugin: Arc::from("auth"),
             phase: "on_request",
             outcome: "trap",

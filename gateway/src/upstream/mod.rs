@@ -21,10 +21,10 @@ use self::health::{EndpointHealth, HealthView};
 use self::pool::{ConnectError, InstancePool, Pooled, Transport};
 use self::retry::{RetryBudget, RetryPolicy};
 use crate::body::{RequestBody, RequestBodyError};
+use crate::clock::monotonic_ns;
 use crate::config::{ActiveHealthConfig, BalancerKind, PassiveHealthConfig, ServiceConfig};
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::metrics::ServiceMetrics;
-use crate::plugin::state::monotonic_ns;
 
 /// Where an instance came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -53,7 +53,7 @@ pub(super) fn add_files(files: &mut BTreeMap<String, Result<PathBuf, String>>, e
                 Ok(p) => p.display().to_string(),
                 Err(why) => why.clone(),
             };
-            tracing::warn!(
+            tracing::warn!(target: crate::LOG_TARGET,
                 plugin = name,
                 loaded = %path.display(),
                 ignored,

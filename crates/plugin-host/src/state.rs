@@ -3,35 +3,14 @@
 //!
 //! Counters are stored as decimal ASCII, so a plugin in any language can `get` and read them.
 
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Nanoseconds since the Unix epoch.
-pub fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Nanoseconds on a monotonic clock (since the first call in this process).
-pub fn monotonic_ns() -> u64 {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
-}
+use super::clock::monotonic_ns;
 
 /// Why an operation on shared state failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

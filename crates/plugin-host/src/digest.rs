@@ -17,28 +17,12 @@ use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http_body_util::BodyExt as _;
-use serde::Deserialize;
 
+use super::engine;
+use super::host::OutboundClient;
 use super::loader::{self, LoadError, MAX_PLUGIN_BYTES};
-use super::{PluginRuntime, engine};
-
-/// `[plugins.sources.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DigestSource {
-    /// `sha256 = "…"`: the SHA-256 of the component, 64 lower-case hex digits.
-    pub sha256: String,
-    /// `url = "http://…/auth.wasm"`: where to fetch it.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// `path = "/shared/plugins/auth.wasm"`: or where to read it.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// `signature = "BASE64"`: ed25519 signature over the `sha256` text, required when
-    /// `[plugins] trusted_keys` is set.
-    #[serde(default)]
-    pub signature: Option<String>,
-}
+pub use super::settings::DigestSource;
+use super::settings::NodeSettings;
 
 /// The prefix of a `trusted_keys` entry.
 const KEY_PREFIX: &str = "ed25519:";
@@ -82,7 +66,7 @@ impl DigestSource {
     }
 
     /// Where the bytes come from, for messages.
-    fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         match (&self.url, &self.path) {
             (Some(url), _) => url.clone(),
             (None, Some(path)) => path.display().to_string(),
@@ -91,35 +75,21 @@ impl DigestSource {
     }
 }
 
-impl PluginRuntime {
-    /// Loads (or keeps) plugin `name` from its digest source.
-    pub(super) async fn load_by_digest(
-        &self,
-        name: &str,
-        source: &DigestSource,
-    ) -> Result<bool, LoadError> {
-        let origin = source.origin();
-        if let Err(e) = check_signature(&self.settings.trusted_keys, name, source) {
-            let refused = Err(e);
-            self.note_result(name, Path::new(&origin), &refused);
-            return refused;
-        }
-        let result = match self.obtain(source).await {
-            Ok((path, bytes)) => match self.config_json(name, None) {
-                Ok(config) => {
-                    self.load_bytes(name, super::PluginSource::File(path), bytes, config)
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        self.note_result(name, Path::new(&origin), &result);
-        result
-    }
+/// What fetching a plugin by digest needs of the runtime: where the compile cache is, which
+/// CA to trust, and the plain-HTTP client.
+pub(crate) struct Fetcher<'a> {
+    /// `cache_dir`, `sources_ca`, `load_roots`.
+    pub settings: &'a NodeSettings,
+    /// For `http://` sources.
+    pub outbound: &'a OutboundClient,
+}
 
+impl Fetcher<'_> {
     /// The verified bytes, from the cache or the source; and the path that names them.
-    async fn obtain(&self, source: &DigestSource) -> Result<(PathBuf, Vec<u8>), LoadError> {
+    pub(crate) async fn obtain(
+        &self,
+        source: &DigestSource,
+    ) -> Result<(PathBuf, Vec<u8>), LoadError> {
         let cache = self
             .digest_cache()
             .map(|d| d.join(format!("{}.wasm", source.sha256)));
@@ -145,7 +115,7 @@ impl PluginRuntime {
         match &cache {
             Some(path) => {
                 if let Err(e) = store(path, &bytes) {
-                    tracing::warn!(path = %path.display(), "cannot cache a plugin by digest: {e}");
+                    tracing::warn!(target: crate::LOG_TARGET, path = %path.display(), "cannot cache a plugin by digest: {e}");
                 }
                 Ok((path.clone(), bytes))
             }
@@ -167,7 +137,7 @@ impl PluginRuntime {
     }
 }
 
-impl PluginRuntime {
+impl Fetcher<'_> {
     /// GET `url`: a 2xx answer's body, at most [`MAX_PLUGIN_BYTES`]; within [`FETCH_TIMEOUT`].
     async fn fetch(&self, url: &str) -> Result<Vec<u8>, LoadError> {
         let fail = |why: String| LoadError::Read(format!("{url}: {why}"));
@@ -175,7 +145,12 @@ impl PluginRuntime {
         let fetched = async {
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let response = if https {
-                fetch_https(&uri, self.settings.sources_ca.as_deref()).await
+                fetch_https(
+                    &uri,
+                    self.settings.sources_ca.as_deref(),
+                    self.settings.load_roots,
+                )
+                .await
             } else {
                 self.fetch_http(uri).await
             }
@@ -195,7 +170,7 @@ impl PluginRuntime {
     }
 }
 
-impl PluginRuntime {
+impl Fetcher<'_> {
     /// One GET with the gateway's own (plain HTTP) client.
     async fn fetch_http(&self, uri: http::Uri) -> Result<http::Response<FetchBody>, String> {
         let request = http::Request::get(uri)
@@ -231,20 +206,23 @@ type FetchBody = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error
 async fn fetch_https(
     uri: &http::Uri,
     ca: Option<&Path>,
+    load_roots: fn(&Path) -> Result<rustls::RootCertStore, String>,
 ) -> Result<http::Response<FetchBody>, String> {
     let roots = match ca {
-        Some(ca) => crate::tls::load_roots(ca).map_err(|e| format!("plugins.sources_ca: {e}"))?,
+        Some(ca) => load_roots(ca).map_err(|e| format!("plugins.sources_ca: {e}"))?,
         None => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             roots
         }
     };
-    let mut client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     let host = uri.host().unwrap_or_default();
     // `[::1]` in a URL is the name `::1` for the certificate.
@@ -266,7 +244,7 @@ async fn fetch_https(
             .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!("plugin fetch connection: {e}");
+            tracing::debug!(target: crate::LOG_TARGET, "plugin fetch connection: {e}");
         }
     });
     let authority = uri.authority().map_or(host, |a| a.as_str());
@@ -314,7 +292,7 @@ fn decode_signature(signature: &str) -> Result<Vec<u8>, String> {
 }
 
 /// What is wrong with `[plugins] trusted_keys`, naming the entry.
-pub(crate) fn key_problems(keys: &[String]) -> Vec<String> {
+pub fn key_problems(keys: &[String]) -> Vec<String> {
     keys.iter()
         .enumerate()
         .filter_map(|(i, key)| {
@@ -327,7 +305,11 @@ pub(crate) fn key_problems(keys: &[String]) -> Vec<String> {
 
 /// With trusted keys, a source's `signature` must verify over its `sha256` text with one of
 /// them.
-fn check_signature(trusted: &[String], name: &str, source: &DigestSource) -> Result<(), LoadError> {
+pub(crate) fn check_signature(
+    trusted: &[String],
+    name: &str,
+    source: &DigestSource,
+) -> Result<(), LoadError> {
     if trusted.is_empty() {
         return Ok(());
     }

@@ -82,7 +82,7 @@ fn lower_priority() {
         ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
     );
     if let Err(e) = lowered {
-        tracing::warn!("plugin compile thread keeps normal priority: {e:?}");
+        tracing::warn!(target: crate::LOG_TARGET, "plugin compile thread keeps normal priority: {e:?}");
     }
 }
 

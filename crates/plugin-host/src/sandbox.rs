@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use http::HeaderName;
+use wasmtime::ResourceLimiter;
 
-use crate::config::PluginSettings;
+use crate::settings::PluginSettings;
 
 /// Headers that frame the message or describe one connection (RFC 9110 §7.6.1), and `host`:
 /// the gateway sets them, a plugin never does. A plugin that could set `content-length` on an
@@ -200,6 +201,49 @@ pub fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("plugins.cache_dir: cannot create {}: {e}", dir.display()))
 }
 
+/// Tracks linear memory so an instance can be recycled when it grew large, and caps it.
+pub struct MemoryLimiter {
+    max: usize,
+    current: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter with a cap in bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max, current: 0 }
+    }
+
+    /// Bytes of linear memory the instance holds.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.current - current.min(self.current) + desired;
+        if total > self.max {
+            return Ok(false);
+        }
+        self.current = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,9 +260,22 @@ mod tests {
     #[test]
     fn added_headers_are_capped_in_count_and_bytes() {
         let settings = PluginSettings {
+            instance: crate::settings::InstanceMode::Pooled,
+            max_idle_instances: 1,
+            max_uses: 1,
+            max_memory_bytes: 1 << 20,
+            cpu_timeout: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_secs(1),
+            on_failure: crate::settings::FailurePolicy::FailClosed,
+            quarantine_after: 5,
+            quarantine_for: std::time::Duration::from_secs(10),
+            request_body: false,
+            response_body: false,
+            max_body_bytes: 1024,
+            allowed_hosts: Vec::new(),
+            kv_read: Vec::new(),
             max_added_headers: 2,
             max_added_header_bytes: 20,
-            ..PluginSettings::default()
         };
         let name = HeaderName::from_static("x-a");
         let mut added = AddedHeaders::default();

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
+use super::clock::monotonic_ns;
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
-use super::state::monotonic_ns;
-use crate::config::InstanceMode;
+use crate::settings::InstanceMode;
 
 /// The world of the current contract, the one `sluice plugin new` and the SDK target.
 pub const WORLD: &str = "sluice:plugin/plugin@0.2.0";
@@ -162,49 +162,6 @@ impl PluginFailure {
             Self::CpuTimeout(_) | Self::Timeout(_) => 3,
             Self::Quarantined => 4,
         }
-    }
-}
-
-/// Tracks linear memory so an instance can be recycled when it grew large, and caps it.
-pub struct MemoryLimiter {
-    max: usize,
-    current: usize,
-}
-
-impl MemoryLimiter {
-    /// A limiter with a cap in bytes.
-    pub fn new(max: usize) -> Self {
-        Self { max, current: 0 }
-    }
-
-    /// Bytes of linear memory the instance holds.
-    pub fn current(&self) -> usize {
-        self.current
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.current - current.min(self.current) + desired;
-        if total > self.max {
-            return Ok(false);
-        }
-        self.current = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
     }
 }
 
@@ -510,7 +467,7 @@ impl LoadedPlugin {
                     self.stats
                         .quarantined_until
                         .store(monotonic_ns() + period.as_nanos() as u64, Ordering::Relaxed);
-                    tracing::warn!(
+                    tracing::warn!(target: crate::LOG_TARGET,
                         plugin = &*self.shared.name,
                         failures,
                         "plugin quarantined for {period:?} after repeated failures (last: {e})"

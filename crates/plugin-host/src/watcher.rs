@@ -35,7 +35,9 @@ pub fn spawn(
                 let _ = tx.send(is_ready(&event.kind));
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("plugin directory watch error: {e}"),
+            Err(e) => {
+                tracing::warn!(target: crate::LOG_TARGET, "plugin directory watch error: {e}")
+            }
         })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(tokio::spawn(async move {
@@ -62,7 +64,7 @@ pub fn spawn(
             let report = runtime.reload().await;
             if !report.loaded.is_empty() || !report.unloaded.is_empty() || !report.failed.is_empty()
             {
-                tracing::info!(
+                tracing::info!(target: crate::LOG_TARGET,
                     loaded = ?report.loaded,
                     unloaded = ?report.unloaded,
                     failed = ?report.failed,

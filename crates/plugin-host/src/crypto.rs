@@ -411,7 +411,7 @@ mod tests {
     use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
 
     use super::*;
-    use crate::plugin::bindings::crypto::{EcPoint, RsaPublic};
+    use crate::bindings::crypto::{EcPoint, RsaPublic};
 
     fn err(alg: Algorithm, material: KeyMaterial) -> String {
         import(alg, material).expect_err("import must fail")

@@ -9,7 +9,7 @@
 /// Contract `sluice:plugin@0.2.0`.
 pub mod v0_2 {
     wasmtime::component::bindgen!({
-        path: "../wit/plugin.wit",
+        path: "../../wit/plugin.wit",
         world: "sluice:plugin/plugin@0.2.0",
         imports: {
             // Outbound HTTP waits on the network: it must not block the worker's event loop.
@@ -18,9 +18,9 @@ pub mod v0_2 {
         },
         exports: { default: async },
         with: {
-            "sluice:plugin/types.request": crate::plugin::host::RequestState,
-            "sluice:plugin/types.response-head": crate::plugin::host::ResponseState,
-            "sluice:plugin/crypto.key": crate::plugin::crypto::Key,
+            "sluice:plugin/types.request": crate::host::RequestState,
+            "sluice:plugin/types.response-head": crate::host::ResponseState,
+            "sluice:plugin/crypto.key": crate::crypto::Key,
         },
         require_store_data_send: true,
     });
@@ -29,7 +29,7 @@ pub mod v0_2 {
 /// Contract `sluice:plugin@0.1.0` (frozen), served to components built against it.
 pub mod v0_1 {
     wasmtime::component::bindgen!({
-        path: "../wit/0.1.0/plugin.wit",
+        path: "../../wit/0.1.0/plugin.wit",
         world: "sluice:plugin/plugin@0.1.0",
         imports: {
             "sluice:plugin/outbound.send": async | trappable,
@@ -37,8 +37,8 @@ pub mod v0_1 {
         },
         exports: { default: async },
         with: {
-            "sluice:plugin/types.request": crate::plugin::host::RequestState,
-            "sluice:plugin/types.response-head": crate::plugin::host::ResponseState,
+            "sluice:plugin/types.request": crate::host::RequestState,
+            "sluice:plugin/types.response-head": crate::host::ResponseState,
         },
         require_store_data_send: true,
     });

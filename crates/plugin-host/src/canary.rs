@@ -24,10 +24,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::PluginSet;
-use crate::config::{Config, FailurePolicy};
-use crate::metrics::Label;
-
 /// A canary entry, `NAME@VERSION:PERCENT%`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Canary<'a> {
@@ -106,93 +102,14 @@ pub fn parse(entry: &str) -> Result<Option<Canary<'_>>, String> {
     }))
 }
 
-/// Whether plugin `name` is declared where the configuration can see it: a digest source,
-/// a file in the plugin directory, or a file in `SLUICE_PLUGINS`.
-fn declared(config: &Config, name: &str) -> bool {
-    let file = format!("{name}.wasm");
-    config.plugins.sources.contains_key(name)
-        || config
-            .plugins
-            .dir
-            .as_ref()
-            .is_some_and(|dir| dir.join(&file).is_file())
-        || config
-            .plugins
-            .files
-            .iter()
-            .any(|f| f.file_name().is_some_and(|n| n == file.as_str()))
-}
-
-/// What is wrong with the canary entries of the routes and the resolver: malformed entries,
-/// versions that are not declared, and an auth version that would fail open. Each message
-/// names the key, the route and the entry.
-pub(crate) fn problems(config: &Config) -> Vec<(Option<std::ops::Range<usize>>, String)> {
-    let mut problems = Vec::new();
-    let routes = config.routes.iter().enumerate().flat_map(|(i, route)| {
-        let label = route
-            .name
-            .clone()
-            .unwrap_or_else(|| route.path.get_ref().clone());
-        route.plugins.iter().map(move |entry| {
-            (
-                format!("routes[{i}].plugins"),
-                format!(" (route `{label}`)"),
-                Some(entry.span()),
-                entry.get_ref().as_str(),
-            )
-        })
-    });
-    let resolver = config.resolver.plugins.iter().map(|entry| {
-        (
-            "resolver.plugins".to_owned(),
-            String::new(),
-            None,
-            entry.as_str(),
-        )
-    });
-    for (key, route, span, entry) in routes.chain(resolver) {
-        let canary = match parse(entry) {
-            Ok(Some(canary)) => canary,
-            Ok(None) => continue,
-            Err(why) => {
-                problems.push((span, format!("{key}: `{entry}`{route}: {why}")));
-                continue;
-            }
-        };
-        if !declared(config, canary.version) {
-            problems.push((
-                span.clone(),
-                format!(
-                    "{key}: `{entry}`{route}: plugin `{}` has no version `{}`: declare \
-                     [plugins.sources.\"{}\"] or put {}.wasm in the plugin directory",
-                    canary.base,
-                    &canary.version[canary.base.len() + 1..],
-                    canary.version,
-                    canary.version
-                ),
-            ));
-        }
-        if canary.base == "auth"
-            && config.plugins.settings_for(canary.version).on_failure == FailurePolicy::FailOpen
-        {
-            problems.push((
-                span,
-                format!(
-                    "plugins.override.\"{}\".on_failure: a version of the auth plugin must be \
-                     fail-closed like auth (a fail-open auth would let a request through \
-                     unauthenticated)",
-                    canary.version
-                ),
-            ));
-        }
-    }
-    problems
-}
-
 /// Picks the plugin a request runs for a chain entry: the entry itself, or for a canary
 /// entry its version (PERCENT % of draws, when loaded) or its current plugin. The draw is
 /// counted.
-pub(super) fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetrics) -> &'a str {
+pub fn choose<'a>(
+    entry: &'a str,
+    loaded: impl Fn(&str) -> bool,
+    metrics: &CanaryMetrics,
+) -> &'a str {
     // Plain names (the usual case) cost one byte comparison.
     if !entry.ends_with('%') {
         return entry;
@@ -202,7 +119,7 @@ pub(super) fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetric
         return entry;
     };
     let drawn = fastrand::f64() * 100.0 < canary.percent;
-    let chosen = if drawn && set.get(canary.version).is_some() {
+    let chosen = if drawn && loaded(canary.version) {
         canary.version
     } else {
         canary.base
@@ -213,8 +130,8 @@ pub(super) fn choose<'a>(entry: &'a str, set: &PluginSet, metrics: &CanaryMetric
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CanaryLabels {
-    plugin: Label,
-    version: Label,
+    plugin: String,
+    version: String,
 }
 
 /// One canary entry's counters: requests that ran the current plugin, and the version.
@@ -260,8 +177,8 @@ impl CanaryMetrics {
                     let counter = |v: &Arc<str>| {
                         self.family
                             .get_or_create(&CanaryLabels {
-                                plugin: Label(base.clone()),
-                                version: Label(v.clone()),
+                                plugin: base.to_string(),
+                                version: v.to_string(),
                             })
                             .clone()
                     };
@@ -365,14 +282,15 @@ mod tests {
     #[test]
     fn the_draw_follows_the_percentage_and_skips_a_version_not_loaded() {
         let metrics = CanaryMetrics::default();
-        let set = PluginSet::default();
+        let set = crate::PluginSet::default();
+        let loaded = |name: &str| set.get(name).is_some();
         // The version is not loaded: every request runs the current plugin.
         for _ in 0..100 {
-            assert_eq!(choose("t@v2:100%", &set, &metrics), "t");
+            assert_eq!(choose("t@v2:100%", loaded, &metrics), "t");
         }
         assert_eq!(metrics.view("t").unwrap().requests, 100);
         assert!(metrics.view("t@v2").unwrap().requests == 0);
-        assert_eq!(choose("plain", &set, &metrics), "plain");
+        assert_eq!(choose("plain", loaded, &metrics), "plain");
         assert!(metrics.view("plain").is_none());
     }
 }

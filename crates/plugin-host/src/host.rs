@@ -16,12 +16,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{host, kv, outbound, state, types};
 use super::kv::KvStore;
-use super::loaded::MemoryLimiter;
 use super::log_stream::PluginLogStream;
-use super::sandbox::{AddedHeaders, OutboundGuard, check_plugin_header};
+use super::sandbox::{AddedHeaders, MemoryLimiter, OutboundGuard, check_plugin_header};
 use super::state::{SharedState, StateError};
-use crate::config::PluginSettings;
-use crate::metrics::RouteName;
+use super::trace::{PluginTrace, SpanEvent, TraceParent};
+use crate::settings::PluginSettings;
 
 /// Largest outbound response body a plugin receives.
 const MAX_OUTBOUND_BODY: usize = 4 * 1024 * 1024;
@@ -64,78 +63,6 @@ pub fn outbound_client() -> OutboundClient {
 const MAX_TRACE_ITEMS: usize = 64;
 /// Largest `set-plugin-data` value.
 const MAX_PLUGIN_DATA: usize = 4096;
-
-/// The caller's trace a plugin asked the request to continue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
-    /// Trace id.
-    pub trace_id: [u8; 16],
-    /// The caller's span id.
-    pub span_id: [u8; 8],
-    /// The caller's sampling decision.
-    pub sampled: Option<bool>,
-    /// W3C `tracestate`, passed on.
-    pub trace_state: String,
-}
-
-/// What plugins asked of a request's trace (the `host` span functions). Telemetry reads it
-/// when the request ends; without telemetry it is kept and dropped.
-#[derive(Debug, Default)]
-pub struct PluginTrace {
-    /// The request's trace id (hex) once telemetry assigned one; `trace-id` reports it.
-    pub trace_id: Option<String>,
-    /// `span-set-name`.
-    pub name: Option<String>,
-    /// `trace-continue`.
-    pub parent: Option<TraceParent>,
-    /// `trace-set-sampled`, the last call.
-    pub sampled: Option<bool>,
-    /// `span-set-attribute`.
-    pub attributes: Vec<(String, String)>,
-    /// `span-add-event`.
-    pub events: Vec<SpanEvent>,
-    /// The plugin calls made for the request (recorded only when it is traced).
-    pub calls: Vec<crate::telemetry::PluginCall>,
-    /// Set once the request phase is over: the upstream (or the client) already has the
-    /// trace id, so `trace-continue` can no longer change it.
-    pub settled: bool,
-}
-
-impl PluginTrace {
-    /// Whether the request is traced (telemetry is on); nothing is recorded otherwise.
-    pub fn traced(&self) -> bool {
-        self.trace_id.is_some()
-    }
-
-    /// Starts timing a plugin call, when the request is traced.
-    pub fn call_started(&self) -> Option<crate::telemetry::CallTimer> {
-        self.traced().then(crate::telemetry::CallTimer::now)
-    }
-
-    /// Records a plugin call timed with [`Self::call_started`].
-    pub fn call_finished(
-        &mut self,
-        timer: Option<crate::telemetry::CallTimer>,
-        plugin: &Arc<str>,
-        phase: &'static str,
-        outcome: &'static str,
-    ) {
-        if let Some(timer) = timer {
-            self.calls.push(timer.finish(plugin, phase, outcome));
-        }
-    }
-}
-
-/// An event a plugin added to the request's span.
-#[derive(Debug)]
-pub struct SpanEvent {
-    /// Its name.
-    pub name: String,
-    /// Its attributes.
-    pub attributes: Vec<(String, String)>,
-    /// When, in ns since the Unix epoch.
-    pub unix_ns: u64,
-}
 
 fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
     let invalid = || {
@@ -300,8 +227,8 @@ pub struct RequestState {
     pub parts: http::request::Parts,
     /// The client's address.
     pub client: SocketAddr,
-    /// The matched route.
-    pub route: RouteName,
+    /// The matched route's name.
+    pub route: Arc<str>,
     /// `x-request-id`.
     pub request_id: HeaderValue,
     /// The body, when a plugin on the route opted in to request bodies.
@@ -319,7 +246,7 @@ impl RequestState {
     pub fn new(
         parts: http::request::Parts,
         client: SocketAddr,
-        route: RouteName,
+        route: Arc<str>,
         request_id: HeaderValue,
         body: PluginBody,
     ) -> Self {
@@ -562,7 +489,7 @@ impl types::HostRequest for HostState {
     }
 
     fn route(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.request(&r)?.route.as_str().to_owned())
+        Ok(self.request(&r)?.route.to_string())
     }
 
     fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
@@ -745,11 +672,11 @@ impl host::Host for HostState {
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(super::state::unix_ms())
+        Ok(super::clock::unix_ms())
     }
 
     fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
-        Ok(super::state::monotonic_ns())
+        Ok(super::clock::monotonic_ns())
     }
 
     fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
@@ -786,7 +713,7 @@ impl host::Host for HostState {
             trace.events.push(SpanEvent {
                 name,
                 attributes,
-                unix_ns: super::state::unix_ns(),
+                unix_ns: super::clock::unix_ns(),
             });
         }
         Ok(())
@@ -941,9 +868,9 @@ impl kv::Host for HostState {
             // Read as absent: a plugin cannot tell a secret it may not read from no secret.
             let why = "not its own (NAME/...) and not granted by kv_read";
             if std::mem::replace(&mut self.kv_denied_logged, true) {
-                tracing::debug!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+                tracing::debug!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
             } else {
-                tracing::warn!(plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+                tracing::warn!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
             }
             return Ok(None);
         }

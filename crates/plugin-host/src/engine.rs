@@ -59,7 +59,7 @@ pub fn build_engine(cache_dir: Option<PathBuf>, max_memory_bytes: usize) -> anyh
     match Engine::new(&pooled) {
         Ok(engine) => Ok(engine),
         Err(e) => {
-            tracing::warn!(
+            tracing::warn!(target: crate::LOG_TARGET,
                 "plugin instance pool unavailable ({e}); allocating instances on demand"
             );
             Engine::new(&engine_config(cache_dir, None)).map_err(|e| anyhow::anyhow!("{e}"))
@@ -89,7 +89,9 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
             Ok(cache) => {
                 config.cache(Some(cache));
             }
-            Err(e) => tracing::warn!("plugin compile cache disabled: {e}"),
+            Err(e) => {
+                tracing::warn!(target: crate::LOG_TARGET, "plugin compile cache disabled: {e}")
+            }
         }
     }
     if let Some(max_memory) = pool_memory {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,72 +49,21 @@ pub struct KvStore {
     entries: RwLock<BTreeMap<String, (Bytes, u64)>>,
     version: AtomicU64,
     file: Option<PathBuf>,
-    remote: OnceLock<EtcdKv>,
+    remote: OnceLock<Box<dyn RemoteKv>>,
 }
 
-/// The etcd side of the store: where writes go when `[kv] backend = "etcd"`.
-#[derive(Debug)]
-pub struct EtcdKv {
-    conn: Arc<crate::etcd::EtcdConnection>,
-    prefix: String,
-}
-
-impl EtcdKv {
-    /// Keys live at `prefix + key` on `conn`.
-    pub fn new(conn: Arc<crate::etcd::EtcdConnection>, prefix: String) -> Self {
-        Self { conn, prefix }
-    }
-
-    /// Writes a value; its new version (etcd's revision).
-    pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, String> {
-        let key = format!("{}{key}", self.prefix);
-        self.conn
-            .call(|mut client| async move {
-                let response = client
-                    .put(key, value.to_vec(), None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(response.header().map_or(0, |h| h.revision()) as u64)
-            })
-            .await
-    }
-
+/// A shared backend the store mirrors (etcd, with `[kv] backend = "etcd"`): writes go there,
+/// and the gateway feeds what it holds back with [`KvStore::reset`] and [`KvStore::change`].
+pub trait RemoteKv: std::fmt::Debug + Send + Sync {
+    /// Writes a value; its new version.
+    fn put<'a>(&'a self, key: &'a str, value: Bytes) -> RemoteFuture<'a, u64>;
     /// Deletes a key; whether it existed.
-    pub async fn delete(&self, key: &str) -> Result<bool, String> {
-        let key = format!("{}{key}", self.prefix);
-        self.conn
-            .call(|mut client| async move {
-                let response = client.delete(key, None).await.map_err(|e| e.to_string())?;
-                Ok(response.deleted() > 0)
-            })
-            .await
-    }
+    fn delete<'a>(&'a self, key: &'a str) -> RemoteFuture<'a, bool>;
 }
 
-/// Applies what etcd holds under the kv prefix to the store.
-pub struct KvMirror(pub Arc<KvStore>);
-
-impl crate::etcd::Mirror for KvMirror {
-    fn reset(&self, entries: Vec<(String, Vec<u8>, i64)>) {
-        let mut map = self.0.entries.write().expect("kv lock");
-        *map = entries
-            .into_iter()
-            .map(|(k, v, revision)| (k, (Bytes::from(v), revision as u64)))
-            .collect();
-    }
-
-    fn change(&self, key: &str, value: Option<&[u8]>, revision: i64) {
-        let mut map = self.0.entries.write().expect("kv lock");
-        match value {
-            Some(v) => {
-                map.insert(key.to_owned(), (Bytes::copy_from_slice(v), revision as u64));
-            }
-            None => {
-                map.remove(key);
-            }
-        }
-    }
-}
+/// What a [`RemoteKv`] call returns: its result, or why the backend failed.
+pub type RemoteFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
 
 impl KvStore {
     /// A store kept in memory only.
@@ -166,14 +115,36 @@ impl KvStore {
         })
     }
 
-    /// Sends writes to etcd from now on (`[kv] backend = "etcd"`).
-    pub fn attach_etcd(&self, remote: EtcdKv) {
+    /// Sends writes to a shared backend from now on (`[kv] backend = "etcd"`).
+    pub fn attach_remote(&self, remote: Box<dyn RemoteKv>) {
         let _ = self.remote.set(remote);
     }
 
-    /// The etcd side, when the store lives in etcd.
-    pub fn remote(&self) -> Option<&EtcdKv> {
-        self.remote.get()
+    /// The shared backend, when the store lives in one.
+    pub fn remote(&self) -> Option<&dyn RemoteKv> {
+        self.remote.get().map(|r| &**r)
+    }
+
+    /// Replaces everything with what the shared backend holds (key, value, version).
+    pub fn reset(&self, entries: Vec<(String, Vec<u8>, i64)>) {
+        let mut map = self.entries.write().expect("kv lock");
+        *map = entries
+            .into_iter()
+            .map(|(k, v, revision)| (k, (Bytes::from(v), revision as u64)))
+            .collect();
+    }
+
+    /// One change in the shared backend: `Some(value)` for a put, `None` for a delete.
+    pub fn change(&self, key: &str, value: Option<&[u8]>, revision: i64) {
+        let mut map = self.entries.write().expect("kv lock");
+        match value {
+            Some(v) => {
+                map.insert(key.to_owned(), (Bytes::copy_from_slice(v), revision as u64));
+            }
+            None => {
+                map.remove(key);
+            }
+        }
     }
 
     /// Waits (up to `limit`) until the mirror holds `key` at `version` or later, or (with
@@ -301,6 +272,28 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a shared backend holds replaces the store, and its changes apply one by one,
+    /// each at the backend's version (what an admin write through the backend waits for).
+    #[tokio::test]
+    async fn a_shared_backend_s_state_and_changes_are_mirrored() {
+        let kv = KvStore::in_memory();
+        kv.put("local", Bytes::from_static(b"x")).unwrap();
+        kv.reset(vec![
+            ("a".into(), b"1".to_vec(), 7),
+            ("b".into(), b"2".to_vec(), 9),
+        ]);
+        assert_eq!(kv.get("local"), None, "a reset replaces everything");
+        assert_eq!(kv.get("a"), Some((Bytes::from_static(b"1"), 7)));
+        kv.change("a", Some(b"3"), 11);
+        kv.change("b", None, 12);
+        assert_eq!(kv.get("a"), Some((Bytes::from_static(b"3"), 11)));
+        assert!(kv.get("b").is_none());
+        assert!(kv.wait_for("a", Some(11), Duration::from_millis(1)).await);
+        assert!(!kv.wait_for("a", Some(12), Duration::from_millis(20)).await);
+        assert!(kv.wait_for("b", None, Duration::from_millis(1)).await);
+        assert!(kv.remote().is_none());
+    }
 
     #[test]
     fn versions_grow_and_values_survive_a_reopen() {
