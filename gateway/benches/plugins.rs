@@ -34,7 +34,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         println!("plugin: {}", plugin.display());
-        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker runs one part.
+        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part.
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
@@ -53,14 +53,19 @@ fn main() {
             auth_verify_cost().await;
         }
         if run("breaker") {
-            breaker_cost(&plugin, "defaults", "").await;
-            // Without the bulkhead's two compare-and-swaps and the timeout call.
-            breaker_cost(
+            builtin_cost(&plugin, "breaker", "defaults, circuit closed", "").await;
+            // Without the bulkhead's batch and the timeout call.
+            builtin_cost(
                 &plugin,
+                "breaker",
                 "no bulkhead, no timeout",
                 "max_concurrent_requests = 0\ntimeout = 0\n",
             )
             .await;
+        }
+        if run("tracing") {
+            // No `[telemetry]`: the plugin runs, nothing is exported (issue #13's goal 3 case).
+            builtin_cost(&plugin, "tracing", "defaults, no [telemetry]", "").await;
         }
         // SLUICE_BENCH_LANGS="rust=a.wasm,python=b.wasm,js=c.wasm": the same trivial plugin
         // (`sluice plugin new`'s template) in each language.
@@ -286,11 +291,12 @@ async fn auth_verify_round(cached: bool) {
 /// default settings: bulkhead slot taken and released, upstream timeout set, outcome and
 /// latency counted) against the no-op plugin, both pooled, in the same process, interleaved;
 /// the median of 5 rounds.
-async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
+/// The cost a built-in plugin adds over the no-op plugin, per request (both hooks), pooled.
+async fn builtin_cost(noop: &Path, builtin: &str, label: &str, settings: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(noop, dir.path().join("noop.wasm")).unwrap();
-    let mut config = Config::parse(&format!("[plugin.breaker]\n{settings}"), "bench").unwrap();
+    let mut config = Config::parse(&format!("[plugin.{builtin}]\n{settings}"), "bench").unwrap();
     config.plugins.dir = Some(dir.path().to_owned());
     config.plugins.cache_dir = Some(cache.path().to_owned());
     config.plugins.defaults.instance = InstanceMode::Pooled;
@@ -299,7 +305,10 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
     let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let mut loaded = rt.reload().await.loaded;
     loaded.sort();
-    assert_eq!(loaded, ["breaker", "noop"]);
+    assert!(
+        loaded.iter().any(|l| l == builtin) && loaded.iter().any(|l| l == "noop"),
+        "{loaded:?}"
+    );
     let set = rt.current();
     let ok = http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
     let (head, _) = ok.into_parts();
@@ -320,21 +329,21 @@ async fn breaker_cost(noop: &Path, label: &str, settings: &str) {
     };
     // Warm-up (instances created, caches filled).
     measure(["noop".to_owned()]).await;
-    measure(["breaker".to_owned()]).await;
+    measure([builtin.to_owned()]).await;
     let mut noop_us = Vec::new();
-    let mut breaker_us = Vec::new();
+    let mut builtin_us = Vec::new();
     for _ in 0..5 {
         noop_us.push(measure(["noop".to_owned()]).await);
-        breaker_us.push(measure(["breaker".to_owned()]).await);
+        builtin_us.push(measure([builtin.to_owned()]).await);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (noop_us, breaker_us) = (median(&mut noop_us), median(&mut breaker_us));
+    let (noop_us, builtin_us) = (median(&mut noop_us), median(&mut builtin_us));
     println!(
-        "breaker ({label}) vs no-op, pooled, circuit closed: {breaker_us:.2} µs vs {noop_us:.2} µs per request (on-request + on-response): breaker adds {:.2} µs (median of 5 x {n})",
-        breaker_us - noop_us
+        "{builtin} ({label}) vs no-op, pooled: {builtin_us:.2} µs vs {noop_us:.2} µs per request (on-request + on-response): {builtin} adds {:.2} µs (median of 5 x {n})",
+        builtin_us - noop_us
     );
 }
 
