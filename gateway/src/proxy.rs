@@ -1,5 +1,9 @@
 //! The request path, top to bottom: edge checks → route → upstream pick → forward → relay,
 //! then metrics and the access log.
+//!
+//! Long (~800 lines before its tests) on purpose: the request path is meant to be read top
+//! to bottom in one file (docs/architecture.md); the plugin chain is in `chain.rs`, retries
+//! in `upstream/retry.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,10 @@
 //! The data-plane listener: worker threads, each with its own single-threaded event loop and
 //! its own SO_REUSEPORT socket (the nginx worker model: no work stealing, no cross-thread
 //! wake-ups on the hot path), HTTP/1.1 connections with edge limits, and graceful shutdown.
+//!
+//! Long (~800 lines before its tests): the accept loops of plain, TLS and h2 listeners share
+//! the connection limits and shutdown; their HTTP/1 and HTTP/2 loops look alike but close
+//! differently (hard close vs GOAWAY), so they stay side by side.
 
 use std::io;
 use std::net::SocketAddr;

@@ -28,6 +28,9 @@
 //! ```
 //!
 //! Each test thread has its own host: [`TestHost::new`] installs a fresh one.
+//!
+//! Long (~780 lines before its tests): it mirrors every host import the real gateway offers,
+//! checked against the real host by `tests/conformance/host.json`; one file keeps them in step.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

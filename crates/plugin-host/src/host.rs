@@ -1,6 +1,9 @@
 //! The host side of the WIT world: the store data of a plugin instance (`HostState`) and the
 //! implementation of every import (request/response views, log, metrics, clocks, spans,
 //! shared state, key-value config, outbound HTTP).
+//!
+//! Long (~1 000 lines): one `impl Host` per WIT interface, shaped by the generated traits;
+//! each import is a few lines and they share the lent request/response state defined here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

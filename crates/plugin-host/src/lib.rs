@@ -10,6 +10,10 @@
 //! `watcher` (directory watch), and this file: the set of active plugins, loading and
 //! reloading them, and what the admin API shows. The per-request chain is the gateway's
 //! (`chain.rs`, beside the proxy).
+//!
+//! Long (~650 lines): every way a plugin enters the active set (built-in, file, digest source,
+//! canary version, reload) ends in the same `install`; kept together so the set's invariants
+//! are checked in one file.
 
 #![forbid(unsafe_code)]
 

@@ -13,6 +13,10 @@
 //! Module map: `apply` (applying a configuration to a running gateway), `snapshot` (the
 //! last-known-good file), `cli` (`sluice config push|get|diff`), and this file: the `[cluster]`
 //! table, the document, start-up and following etcd.
+//!
+//! Long (~800 lines before its tests): start-up with etcd up or down, the snapshot fallback
+//! and following the document are one state machine; its parts (`apply`, `snapshot`, `cli`)
+//! are already modules of their own.
 
 pub mod apply;
 pub mod cli;

@@ -7,6 +7,9 @@
 //!
 //! The state key layout is a contract with the gateway, which reads it to serve
 //! `/hystrix.stream` and the breaker metrics: see README.md and [`keys`].
+//!
+//! Long (~650 lines before its tests): Hystrix's state machine (closed → open → half-open),
+//! the bulkhead and the rolling window are one plugin's request path, read top to bottom.
 
 pub mod config;
 
