@@ -112,6 +112,8 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
             // the low bytes elsewhere) instead of madvise: the next instance then takes no
             // page faults and the process no TLB shootdowns. Page faults and decommits were
             // most of a fresh instance's cost (perf, 2026-11-27: 31 µs per request).
+            // The price: what an instance dirtied (up to 1 MiB) stays resident in its slot;
+            // slots are reused, so that is about 1 MiB per instance alive at the busiest moment.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 * 1024)
             .pagemap_scan(wasmtime::Enabled::Auto);
