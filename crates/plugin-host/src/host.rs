@@ -337,12 +337,20 @@ fn parse_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), S
     Ok((name, value))
 }
 
-fn set_header(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue, append: bool) {
+/// Writes a header the plugin was admitted to write (`HostState::admit_header`, one check for
+/// requests and responses alike), or says why it may not.
+fn write_header(
+    headers: &mut HeaderMap,
+    admitted: Result<(HeaderName, HeaderValue), String>,
+    append: bool,
+) -> Result<(), String> {
+    let (name, value) = admitted?;
     if append {
         headers.append(name, value);
     } else {
         headers.insert(name, value);
     }
+    Ok(())
 }
 
 fn remove_header(headers: &mut HeaderMap, name: &str) -> bool {
@@ -461,12 +469,12 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let (name, value) = match self.admit_header(&name, &value) {
-            Ok(pair) => pair,
-            Err(e) => return Ok(Err(e)),
-        };
-        set_header(&mut self.request(&r)?.parts.headers, name, value, false);
-        Ok(Ok(()))
+        let admitted = self.admit_header(&name, &value);
+        Ok(write_header(
+            &mut self.request(&r)?.parts.headers,
+            admitted,
+            false,
+        ))
     }
 
     fn append_header(
@@ -475,12 +483,12 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let (name, value) = match self.admit_header(&name, &value) {
-            Ok(pair) => pair,
-            Err(e) => return Ok(Err(e)),
-        };
-        set_header(&mut self.request(&r)?.parts.headers, name, value, true);
-        Ok(Ok(()))
+        let admitted = self.admit_header(&name, &value);
+        Ok(write_header(
+            &mut self.request(&r)?.parts.headers,
+            admitted,
+            true,
+        ))
     }
 
     fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
@@ -598,12 +606,12 @@ impl types::HostResponseHead for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let (name, value) = match self.admit_header(&name, &value) {
-            Ok(pair) => pair,
-            Err(e) => return Ok(Err(e)),
-        };
-        set_header(&mut self.response(&r)?.parts.headers, name, value, false);
-        Ok(Ok(()))
+        let admitted = self.admit_header(&name, &value);
+        Ok(write_header(
+            &mut self.response(&r)?.parts.headers,
+            admitted,
+            false,
+        ))
     }
 
     fn append_header(
@@ -612,12 +620,12 @@ impl types::HostResponseHead for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let (name, value) = match self.admit_header(&name, &value) {
-            Ok(pair) => pair,
-            Err(e) => return Ok(Err(e)),
-        };
-        set_header(&mut self.response(&r)?.parts.headers, name, value, true);
-        Ok(Ok(()))
+        let admitted = self.admit_header(&name, &value);
+        Ok(write_header(
+            &mut self.response(&r)?.parts.headers,
+            admitted,
+            true,
+        ))
     }
 
     fn remove_header(
