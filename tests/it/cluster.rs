@@ -113,18 +113,23 @@ fn sluice_config(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Writes `text` to a file in `dir` and pushes it; panics if the CLI refuses.
-fn push(dir: &Path, etcd: &str, prefix: &str, text: &str) {
-    let file = dir.join("cluster.toml");
-    std::fs::write(&file, text).unwrap();
-    let out = sluice_config(&[
+/// `sluice config push FILE` to the etcd at `etcd` under `prefix`.
+fn push_file(file: &Path, etcd: &str, prefix: &str) -> Output {
+    sluice_config(&[
         "push",
         file.to_str().unwrap(),
         "--endpoints",
         etcd,
         "--prefix",
         prefix,
-    ]);
+    ])
+}
+
+/// Writes `text` to a file in `dir` and pushes it; panics if the CLI refuses.
+fn push(dir: &Path, etcd: &str, prefix: &str, text: &str) {
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = push_file(&file, etcd, prefix);
     assert!(
         out.status.success(),
         "push failed: {}",
@@ -243,14 +248,7 @@ async fn three_nodes_follow_one_document_refuse_bad_ones_and_survive_etcd_loss()
     // The CLI refuses an invalid file before writing anything.
     let bad_file = work.path().join("bad.toml");
     std::fs::write(&bad_file, "[[routes]]\npath = \"svc\"\nservice = \"s\"\n").unwrap();
-    let out = sluice_config(&[
-        "push",
-        bad_file.to_str().unwrap(),
-        "--endpoints",
-        &endpoint,
-        "--prefix",
-        &prefix,
-    ]);
+    let out = push_file(&bad_file, &endpoint, &prefix);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -636,14 +634,7 @@ async fn a_canary_pushed_in_the_document_runs_the_version_it_names() {
     // Not declared in the document: refused before anything is written.
     let file = work.path().join("undeclared.toml");
     std::fs::write(&file, doc("testbed@v2:50%", false)).unwrap();
-    let out = sluice_config(&[
-        "push",
-        file.to_str().unwrap(),
-        "--endpoints",
-        &endpoint,
-        "--prefix",
-        &prefix,
-    ]);
+    let out = push_file(&file, &endpoint, &prefix);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -680,22 +671,7 @@ impl TlsEtcd {
         let port = free_port().await;
         let client = format!("https://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{}", free_port().await);
-        let child = Command::new("etcd")
-            .args(["--name", "sluice-tls", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("sluice-tls={peer}")])
+        let child = crate::etcd::etcd_command("sluice-tls", dir.path(), &client, &peer)
             .arg("--cert-file")
             .arg(&cert)
             .arg("--key-file")

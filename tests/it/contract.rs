@@ -20,22 +20,7 @@ async fn gateway_with_v02(
 ) -> sluice::Gateway {
     std::fs::copy(fixture("v02"), dir.join("v02.wasm")).unwrap();
     std::fs::write(dir.join("v02.toml"), config).unwrap();
-    gateway(&format!(
-        r#"
-[plugins]
-dir = "{}"
-cache_dir = "{}"
-[services.s]
-instances = ["{upstream}"]
-[[routes]]
-path = "/v"
-service = "s"
-plugins = ["v02"]
-"#,
-        dir.display(),
-        plugin_cache_dir().display()
-    ))
-    .await
+    gateway_with_plugin(dir, "v02", "/v", upstream).await
 }
 
 fn plugin_view(plugins: &serde_json::Value, name: &str) -> serde_json::Value {

@@ -23,6 +23,29 @@ pub(crate) struct Etcd {
     peer: u16,
 }
 
+/// An etcd member named `name` with its data in `dir`, serving clients on `client` (an URL)
+/// and its single-member cluster on `peer`; callers add TLS flags and output.
+pub(crate) fn etcd_command(name: &str, dir: &Path, client: &str, peer: &str) -> Command {
+    let mut command = Command::new("etcd");
+    command
+        .args(["--name", name, "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", &format!("{name}={peer}")]);
+    command
+}
+
 impl Etcd {
     pub(crate) async fn start() -> Self {
         let mut etcd = Self {
@@ -43,22 +66,7 @@ impl Etcd {
     pub(crate) async fn spawn(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
-            .args(["--name", "sluice-test", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("sluice-test={peer}")])
+        let child = etcd_command("sluice-test", self.dir.path(), &client, &peer)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
             .spawn()

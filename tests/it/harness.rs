@@ -221,6 +221,33 @@ pub async fn gateway(config: &str) -> Gateway {
     Gateway::start(config).await.expect("gateway starts")
 }
 
+/// A gateway with the plugin `name` from `dir` on a route `path` named `with-plugin` (no
+/// `strip_prefix`) in front of `upstream`.
+pub async fn gateway_with_plugin(
+    dir: &std::path::Path,
+    name: &str,
+    path: &str,
+    upstream: SocketAddr,
+) -> Gateway {
+    gateway(&format!(
+        r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+[services.s]
+instances = ["{upstream}"]
+[[routes]]
+name = "with-plugin"
+path = "{path}"
+service = "s"
+plugins = ["{name}"]
+"#,
+        dir.display(),
+        plugin_cache_dir().display()
+    ))
+    .await
+}
+
 /// Config text with one service `s` at `addr` and one route on `path`.
 pub fn one_route(addr: SocketAddr, path: &str) -> String {
     format!(

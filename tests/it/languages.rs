@@ -3,11 +3,9 @@
 //! from `wit/plugin.wit`, loaded by a real gateway and checked by what the client and the
 //! upstream see. The toolchains come from `scripts/setup-plugin-toolchains.sh`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use http::Request;
-use sluice::Gateway;
 
 use crate::harness::*;
 
@@ -54,27 +52,6 @@ fn plugin_dir_with(built: &Path, name: &str, config: &str) -> tempfile::TempDir 
     std::fs::copy(built.join(&wasm), dir.path().join(&wasm)).unwrap();
     std::fs::write(dir.path().join(format!("{name}.toml")), config).unwrap();
     dir
-}
-
-/// A gateway with the plugin `name` on route `path` (no `strip_prefix`) in front of `upstream`.
-async fn gateway_with_plugin(dir: &Path, name: &str, path: &str, upstream: SocketAddr) -> Gateway {
-    gateway(&format!(
-        r#"
-[plugins]
-dir = "{}"
-cache_dir = "{}"
-[services.s]
-instances = ["{upstream}"]
-[[routes]]
-name = "with-plugin"
-path = "{path}"
-service = "s"
-plugins = ["{name}"]
-"#,
-        dir.display(),
-        plugin_cache_dir().display()
-    ))
-    .await
 }
 
 #[tokio::test]
