@@ -16,7 +16,6 @@ use crate::plugin::bindings::types;
 use crate::plugin::host::{PluginBody, RequestState, ResponseState};
 use crate::plugin::loaded::{LoadedPlugin, PluginFailure};
 use crate::plugin::settings::{FailurePolicy, PluginSettings};
-use crate::plugin::trace::PluginTrace;
 use crate::plugin::{canary, sandbox};
 
 /// What became of a request upstream, as `on-response` is told.
@@ -135,16 +134,19 @@ pub async fn on_request(
 }
 
 /// Runs `on-response` of the plugins that ran, in reverse order, telling them what became
-/// of the request upstream. Returns the response,
-/// the error that made it (if a plugin failed closed), and the request's trace as the
-/// plugins left it.
+/// of the request upstream. Returns the response, the error that made it (if a plugin failed
+/// closed), and the request as the plugins left it (with what they asked of its trace).
 pub async fn on_response(
     plugins: &PluginRuntime,
     ran: &[Arc<LoadedPlugin>],
     mut request: Box<RequestState>,
     response: Response<ResponseBody>,
     upstream: UpstreamOutcome,
-) -> (Response<ResponseBody>, Option<ProxyError>, PluginTrace) {
+) -> (
+    Response<ResponseBody>,
+    Option<ProxyError>,
+    Box<RequestState>,
+) {
     let (parts, body) = response.into_parts();
     // Every plugin that ran `on-request` gets its `on-response`, even once the answer has
     // become an error: plugins keep per-request resources (a bulkhead slot, a half-open
@@ -217,7 +219,7 @@ pub async fn on_response(
         }
     }
     if let Some(error) = failed {
-        return (error.to_response(), Some(error), request.trace);
+        return (error.to_response(), Some(error), request);
     }
     let body = match (head.body.bytes.take(), streaming.take()) {
         (Some(bytes), _) => {
@@ -229,7 +231,7 @@ pub async fn on_response(
         (None, Some(body)) => body,
         (None, None) => ResponseBody::full(Bytes::new()),
     };
-    (Response::from_parts(head.parts, body), None, request.trace)
+    (Response::from_parts(head.parts, body), None, request)
 }
 
 /// A failed call of a fail-open plugin: logged, counted, and the request goes on.

@@ -60,23 +60,72 @@ pub struct Proxy {
     pub websocket: crate::config::WebSocketConfig,
 }
 
-/// What the access log and metrics need to know about how a request went.
-struct Outcome {
-    route: Option<Arc<Route>>,
-    upstream: Option<Arc<str>>,
-    error: Option<ProxyError>,
+/// One request on its way through the gateway, owned by [`Proxy::handle`] and lent to each
+/// step of the request path: what the metrics, the access log and the trace need, and — on a
+/// route with plugins — the request as the plugins see and change it. Every step reads and
+/// writes this one place; nothing is copied from one record to another to keep them in step.
+struct RequestContext {
+    client: SocketAddr,
+    started: Instant,
+    protocol: Protocol,
+    /// TLS version of the client's connection, `""` in the clear.
+    tls: &'static str,
+    /// Method and path as received, kept for the access log and the server span only: no
+    /// copies when both are off.
+    request_line: Option<(http::Method, String)>,
+    /// `x-request-id`, as received or made up; the response carries it back.
     request_id: Option<HeaderValue>,
-    /// The request's spans, when telemetry is on.
+    route: Option<Arc<Route>>,
+    /// The instance of the last try.
+    upstream: Option<Arc<str>>,
+    /// Why the gateway (or a plugin failing closed) answered instead of the upstream.
+    error: Option<ProxyError>,
+    /// The gateway's spans, when `[telemetry]` is on.
     trace: Option<RequestTrace>,
+    /// The request as the plugins left it (routes with plugins, after `on-request`): what
+    /// `on-response` reads, and what plugins asked of the trace.
+    plugin_view: Option<Box<RequestState>>,
 }
 
-impl Outcome {
+impl RequestContext {
+    fn new(proxy: &Proxy, request: &Request<Incoming>, client: SocketAddr) -> Self {
+        let trace = proxy.telemetry.as_ref().map(Telemetry::begin);
+        let request_line = (proxy.access_log || trace.is_some())
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let tls = request
+            .extensions()
+            .get::<crate::server::TlsInfo>()
+            .map_or("", |t| t.version);
+        Self {
+            client,
+            started: Instant::now(),
+            protocol: protocol_of(request),
+            tls,
+            request_line,
+            request_id: None,
+            route: None,
+            upstream: None,
+            error: None,
+            trace,
+            plugin_view: None,
+        }
+    }
+
     /// The gateway answers with this error.
     fn fail(&mut self, error: ProxyError) -> Response<ResponseBody> {
         let response = error.to_response();
         self.error = Some(error);
         response
     }
+}
+
+/// A request that passed the edge checks and found its route.
+struct Admitted {
+    route: Arc<Route>,
+    parts: http::request::Parts,
+    body: Incoming,
+    /// The client has until then to send the whole body.
+    body_deadline: Instant,
 }
 
 impl Proxy {
@@ -86,255 +135,204 @@ impl Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let trace = self.telemetry.as_ref().map(Telemetry::begin);
-        // Kept for the access log and the server span only: no copies when both are off.
-        let request_line = (self.access_log || trace.is_some())
-            .then(|| (request.method().clone(), request.uri().path().to_owned()));
-        let mut outcome = Outcome {
-            route: None,
-            upstream: None,
-            error: None,
-            request_id: None,
-            trace,
+        let mut cx = RequestContext::new(self, &request, client);
+        // Each step is awaited here, not in a nested `async fn`: hyper moves this future
+        // into its connection task, and every level of nesting copies the levels below.
+        let response = match self.admit(request, &mut cx) {
+            Err(error) => cx.fail(error),
+            Ok(admitted) if admitted.route.plugins.is_empty() => {
+                let Admitted {
+                    route,
+                    parts,
+                    body,
+                    body_deadline,
+                } = admitted;
+                let body = RequestBody::limited(body, self.max_body_bytes)
+                    .read_deadline(body_deadline, self.edge.body_read_timeout);
+                match self.forward(&route, parts, body, None, &mut cx).await {
+                    Ok(response) => response,
+                    Err(e) => cx.fail(e),
+                }
+            }
+            // The plugin path lives in its own (boxed) future, so requests on routes
+            // without plugins do not carry its state around.
+            Ok(admitted) => Box::pin(self.forward_with_plugins(admitted, &mut cx)).await,
         };
-        // gRPC runs over HTTP/2 only: HTTP/1.1 requests are not looked at.
-        let grpc = request.version() == Version::HTTP_2 && crate::grpc::is_grpc(request.headers());
-        let protocol = if grpc {
-            Protocol::Grpc
-        } else if request
-            .extensions()
-            .get::<hyper::upgrade::OnUpgrade>()
-            .is_some()
-            && (crate::websocket::is_websocket(request.headers())
-                || crate::websocket::is_extended_connect(request.extensions()))
-        {
-            Protocol::Ws
-        } else if request.version() == Version::HTTP_2 {
-            Protocol::H2
-        } else {
-            Protocol::Http1
-        };
-        let tls = request
-            .extensions()
-            .get::<crate::server::TlsInfo>()
-            .map_or("", |t| t.version);
+        self.answer(cx, response)
+    }
 
-        let mut response = self.route_and_forward(request, client, &mut outcome).await;
-        if grpc && !response.body().is_upstream() && !crate::grpc::is_grpc(response.headers()) {
-            // Answered by the gateway or a plugin: a gRPC client reads grpc-status.
-            response = crate::grpc::answer(response, outcome.error.as_ref());
+    /// The request path's first steps: edge checks that must run before anything reaches an
+    /// upstream, then the route.
+    fn admit(
+        &self,
+        request: Request<Incoming>,
+        cx: &mut RequestContext,
+    ) -> Result<Admitted, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+
+        // 1. Edge checks.
+        if parts.extensions.get::<AmbiguousFraming>().is_some() {
+            return Err(ProxyError::BadRequest(BOTH_FRAMING_HEADERS));
         }
-        if let Some(id) = outcome.request_id.take() {
+        check_framing(&parts.headers, self.max_body_bytes)?;
+        // One Host and one canonical path, used by routing, plugins and the upstream alike.
+        crate::edge::canonical_request(&mut parts, &self.edge)?;
+        let body_deadline = Instant::now() + self.edge.body_read_timeout;
+        if parts.version == Version::HTTP_2 {
+            h2_request_view(&mut parts);
+        }
+        cx.request_id = Some(headers::ensure_request_id(&mut parts.headers));
+
+        // 2. Route. One snapshot of routes (and later, of plugins) for the whole request.
+        let snapshot = self.snapshot.load();
+        let host = host_of(&parts);
+        let route = match snapshot.routes.find(host, &parts.method, parts.uri.path()) {
+            Some(route) => route.clone(),
+            None => {
+                self.resolve(&snapshot, parts.uri.path())
+                    .ok_or_else(|| ProxyError::NoRoute {
+                        method: parts.method.clone(),
+                        path: parts.uri.path().to_owned(),
+                    })?
+            }
+        };
+        cx.route = Some(route.clone());
+        Ok(Admitted {
+            route,
+            parts,
+            body,
+            body_deadline,
+        })
+    }
+
+    /// The request is answered: the response gets its last touches, then metrics, the trace
+    /// and the access log take what the context recorded.
+    fn answer(
+        &self,
+        mut cx: RequestContext,
+        mut response: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        if cx.protocol == Protocol::Grpc
+            && !response.body().is_upstream()
+            && !crate::grpc::is_grpc(response.headers())
+        {
+            // Answered by the gateway or a plugin: a gRPC client reads grpc-status.
+            response = crate::grpc::answer(response, cx.error.as_ref());
+        }
+        if let Some(id) = cx.request_id.take() {
             response
                 .headers_mut()
                 .insert(headers::X_REQUEST_ID.clone(), id);
         }
 
-        let elapsed = started.elapsed();
+        let elapsed = cx.started.elapsed();
         let status = response.status().as_u16();
-        let route_metrics = outcome
-            .route
-            .as_ref()
-            .map_or(&self.unmatched, |r| &r.metrics);
+        let route_metrics = cx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
         route_metrics.record(status, elapsed.as_secs_f64());
-        self.metrics.record_protocol(protocol, tls);
-        if let (Some(trace), Some((method, path))) = (outcome.trace.take(), &request_line) {
-            trace.finish(&FinishedRequest {
-                method,
-                path,
-                route: outcome.route.as_ref().map(|r| r.path.as_str()),
-                status,
-                client,
-                request_id: response.headers().get(&headers::X_REQUEST_ID),
-                error: outcome.error.as_ref(),
-            });
-        }
-        if let Some((method, path)) = request_line.filter(|_| self.access_log) {
-            log_access(
-                &method,
-                &path,
-                status,
-                &outcome,
-                elapsed,
-                client,
-                response.headers(),
-                (protocol, tls),
+        self.metrics.record_protocol(cx.protocol, cx.tls);
+        if let (Some(trace), Some((method, path))) = (cx.trace.take(), &cx.request_line) {
+            trace.finish(
+                &FinishedRequest {
+                    method,
+                    path,
+                    route: cx.route.as_ref().map(|r| r.path.as_str()),
+                    status,
+                    client: cx.client,
+                    request_id: response.headers().get(&headers::X_REQUEST_ID),
+                    error: cx.error.as_ref(),
+                },
+                cx.plugin_view.take().map(|view| view.trace),
             );
+        }
+        if self.access_log {
+            log_access(&cx, status, elapsed, response.headers());
         }
         response
     }
 
-    /// The request path: edge checks → route → plugins in → upstream → plugins out.
-    async fn route_and_forward(
-        &self,
-        request: Request<Incoming>,
-        client: SocketAddr,
-        outcome: &mut Outcome,
-    ) -> Response<ResponseBody> {
-        let (mut parts, body) = request.into_parts();
-
-        // 1. Edge checks that must run before anything reaches an upstream.
-        if parts.extensions.get::<AmbiguousFraming>().is_some() {
-            return outcome.fail(ProxyError::BadRequest(BOTH_FRAMING_HEADERS));
-        }
-        if let Err(e) = check_framing(&parts.headers, self.max_body_bytes) {
-            return outcome.fail(e);
-        }
-        // One Host and one canonical path, used by routing, plugins and the upstream alike.
-        if let Err(e) = crate::edge::canonical_request(&mut parts, &self.edge) {
-            return outcome.fail(e);
-        }
-        let body_deadline = Instant::now() + self.edge.body_read_timeout;
-        if parts.version == Version::HTTP_2 {
-            h2_request_view(&mut parts);
-        }
-        let request_id = headers::ensure_request_id(&mut parts.headers);
-        outcome.request_id = Some(request_id.clone());
-
-        // 2. Route. One snapshot of routes (and below, of plugins) for the whole request.
-        let snapshot = self.snapshot.load();
-        let host = host_of(&parts);
-        let found = snapshot.routes.find(host, &parts.method, parts.uri.path());
-        let route = match found {
-            Some(route) => route.clone(),
-            None => match self.resolve(&snapshot, parts.uri.path()) {
-                Some(route) => route,
-                None => {
-                    let error = ProxyError::NoRoute {
-                        method: parts.method.clone(),
-                        path: parts.uri.path().to_owned(),
-                    };
-                    return outcome.fail(error);
-                }
-            },
-        };
-        drop(snapshot);
-        outcome.route = Some(route.clone());
-
-        if route.plugins.is_empty() {
-            let body = RequestBody::limited(body, self.max_body_bytes)
-                .read_deadline(body_deadline, self.edge.body_read_timeout);
-            return match self
-                .forward(&route, parts, body, client, None, outcome)
-                .await
-            {
-                Ok(response) => response,
-                Err(e) => outcome.fail(e),
-            };
-        }
-
-        // 3.-5. The plugin path lives in its own (boxed) future, so requests on routes
-        // without plugins do not carry its state around.
-        Box::pin(self.forward_with_plugins(
-            &route,
-            parts,
-            body,
-            request_id,
-            client,
-            body_deadline,
-            outcome,
-        ))
-        .await
-    }
-
     /// The request path of a route with plugins: plugins in → upstream → plugins out.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the request path's state, passed once"
-    )]
     async fn forward_with_plugins(
         &self,
-        route: &Arc<Route>,
-        parts: http::request::Parts,
-        body: Incoming,
-        request_id: HeaderValue,
-        client: SocketAddr,
-        body_deadline: Instant,
-        outcome: &mut Outcome,
+        admitted: Admitted,
+        cx: &mut RequestContext,
     ) -> Response<ResponseBody> {
+        let Admitted {
+            route,
+            parts,
+            body,
+            body_deadline,
+        } = admitted;
         // 3. Plugins on the way in. A plugin that opted in to bodies gets it buffered.
         let set = self.plugins.current();
-        let buffering = self.buffer_for_plugins(&set, route, body);
+        let buffering = self.buffer_for_plugins(&set, &route, body);
         let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::RequestTimeout(self.edge.body_read_timeout)),
         };
         let (buffered, streaming) = match buffered {
             Ok(pair) => pair,
-            Err(e) => return outcome.fail(e),
+            Err(e) => return cx.fail(e),
         };
-        let mut state = Box::new(RequestState::new(
+        let request_id = cx.request_id.clone().expect("set when admitted");
+        let mut view = Box::new(RequestState::new(
             parts,
-            client,
+            cx.client,
             route.name.to_arc(),
             request_id,
             PluginBody::new(buffered),
         ));
-        state.trace.trace_id = outcome.trace.as_ref().map(RequestTrace::trace_id_hex);
-        let chain = crate::chain::on_request(&self.plugins, &set, &route.plugins, state).await;
-        let mut request = chain.request;
-        if let Some(trace) = outcome.trace.as_mut() {
-            // The trace the request continues and the sampling decision it leaves with.
-            trace.follow(&request.trace);
-        }
-        request.trace.settled = true;
+        view.trace.trace_id = cx.trace.as_ref().map(RequestTrace::trace_id_hex);
+        let chain = crate::chain::on_request(&self.plugins, &set, &route.plugins, view).await;
+        let mut view = chain.request;
+        // The request phase is over: the upstream (or the client) gets the trace id now.
+        view.trace.settled = true;
         let (response, attempted) = match chain.response {
             Some(answer) => {
-                outcome.error = chain.error;
+                cx.error = chain.error;
+                cx.plugin_view = Some(view);
                 (answer, false)
             }
             None => {
                 // 4. Upstream, with the request as the plugins left it.
-                let body = match (request.body.bytes.take(), streaming) {
+                let body = match (view.body.bytes.take(), streaming) {
                     (Some(bytes), _) => RequestBody::full(bytes),
                     (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes)
                         .read_deadline(body_deadline, self.edge.body_read_timeout),
                     (None, None) => RequestBody::full(Bytes::new()),
                 };
-                // `on-response` needs the request head after it went upstream: keep a copy
-                // only when some plugin will look at it.
+                // `on-response` reads the request head after it went upstream: the upstream
+                // gets a copy only when some plugin will look at it.
                 let parts = if chain.ran.is_empty() {
-                    std::mem::replace(&mut request.parts, Request::new(()).into_parts().0)
+                    std::mem::replace(&mut view.parts, Request::new(()).into_parts().0)
                 } else {
-                    let forwarded = copy_parts(&request.parts);
-                    std::mem::replace(&mut request.parts, forwarded)
+                    copy_parts(&view.parts)
                 };
-                let timeout = request.upstream_timeout;
-                match self
-                    .forward(route, parts, body, client, timeout, outcome)
-                    .await
-                {
+                let cap = view.upstream_timeout;
+                cx.plugin_view = Some(view);
+                match self.forward(&route, parts, body, cap, cx).await {
                     Ok(response) => (response, true),
                     Err(e) => {
                         let attempted = e.upstream_failure().is_some();
-                        (outcome.fail(e), attempted)
+                        (cx.fail(e), attempted)
                     }
                 }
             }
         };
         if chain.ran.is_empty() {
-            if let Some(trace) = outcome.trace.as_mut() {
-                trace.absorb(std::mem::take(&mut request.trace));
-            }
             return response;
         }
 
         // 5. Plugins on the way out, in reverse.
         let upstream = UpstreamOutcome {
-            failure: outcome
-                .error
-                .as_ref()
-                .and_then(ProxyError::upstream_failure),
+            failure: cx.error.as_ref().and_then(ProxyError::upstream_failure),
             attempted,
         };
-        let (response, error, plugin_trace) =
-            crate::chain::on_response(&self.plugins, &chain.ran, request, response, upstream).await;
+        let view = cx.plugin_view.take().expect("kept after on-request");
+        let (response, error, view) =
+            crate::chain::on_response(&self.plugins, &chain.ran, view, response, upstream).await;
+        cx.plugin_view = Some(view);
         if error.is_some() {
-            outcome.error = error;
-        }
-        if let Some(trace) = outcome.trace.as_mut() {
-            trace.absorb(plugin_trace);
+            cx.error = error;
         }
         response
     }
@@ -389,9 +387,8 @@ impl Proxy {
         route: &Route,
         mut parts: http::request::Parts,
         body: RequestBody,
-        client: SocketAddr,
         cap: Option<std::time::Duration>,
-        outcome: &mut Outcome,
+        cx: &mut RequestContext,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let no_instance = || ProxyError::NoInstance {
             service: route.service.clone(),
@@ -424,8 +421,8 @@ impl Proxy {
         parts.uri = upstream_uri(route, &parts.uri)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers);
-        let trusted = self.edge.trusts(client.ip());
-        headers::add_forwarded(&mut parts.headers, client.ip(), trusted);
+        let client = cx.client.ip();
+        headers::add_forwarded(&mut parts.headers, client, self.edge.trusts(client));
         if parts.extensions.get::<crate::server::TlsInfo>().is_some() {
             parts.headers.insert(
                 header::HeaderName::from_static("x-forwarded-proto"),
@@ -434,7 +431,7 @@ impl Proxy {
         }
         if let Some(upgrade) = upgrade {
             // Boxed: its state does not enlarge every request's future.
-            return Box::pin(self.forward_websocket(&service, parts, body, upgrade, outcome)).await;
+            return Box::pin(self.forward_websocket(&service, parts, body, upgrade, cx)).await;
         }
         // HTTP/1.0 clients may send no Host; HTTP/1.1 upstreams require one.
         let add_host = !parts.headers.contains_key(header::HOST);
@@ -477,7 +474,7 @@ impl Proxy {
             };
             tried.push(index);
             let endpoint = &endpoints.endpoints[index as usize];
-            outcome.upstream = Some(endpoint.address.clone());
+            cx.upstream = Some(endpoint.address.clone());
             if add_host {
                 request
                     .headers_mut()
@@ -485,15 +482,17 @@ impl Proxy {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = cap.map_or(service.per_try_timeout, |c| c.min(service.per_try_timeout));
-            // One client span per try; its id goes upstream as the `traceparent` parent.
-            let span = outcome
+            // One client span per try; its id goes upstream as the `traceparent` parent, in
+            // the trace the plugins left the request in.
+            let plugins = cx.plugin_view.as_deref().map(|view| &view.trace);
+            let span = cx
                 .trace
                 .as_mut()
-                .map(|t| t.attempt_started(&endpoint.address, request.headers_mut()));
+                .map(|t| t.attempt_started(plugins, &endpoint.address, request.headers_mut()));
             let result = service
                 .send(endpoint, request, timeout.min(remaining))
                 .await;
-            if let (Some(trace), Some(span)) = (outcome.trace.as_mut(), span) {
+            if let (Some(trace), Some(span)) = (cx.trace.as_mut(), span) {
                 let status = result.as_ref().map(|(r, _)| r.status().as_u16());
                 trace.attempt_finished(span, status.map_err(|f| &f.error));
             }
@@ -571,7 +570,7 @@ impl Proxy {
         parts: http::request::Parts,
         body: RequestBody,
         upgrade: hyper::upgrade::OnUpgrade,
-        outcome: &mut Outcome,
+        cx: &mut RequestContext,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let endpoints = service.endpoints();
         let picked = service.pick(&endpoints, &parts.headers, &[], monotonic_ns());
@@ -581,7 +580,7 @@ impl Proxy {
             });
         };
         let endpoint = &endpoints.endpoints[index as usize];
-        outcome.upstream = Some(endpoint.address.clone());
+        cx.upstream = Some(endpoint.address.clone());
         let mut request = Request::from_parts(parts, body);
         if !request.headers().contains_key(header::HOST) {
             request
@@ -772,34 +771,55 @@ fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
     Ok(Uri::from(path_and_query))
 }
 
-#[allow(clippy::too_many_arguments, reason = "one access-log line's fields")]
+/// The protocol a request came over, as the protocol counters name it. gRPC runs over
+/// HTTP/2 only: HTTP/1.1 requests are not looked at.
+fn protocol_of(request: &Request<Incoming>) -> Protocol {
+    let upgrade = || {
+        request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
+    };
+    if request.version() == Version::HTTP_2 && crate::grpc::is_grpc(request.headers()) {
+        Protocol::Grpc
+    } else if upgrade()
+        && (crate::websocket::is_websocket(request.headers())
+            || crate::websocket::is_extended_connect(request.extensions()))
+    {
+        Protocol::Ws
+    } else if request.version() == Version::HTTP_2 {
+        Protocol::H2
+    } else {
+        Protocol::Http1
+    }
+}
+
 fn log_access(
-    method: &http::Method,
-    path: &str,
+    cx: &RequestContext,
     status: u16,
-    outcome: &Outcome,
     elapsed: std::time::Duration,
-    client: SocketAddr,
     response_headers: &http::HeaderMap,
-    (protocol, tls): (Protocol, &str),
 ) {
+    let Some((method, path)) = &cx.request_line else {
+        return;
+    };
     let request_id = response_headers
         .get(&headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let error = outcome.error.as_ref().map(|e| e.to_string());
+    let error = cx.error.as_ref().map(|e| e.to_string());
     tracing::info!(
         target: "sluice::access",
         %method,
         path,
         status,
-        route = outcome.route.as_ref().map_or("", |r| r.name.as_str()),
-        upstream = outcome.upstream.as_deref().unwrap_or(""),
+        route = cx.route.as_ref().map_or("", |r| r.name.as_str()),
+        upstream = cx.upstream.as_deref().unwrap_or(""),
         duration_us = elapsed.as_micros() as u64,
-        client = %client.ip(),
+        client = %cx.client.ip(),
         request_id,
-        protocol = protocol.as_str(),
-        tls,
+        protocol = cx.protocol.as_str(),
+        tls = cx.tls,
         error = error.as_deref().unwrap_or(""),
         "request"
     );

@@ -52,22 +52,28 @@ struct Child {
     status: Status,
 }
 
-/// The trace of one request while it is served. Exists only when `[telemetry]` is set.
+/// The gateway's side of one request's trace while it is served. Exists only when
+/// `[telemetry]` is set. What plugins decided about the trace (a caller's trace continued,
+/// sampling, the span's name and attributes) is not copied here: it stays in the plugins'
+/// [`PluginTrace`] in the request's context, which each step below is handed.
 #[derive(Debug)]
 pub struct RequestTrace {
     telemetry: Arc<Telemetry>,
+    /// The trace id the gateway drew, in force unless a plugin continues a caller's trace.
     trace_id: [u8; 16],
     span_id: [u8; 8],
-    /// The caller's context, once a plugin continued it.
-    parent: Option<TraceParent>,
-    /// The sampling decision in force (plugins' last word); `None` = sampled.
-    sampled: Option<bool>,
     start: SystemTime,
     started: Instant,
     tries: u32,
     children: Vec<Child>,
-    /// What plugins asked of the span (name, attributes, events), once the chain is done.
-    plugin: Option<PluginTrace>,
+}
+
+/// The trace id, the caller's context and the sampling decision in force: the plugins'
+/// word where they had one, the gateway's otherwise.
+struct InForce<'a> {
+    trace_id: [u8; 16],
+    parent: Option<&'a TraceParent>,
+    sampled: bool,
 }
 
 fn random_trace_id() -> [u8; 16] {
@@ -95,24 +101,17 @@ impl RequestTrace {
             telemetry,
             trace_id: random_trace_id(),
             span_id: random_span_id(),
-            parent: None,
-            sampled: None,
             start: SystemTime::now(),
             started: Instant::now(),
             tries: 0,
             children: Vec::new(),
-            plugin: None,
         }
     }
 
-    /// The trace id in force, as hex (what `trace-id()` reports to plugins).
+    /// The gateway's trace id as hex: what `trace-id()` reports to plugins until one
+    /// continues a caller's trace.
     pub fn trace_id_hex(&self) -> String {
         w3c::hex(&self.trace_id)
-    }
-
-    /// The trace id in force.
-    pub fn trace_id(&self) -> [u8; 16] {
-        self.trace_id
     }
 
     /// The server span's id.
@@ -120,38 +119,33 @@ impl RequestTrace {
         self.span_id
     }
 
-    /// Takes up what the plugins decided so far: the caller's trace (`trace-continue`) and
-    /// the sampling decision. Called before the request goes upstream and again at the end.
-    pub fn follow(&mut self, plugin: &PluginTrace) {
-        if let Some(parent) = &plugin.parent {
-            self.trace_id = parent.trace_id;
-            self.parent = Some(parent.clone());
+    fn in_force<'a>(&self, plugins: Option<&'a PluginTrace>) -> InForce<'a> {
+        let parent = plugins.and_then(|p| p.parent.as_ref());
+        InForce {
+            trace_id: parent.map_or(self.trace_id, |p| p.trace_id),
+            parent,
+            sampled: plugins.and_then(|p| p.sampled).unwrap_or(true),
         }
-        if plugin.sampled.is_some() {
-            self.sampled = plugin.sampled;
-        }
-    }
-
-    /// Whether the trace is exported, as decided now.
-    pub fn sampled(&self) -> bool {
-        self.sampled.unwrap_or(true)
     }
 
     /// An upstream attempt starts: a new client span, whose id goes upstream in
-    /// `traceparent` (written into `headers` with `tracestate`, replacing the caller's).
+    /// `traceparent` (written into `headers` with `tracestate`, replacing the caller's), in
+    /// the trace the plugins left the request in.
     pub fn attempt_started(
         &mut self,
+        plugins: Option<&PluginTrace>,
         instance: &Arc<str>,
         headers: &mut http::HeaderMap,
     ) -> Attempt {
         self.tries += 1;
         let span_id = random_span_id();
-        let trace_state = self.parent.as_ref().map_or("", |p| p.trace_state.as_str());
+        let in_force = self.in_force(plugins);
+        let trace_state = in_force.parent.map_or("", |p| p.trace_state.as_str());
         w3c::inject(
             headers,
-            &self.trace_id,
+            &in_force.trace_id,
             &span_id,
-            self.sampled(),
+            in_force.sampled,
             trace_state,
         );
         Attempt {
@@ -210,38 +204,35 @@ impl RequestTrace {
         });
     }
 
-    /// Takes the plugins' part of the trace when the plugin chain is done with the request:
-    /// the final parent and sampling decision, the span name, attributes, events and the
-    /// plugin calls.
-    pub fn absorb(&mut self, plugin: PluginTrace) {
-        self.follow(&plugin);
-        self.plugin = Some(plugin);
-    }
-
-    /// The request is answered: builds the spans and queues them for export (unless the
-    /// trace is not sampled). Never waits: a full queue drops them, counted.
-    pub fn finish(self, request: &FinishedRequest<'_>) {
-        if !self.sampled() {
+    /// The request is answered: builds the spans (with what the plugins asked of them) and
+    /// queues them for export, unless the trace is not sampled. Never waits: a full queue
+    /// drops them, counted.
+    pub fn finish(self, request: &FinishedRequest<'_>, plugins: Option<PluginTrace>) {
+        if !self.in_force(plugins.as_ref()).sampled {
             return;
         }
-        let calls = self.plugin.as_ref().map_or(0, |p| p.calls.len());
+        let calls = plugins.as_ref().map_or(0, |p| p.calls.len());
         let n = 1 + self.children.len() + calls;
         let telemetry = self.telemetry.clone();
         if telemetry.reserve(n) {
-            let spans = self.build(request);
+            let spans = self.build(request, plugins.unwrap_or_default());
             debug_assert_eq!(spans.len(), n);
             telemetry.send(spans);
         }
     }
 
-    fn build(self, request: &FinishedRequest<'_>) -> Vec<SpanData> {
+    fn build(self, request: &FinishedRequest<'_>, plugin: PluginTrace) -> Vec<SpanData> {
         let end = self.start + self.started.elapsed();
         let telemetry = &self.telemetry;
-        let trace_id = TraceId::from_bytes(self.trace_id);
+        let in_force = self.in_force(Some(&plugin));
+        let trace_id = TraceId::from_bytes(in_force.trace_id);
         let server_id = SpanId::from_bytes(self.span_id);
-        let trace_state = self
+        let (parent_span_id, parent_span_is_remote) = match in_force.parent {
+            Some(p) => (SpanId::from_bytes(p.span_id), true),
+            None => (SpanId::INVALID, false),
+        };
+        let trace_state = in_force
             .parent
-            .as_ref()
             .filter(|p| !p.trace_state.is_empty())
             .and_then(|p| p.trace_state.parse::<TraceState>().ok())
             .unwrap_or_default();
@@ -254,7 +245,6 @@ impl RequestTrace {
                 trace_state.clone(),
             )
         };
-        let plugin = self.plugin.unwrap_or_default();
         let mut spans = Vec::with_capacity(1 + self.children.len() + plugin.calls.len());
 
         // The server span.
@@ -304,10 +294,6 @@ impl RequestTrace {
             Status::error(request.error.map(|e| e.to_string()).unwrap_or_default())
         } else {
             Status::Unset
-        };
-        let (parent_span_id, parent_span_is_remote) = match &self.parent {
-            Some(p) => (SpanId::from_bytes(p.span_id), true),
-            None => (SpanId::INVALID, false),
         };
         let mut span_events = SpanEvents::default();
         span_events.events = events;
@@ -430,10 +416,9 @@ mod tests {
             ..PluginTrace::default()
         };
         plugin.parent = Some(parent());
-        trace.follow(&plugin);
         let instance: Arc<str> = Arc::from("10.0.0.1:80");
         let mut headers = http::HeaderMap::new();
-        let first = trace.attempt_started(&instance, &mut headers);
+        let first = trace.attempt_started(Some(&plugin), &instance, &mut headers);
         let first_id = first.span_id();
         assert_eq!(
             headers["traceparent"],
@@ -445,7 +430,7 @@ mod tests {
             instance: instance.clone(),
         };
         trace.attempt_finished(first, Err(&failed));
-        let second = trace.attempt_started(&instance, &mut headers);
+        let second = trace.attempt_started(Some(&plugin), &instance, &mut headers);
         let second_id = second.span_id();
         assert_ne!(first_id, second_id);
         assert!(
@@ -456,8 +441,7 @@ mod tests {
         );
         trace.attempt_finished(second, Ok(200));
         let server_id = trace.span_id();
-        trace.absorb(plugin);
-        trace.finish(&finished(200));
+        trace.finish(&finished(200), Some(plugin));
 
         let spans = t.take(usize::MAX);
         assert_eq!(spans.len(), 3);
@@ -502,12 +486,12 @@ mod tests {
     #[test]
     fn unsampled_traces_are_not_queued_and_a_full_queue_drops_whole_traces() {
         let t = telemetry(3);
-        let mut trace = t.begin();
-        trace.absorb(PluginTrace {
+        let trace = t.begin();
+        let unsampled = PluginTrace {
             sampled: Some(false),
             ..PluginTrace::default()
-        });
-        trace.finish(&finished(200));
+        };
+        trace.finish(&finished(200), Some(unsampled));
         assert!(t.take(usize::MAX).is_empty());
 
         // Two spans each (server + attempt); the queue holds 3: the second trace is
@@ -515,9 +499,9 @@ mod tests {
         for _ in 0..2 {
             let mut trace = t.begin();
             let mut headers = http::HeaderMap::new();
-            let a = trace.attempt_started(&Arc::from("h:1"), &mut headers);
+            let a = trace.attempt_started(None, &Arc::from("h:1"), &mut headers);
             trace.attempt_finished(a, Ok(200));
-            trace.finish(&finished(200));
+            trace.finish(&finished(200), None);
         }
         assert_eq!(t.queued.load(std::sync::atomic::Ordering::Relaxed), 2);
         assert_eq!(t.take(usize::MAX).len(), 2);
@@ -527,7 +511,7 @@ mod tests {
     #[test]
     fn a_plugin_name_and_events_and_5xx_status_reach_the_server_span() {
         let t = telemetry(100);
-        let mut trace = t.begin();
+        let trace = t.begin();
         let mut plugin = PluginTrace {
             name: Some("custom".into()),
             ..PluginTrace::default()
@@ -545,8 +529,7 @@ mod tests {
             start: SystemTime::now(),
             duration: Duration::from_micros(5),
         });
-        trace.absorb(plugin);
-        trace.finish(&finished(503));
+        trace.finish(&finished(503), Some(plugin));
         let spans = t.take(usize::MAX);
         let server = &spans[0];
         assert_eq!(server.name, "custom");
