@@ -128,35 +128,73 @@ struct Admitted {
     body_deadline: Instant,
 }
 
+/// Where a request goes after the plugins' `on-request`.
+enum Onward {
+    /// Upstream: the head and body as the plugins left them, and a plugin's cap on the wait.
+    Upstream {
+        parts: http::request::Parts,
+        body: RequestBody,
+        cap: Option<std::time::Duration>,
+    },
+    /// A plugin (or a plugin failure) answered instead.
+    Answered(Response<ResponseBody>),
+}
+
+/// The plugins whose `on-response` runs once the response is there, in reverse order.
+type Ran = Vec<Arc<crate::plugin::loaded::LoadedPlugin>>;
+
 impl Proxy {
     /// Answers one client request. Never fails: every error becomes a response here.
+    ///
+    /// The whole request path, top-down. Each step is awaited here rather than in a nested
+    /// `async fn`: hyper moves this future into its connection task, and every level of
+    /// nesting would copy the levels below it once more. The plugin steps are boxed, so a
+    /// route without plugins does not carry their state.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let mut cx = RequestContext::new(self, &request, client);
-        // Each step is awaited here, not in a nested `async fn`: hyper moves this future
-        // into its connection task, and every level of nesting copies the levels below.
-        let response = match self.admit(request, &mut cx) {
-            Err(error) => cx.fail(error),
-            Ok(admitted) if admitted.route.plugins.is_empty() => {
-                let Admitted {
-                    route,
-                    parts,
-                    body,
-                    body_deadline,
-                } = admitted;
-                let body = RequestBody::limited(body, self.max_body_bytes)
-                    .read_deadline(body_deadline, self.edge.body_read_timeout);
-                match self.forward(&route, parts, body, None, &mut cx).await {
-                    Ok(response) => response,
-                    Err(e) => cx.fail(e),
+        // 1.-2. Edge checks and the route.
+        let admitted = match self.admit(request, &mut cx) {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                let response = cx.fail(error);
+                return self.answer(cx, response);
+            }
+        };
+        let route = admitted.route.clone();
+        // 3. Plugins on the way in.
+        let (onward, ran) = if route.plugins.is_empty() {
+            let body = self.upstream_body(admitted.body, admitted.body_deadline);
+            let onward = Onward::Upstream {
+                parts: admitted.parts,
+                body,
+                cap: None,
+            };
+            (onward, Ran::new())
+        } else {
+            Box::pin(self.plugins_in(admitted, &mut cx)).await
+        };
+        // 4. Upstream, with the request as the plugins left it.
+        let (response, attempted) = match onward {
+            Onward::Answered(response) => (response, false),
+            Onward::Upstream { parts, body, cap } => {
+                match self.forward(&route, parts, body, cap, &mut cx).await {
+                    Ok(response) => (response, true),
+                    Err(e) => {
+                        let attempted = e.upstream_failure().is_some();
+                        (cx.fail(e), attempted)
+                    }
                 }
             }
-            // The plugin path lives in its own (boxed) future, so requests on routes
-            // without plugins do not carry its state around.
-            Ok(admitted) => Box::pin(self.forward_with_plugins(admitted, &mut cx)).await,
+        };
+        // 5. Plugins on the way out, in reverse.
+        let response = if ran.is_empty() {
+            response
+        } else {
+            Box::pin(self.plugins_out(&ran, response, attempted, &mut cx)).await
         };
         self.answer(cx, response)
     }
@@ -250,19 +288,22 @@ impl Proxy {
         response
     }
 
-    /// The request path of a route with plugins: plugins in → upstream → plugins out.
-    async fn forward_with_plugins(
-        &self,
-        admitted: Admitted,
-        cx: &mut RequestContext,
-    ) -> Response<ResponseBody> {
+    /// The request body as it goes upstream: bounded by `max_body_bytes`, and the client has
+    /// until `deadline` to send it.
+    fn upstream_body(&self, body: Incoming, deadline: Instant) -> RequestBody {
+        RequestBody::limited(body, self.max_body_bytes)
+            .read_deadline(deadline, self.edge.body_read_timeout)
+    }
+
+    /// Step 3 on a route with plugins: the body buffered for plugins that opted in to it,
+    /// then each plugin's `on-request`. The request as they left it stays in the context.
+    async fn plugins_in(&self, admitted: Admitted, cx: &mut RequestContext) -> (Onward, Ran) {
         let Admitted {
             route,
             parts,
             body,
             body_deadline,
         } = admitted;
-        // 3. Plugins on the way in. A plugin that opted in to bodies gets it buffered.
         let set = self.plugins.current();
         let buffering = self.buffer_for_plugins(&set, &route, body);
         let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
@@ -271,7 +312,7 @@ impl Proxy {
         };
         let (buffered, streaming) = match buffered {
             Ok(pair) => pair,
-            Err(e) => return cx.fail(e),
+            Err(e) => return (Onward::Answered(cx.fail(e)), Ran::new()),
         };
         let request_id = cx.request_id.clone().expect("set when admitted");
         let mut view = Box::new(RequestState::new(
@@ -286,18 +327,15 @@ impl Proxy {
         let mut view = chain.request;
         // The request phase is over: the upstream (or the client) gets the trace id now.
         view.trace.settled = true;
-        let (response, attempted) = match chain.response {
+        let onward = match chain.response {
             Some(answer) => {
                 cx.error = chain.error;
-                cx.plugin_view = Some(view);
-                (answer, false)
+                Onward::Answered(answer)
             }
             None => {
-                // 4. Upstream, with the request as the plugins left it.
                 let body = match (view.body.bytes.take(), streaming) {
                     (Some(bytes), _) => RequestBody::full(bytes),
-                    (None, Some(incoming)) => RequestBody::limited(incoming, self.max_body_bytes)
-                        .read_deadline(body_deadline, self.edge.body_read_timeout),
+                    (None, Some(incoming)) => self.upstream_body(incoming, body_deadline),
                     (None, None) => RequestBody::full(Bytes::new()),
                 };
                 // `on-response` reads the request head after it went upstream: the upstream
@@ -307,29 +345,33 @@ impl Proxy {
                 } else {
                     copy_parts(&view.parts)
                 };
-                let cap = view.upstream_timeout;
-                cx.plugin_view = Some(view);
-                match self.forward(&route, parts, body, cap, cx).await {
-                    Ok(response) => (response, true),
-                    Err(e) => {
-                        let attempted = e.upstream_failure().is_some();
-                        (cx.fail(e), attempted)
-                    }
+                Onward::Upstream {
+                    parts,
+                    body,
+                    cap: view.upstream_timeout,
                 }
             }
         };
-        if chain.ran.is_empty() {
-            return response;
-        }
+        cx.plugin_view = Some(view);
+        (onward, chain.ran)
+    }
 
-        // 5. Plugins on the way out, in reverse.
+    /// Step 5: `on-response` of the plugins that ran, in reverse order, told what became of
+    /// the request upstream.
+    async fn plugins_out(
+        &self,
+        ran: &[Arc<crate::plugin::loaded::LoadedPlugin>],
+        response: Response<ResponseBody>,
+        attempted: bool,
+        cx: &mut RequestContext,
+    ) -> Response<ResponseBody> {
         let upstream = UpstreamOutcome {
             failure: cx.error.as_ref().and_then(ProxyError::upstream_failure),
             attempted,
         };
         let view = cx.plugin_view.take().expect("kept after on-request");
         let (response, error, view) =
-            crate::chain::on_response(&self.plugins, &chain.ran, view, response, upstream).await;
+            crate::chain::on_response(&self.plugins, ran, view, response, upstream).await;
         cx.plugin_view = Some(view);
         if error.is_some() {
             cx.error = error;
