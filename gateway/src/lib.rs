@@ -225,6 +225,8 @@ impl Gateway {
             server::EdgeLimits::from(&config.server),
             shutdown.clone(),
         )?;
+        // From here a plugin compile would compete with requests: it goes to the background.
+        proxy.plugins.begin_serving();
         tracing::info!(%listen_addr, ?tls_addr, %admin_addr, workers = workers.len(), "sluice is serving");
         Ok(Self {
             listen_addr,

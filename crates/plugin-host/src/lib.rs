@@ -214,6 +214,13 @@ impl PluginRuntime {
         self.set.load_full()
     }
 
+    /// The gateway serves from now on: plugins compiled later (added or changed at run time)
+    /// compile at the lowest CPU priority, off the workers' cores. Until then (the first load)
+    /// they compile at normal priority on every core.
+    pub fn begin_serving(&self) {
+        self.compiler.begin_serving();
+    }
+
     /// The plugin directory, if any.
     pub fn dir(&self) -> Option<&Path> {
         self.settings.dir.as_deref()
