@@ -114,6 +114,8 @@ pub struct HostState {
     kv_denied_logged: bool,
     /// `crypto` keys this instance holds in its resource table.
     crypto_keys: usize,
+    /// The plugin counters and histograms this instance has used.
+    user_metrics: super::metrics::UserMetricHandles,
 }
 
 /// The representation of the guest's borrow of the current request (there is only one).
@@ -153,6 +155,7 @@ impl HostState {
             yielded_ns: Arc::default(),
             kv_denied_logged: false,
             crypto_keys: 0,
+            user_metrics: super::metrics::UserMetricHandles::default(),
         }
     }
 
@@ -691,16 +694,18 @@ impl host::Host for HostState {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
-        self.plugin
+        let plugin = &self.plugin;
+        plugin
             .metrics
-            .counter_add(&self.plugin.name, &name, delta);
+            .counter_add(&mut self.user_metrics, &plugin.name, &name, delta);
         Ok(())
     }
 
     fn histogram_record(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
-        self.plugin
+        let plugin = &self.plugin;
+        plugin
             .metrics
-            .histogram_record(&self.plugin.name, &name, value);
+            .histogram_record(&mut self.user_metrics, &plugin.name, &name, value);
         Ok(())
     }
 

@@ -170,28 +170,136 @@ impl PluginMetrics {
         }
     }
 
-    /// `host.counter-add`.
-    pub fn counter_add(&self, plugin: &Arc<str>, name: &str, delta: u64) {
-        self.user_counters
+    /// `host.counter-add`. `handles` are the calling instance's: a name it used before costs
+    /// a comparison, not a label allocation, a hash and the family's lock.
+    pub fn counter_add(
+        &self,
+        handles: &mut UserMetricHandles,
+        plugin: &Arc<str>,
+        name: &str,
+        delta: u64,
+    ) {
+        let counter = handles.counters.iter().find(|(n, _)| &**n == name);
+        if let Some((_, counter)) = counter {
+            counter.inc_by(delta);
+            return;
+        }
+        let counter = self
+            .user_counters
             .get_or_create(&UserLabels {
                 plugin: Label(plugin.clone()),
                 name: sanitize(name),
             })
-            .inc_by(delta);
+            .clone();
+        counter.inc_by(delta);
+        if handles.counters.len() < MAX_HANDLES {
+            handles.counters.push((name.into(), counter));
+        }
     }
 
-    /// `host.histogram-record`.
-    pub fn histogram_record(&self, plugin: &Arc<str>, name: &str, value: f64) {
-        self.user_histograms
+    /// `host.histogram-record`, with the instance's `handles` as for [`Self::counter_add`].
+    pub fn histogram_record(
+        &self,
+        handles: &mut UserMetricHandles,
+        plugin: &Arc<str>,
+        name: &str,
+        value: f64,
+    ) {
+        let histogram = handles.histograms.iter().find(|(n, _)| &**n == name);
+        if let Some((_, histogram)) = histogram {
+            histogram.observe(value);
+            return;
+        }
+        let histogram = self
+            .user_histograms
             .get_or_create(&UserLabels {
                 plugin: Label(plugin.clone()),
                 name: sanitize(name),
             })
-            .observe(value);
+            .clone();
+        histogram.observe(value);
+        if handles.histograms.len() < MAX_HANDLES {
+            handles.histograms.push((name.into(), histogram));
+        }
     }
+}
+
+/// Names of counters (and, separately, histograms) whose handles one instance keeps; a plugin
+/// that uses more names finds the others through the family on every call, as before.
+const MAX_HANDLES: usize = 16;
+
+/// The counters and histograms one plugin instance has used, by the name the plugin gave
+/// (before [`sanitize`]): the family's entries themselves, shared, so `/metrics` shows the
+/// same values. `host.counter-add` is on many plugins' request path (`auth` counts every
+/// accepted token); resolving the family entry each time allocated the label, hashed it and
+/// took the family's lock (docs/benchmarks.md, "The fixed cost of a plugin call").
+#[derive(Debug, Default)]
+pub struct UserMetricHandles {
+    counters: Vec<(Box<str>, Counter)>,
+    histograms: Vec<(Box<str>, Histogram)>,
 }
 
 /// Label values are free text, but keep them short so a plugin cannot bloat /metrics.
 fn sanitize(name: &str) -> String {
     name.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// The value of the one sample line that starts with `series`.
+    fn sample(text: &str, series: &str) -> String {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(series)).collect();
+        assert_eq!(lines.len(), 1, "{series} in:\n{text}");
+        lines[0].rsplit(' ').next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn instance_handles_count_into_the_shared_series() {
+        let mut registry = Registry::default();
+        let metrics = PluginMetrics::register(&mut registry);
+        let plugin: Arc<str> = Arc::from("p");
+        // Two instances of one plugin, each with its own handles: one series.
+        let (mut a, mut b) = (UserMetricHandles::default(), UserMetricHandles::default());
+        for _ in 0..3 {
+            metrics.counter_add(&mut a, &plugin, "accepted", 1);
+        }
+        metrics.counter_add(&mut b, &plugin, "accepted", 10);
+        metrics.histogram_record(&mut a, &plugin, "ms", 1.0);
+        metrics.histogram_record(&mut a, &plugin, "ms", 2.0);
+        metrics.histogram_record(&mut b, &plugin, "ms", 4.0);
+        // A long name is cut to 64 characters in the label, cached or not.
+        let long = "x".repeat(100);
+        metrics.counter_add(&mut a, &plugin, &long, 1);
+        metrics.counter_add(&mut a, &plugin, &long, 1);
+        // More names than an instance keeps handles for: still every one counted.
+        for i in 0..MAX_HANDLES + 4 {
+            for _ in 0..2 {
+                metrics.counter_add(&mut b, &plugin, &format!("n{i}"), 1);
+            }
+        }
+        assert_eq!(b.counters.len(), MAX_HANDLES, "bounded");
+        let text = exposition(&registry);
+        let series = |name: &str| format!("plugin_counter_total{{plugin=\"p\",name=\"{name}\"}}");
+        assert_eq!(sample(&text, &series("accepted")), "13");
+        assert_eq!(sample(&text, &series(&"x".repeat(64))), "2");
+        for i in 0..MAX_HANDLES + 4 {
+            assert_eq!(sample(&text, &series(&format!("n{i}"))), "2", "n{i}");
+        }
+        assert_eq!(
+            sample(&text, "plugin_histogram_count{plugin=\"p\",name=\"ms\"}"),
+            "3"
+        );
+        assert_eq!(
+            sample(&text, "plugin_histogram_sum{plugin=\"p\",name=\"ms\"}"),
+            "7.0"
+        );
+    }
 }
