@@ -457,8 +457,14 @@ impl LoadedPlugin {
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(_) => {
-                self.stats.consecutive_failures.store(0, Ordering::Relaxed);
-                self.stats.quarantines.store(0, Ordering::Relaxed);
+                // Written only when set: a store on every call would pull the cache line to
+                // this worker on every request, away from the other workers calling the plugin.
+                if self.stats.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                if self.stats.quarantines.load(Ordering::Relaxed) != 0 {
+                    self.stats.quarantines.store(0, Ordering::Relaxed);
+                }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
