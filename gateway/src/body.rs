@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::server::ActiveRequest;
+use crate::conn::ActiveRequest;
 use crate::upstream::pool::Pooled;
 
 /// Why reading the client's request body failed.

@@ -11,6 +11,7 @@ pub mod body;
 pub mod chain;
 pub mod cluster;
 pub mod config;
+pub(crate) mod conn;
 pub(crate) mod demo;
 pub(crate) mod edge;
 pub(crate) mod error;
@@ -36,7 +37,7 @@ pub(crate) mod websocket;
 
 /// The clocks (a leaf module the plugin runtime owns; the gateway reads the same monotonic
 /// origin).
-pub(crate) use crate::plugin::clock;
+pub(crate) use sluice_plugin_host::clock;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

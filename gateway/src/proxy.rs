@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, ResponseBody};
 use crate::chain::UpstreamOutcome;
 use crate::clock::monotonic_ns;
+use crate::conn::AmbiguousFraming;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::headers;
 use crate::metrics::{Metrics, Protocol, RouteMetrics};
@@ -29,7 +30,6 @@ use crate::plugin::host::{PluginBody, RequestState};
 use crate::plugin::{PluginRuntime, PluginSet};
 use crate::registry::Registry;
 use crate::routing::Route;
-use crate::server::AmbiguousFraming;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{FinishedRequest, RequestTrace, Telemetry};
 use crate::upstream::retry::{RetryPlan, TryReport, TryResult};
@@ -94,7 +94,7 @@ impl RequestContext {
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let tls = request
             .extensions()
-            .get::<crate::server::TlsInfo>()
+            .get::<crate::conn::TlsInfo>()
             .map_or("", |t| t.version);
         Self {
             client,
@@ -465,7 +465,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         let client = cx.client.ip();
         headers::add_forwarded(&mut parts.headers, client, self.edge.trusts(client));
-        if parts.extensions.get::<crate::server::TlsInfo>().is_some() {
+        if parts.extensions.get::<crate::conn::TlsInfo>().is_some() {
             parts.headers.insert(
                 header::HeaderName::from_static("x-forwarded-proto"),
                 HeaderValue::from_static("https"),

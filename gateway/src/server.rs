@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,11 +20,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Http2Config, ServerConfig};
+use crate::conn::{ActiveRequest, AmbiguousFraming, ConnState, TlsInfo};
 use crate::proxy::Proxy;
 use crate::tls::Tls;
 
@@ -291,14 +291,6 @@ fn h2_builder(c: &Http2Config) -> http2::Builder<TokioExecutor> {
     b
 }
 
-/// How a client connection arrived, for the access log and metrics: set on requests that
-/// came over TLS only (the plain path adds nothing per request).
-#[derive(Debug, Clone, Copy)]
-pub struct TlsInfo {
-    /// `TLSv1.2` or `TLSv1.3`.
-    pub version: &'static str,
-}
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4), what h2c clients with prior knowledge send
 /// first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -526,45 +518,7 @@ async fn serve_http1<S>(
     }
 }
 
-/// What a connection is doing, for the header-read and idle timeouts. Times are nanoseconds
-/// since the connection opened.
-#[derive(Debug)]
-struct ConnState {
-    opened: Instant,
-    in_flight: AtomicU32,
-    /// Requests completed; tells the head scanner a new request head may start.
-    completed: AtomicU64,
-    /// The head scanner saw both Content-Length and Transfer-Encoding in the current head.
-    ambiguous_framing: AtomicBool,
-    /// When the first byte of the current request head arrived; 0 = none pending.
-    head_started: AtomicU64,
-    last_activity: AtomicU64,
-    /// When a write to the client last found its socket full; 0 = writes are flowing.
-    write_blocked: AtomicU64,
-    /// Wakes the watchdog when a deadline it is not sleeping towards starts (a request head
-    /// begins, a write blocks), so it never oversleeps into a later deadline.
-    wake: tokio::sync::Notify,
-}
-
 impl ConnState {
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            in_flight: AtomicU32::new(0),
-            completed: AtomicU64::new(0),
-            ambiguous_framing: AtomicBool::new(false),
-            head_started: AtomicU64::new(0),
-            last_activity: AtomicU64::new(0),
-            write_blocked: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        // Never 0, so 0 can mean "not set".
-        (self.opened.elapsed().as_nanos() as u64).max(1)
-    }
-
     fn on_read(&self) {
         let now = self.now();
         self.last_activity.store(now, Ordering::Relaxed);
@@ -639,32 +593,6 @@ impl ConnState {
         }
     }
 }
-
-/// Marks a request in flight on its connection from the moment hyper hands it to us until its
-/// response body has been written (the marker lives in the response body).
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<ConnState>);
-
-impl ActiveRequest {
-    fn begin(state: &Arc<ConnState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.head_started.store(0, Ordering::Relaxed);
-        Self(state.clone())
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        let now = self.0.now();
-        self.0.last_activity.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.completed.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Request extension: the head carried both `Content-Length` and `Transfer-Encoding`.
-#[derive(Debug, Clone, Copy)]
-pub struct AmbiguousFraming;
 
 /// A client stream (TCP or TLS) that reports reads to its [`ConnState`] and scans request
 /// heads.
