@@ -6,10 +6,12 @@
 //!
 //! **The rule.** Every table is a typed struct in this module's file for its concern, next to
 //! the checks of its keys, and text the gateway uses typed is parsed here once ([`Parsed`]),
-//! never by consumers; only `[cluster]` stays in `cluster/`, because checking it needs the etcd
-//! client's TLS setup.
+//! never by consumers. `[cluster]` is here too (`cluster.rs`; checking it loads the etcd
+//! client's TLS files with `crate::etcd`); what a node does with it is `crate::cluster`'s.
 
 mod admin;
+mod canary;
+pub(crate) mod cluster;
 mod plugins;
 mod registry;
 mod routes;
@@ -95,7 +97,7 @@ pub struct Config {
     /// `[cluster]`: routes, services and plugin settings come from one document on etcd
     /// (see `cluster`); absent = they come from this file.
     #[serde(default)]
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// A config problem, located in its file.
@@ -190,7 +192,7 @@ impl Config {
             p.0.extend(telemetry.problems());
         }
         self.plugins.check_sources(&mut p);
-        p.0.extend(crate::plugin::canary::problems(self));
+        p.0.extend(canary::problems(self));
         if let Some(cluster) = &self.cluster {
             for message in cluster.problems(text) {
                 p.add(message);

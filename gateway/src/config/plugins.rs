@@ -28,7 +28,7 @@ pub struct PluginsConfig {
     pub overrides: BTreeMap<String, PluginSettingsPatch>,
     /// `[plugins.sources.NAME]`: plugins named by SHA-256 digest, fetched from a URL or a
     /// shared path, verified, and cached by digest.
-    pub sources: BTreeMap<String, crate::plugin::digest::DigestSource>,
+    pub sources: BTreeMap<String, sluice_plugin_host::digest::DigestSource>,
     /// `trusted_keys = ["ed25519:BASE64"]`: when set, a digest source must carry a
     /// `signature` by one of these keys (per node: never from the cluster document).
     pub trusted_keys: Vec<String>,
@@ -62,7 +62,7 @@ impl PluginsConfig {
     /// (`NAME@VERSION`, see `plugin::canary`) takes `NAME`'s override, then its own.
     pub fn settings_for(&self, name: &str) -> PluginSettings {
         let mut s = self.defaults.clone();
-        let base = crate::plugin::canary::base(name);
+        let base = sluice_plugin_host::canary::base(name);
         if base != name
             && let Some(p) = self.overrides.get(base)
         {
@@ -228,7 +228,7 @@ pub(super) fn check_policy(config: &Config, p: &mut Problems) {
         || config.routes.iter().any(|r| {
             r.plugins
                 .iter()
-                .any(|plugin| crate::plugin::canary::base(plugin.get_ref()) == "auth")
+                .any(|plugin| sluice_plugin_host::canary::base(plugin.get_ref()) == "auth")
         });
     if auth_used && config.plugins.settings_for("auth").on_failure == FailurePolicy::FailOpen {
         let key = match config.plugins.overrides.get("auth") {
@@ -252,7 +252,7 @@ pub(super) fn check_policy(config: &Config, p: &mut Problems) {
     .chain(patches)
     {
         for pattern in patterns {
-            if let Err(why) = crate::plugin::sandbox::check_kv_pattern(pattern) {
+            if let Err(why) = sluice_plugin_host::sandbox::check_kv_pattern(pattern) {
                 p.add(format!("{table}.kv_read: {why}"));
             }
         }
@@ -267,7 +267,7 @@ impl PluginsConfig {
                 p.add(message);
             }
         }
-        for message in crate::plugin::digest::key_problems(&self.trusted_keys) {
+        for message in sluice_plugin_host::digest::key_problems(&self.trusted_keys) {
             p.add(message);
         }
         if let Some(ca) = &self.sources_ca

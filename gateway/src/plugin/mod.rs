@@ -2,8 +2,8 @@
 //! (`crates/plugin-host`, package `sluice-plugin-host`), re-exported here so that
 //! `crate::plugin::X` names it. This module is the crate's edge: it converts the gateway's
 //! configuration into the runtime's settings, and holds what is the gateway's own: the
-//! built-in plugins embedded by `build.rs`, the kv store's etcd side, and the validation of
-//! canary entries against the configuration.
+//! built-in plugins embedded by `build.rs` and the kv store's etcd side. (The validation of
+//! canary entries against the configuration is the configuration's: `config/canary.rs`.)
 
 pub use sluice_plugin_host::*;
 
@@ -14,15 +14,7 @@ use self::settings::{Live, NodeSettings, SettingsTable};
 use crate::config::{self, Config};
 
 pub mod builtin;
-mod canary_config;
 mod kv_etcd;
-
-/// Canary entries: the runtime's parsing and draw, and their validation against the
-/// configuration.
-pub mod canary {
-    pub(crate) use super::canary_config::problems;
-    pub use sluice_plugin_host::canary::*;
-}
 
 /// The kv store plugins read (the runtime's) and its etcd side (the gateway's).
 pub mod kv {

@@ -1,9 +1,11 @@
 //! Validation of canary entries (`NAME@VERSION:PERCENT%`) against the configuration: the
-//! parsing, the draw and the counters are the runtime's (`sluice_plugin_host::canary`).
+//! parsing, the draw and the counters are the runtime's (`sluice_plugin_host::canary`). Here,
+//! beside the configuration it checks, so that `config` does not depend on the gateway's
+//! `plugin` module (which converts the configuration into the runtime's settings).
 
 use sluice_plugin_host::canary::parse;
 
-use crate::config::{Config, FailurePolicy};
+use super::{Config, FailurePolicy};
 
 /// Whether plugin `name` is declared where the configuration can see it: a digest source,
 /// a file in the plugin directory, or a file in `SLUICE_PLUGINS`.
