@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::config::cluster::Source;
+
 /// A route name used as a label value (cheap to clone).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteName(Arc<str>);
@@ -178,7 +180,7 @@ pub struct Metrics {
     /// Trace export (`sluice_telemetry_*`).
     pub telemetry: crate::telemetry::TelemetryMetrics,
     /// The configuration in force (`sluice_config_*`).
-    pub config: crate::cluster::ConfigMetrics,
+    pub config: ConfigMetrics,
     /// TLS handshakes that failed or timed out.
     tls_handshake_errors: Counter,
     websockets_open: Gauge,
@@ -259,7 +261,7 @@ impl Metrics {
         let breaker_state = breaker.state.clone();
         registry.register_collector(Box::new(breaker));
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
-        let config = crate::cluster::ConfigMetrics::register(&mut registry);
+        let config = ConfigMetrics::register(&mut registry);
         let tls_handshake_errors = Counter::default();
         registry.register(
             "tls_handshake_errors",
@@ -387,5 +389,59 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(
+        &self,
+        encoder: &mut LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: Source,
+}
+
+/// `sluice_config_*`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigMetrics {
+    revision: Gauge,
+    pub(crate) reload_failures: Counter,
+    source: Family<SourceLabels, Gauge>,
+}
+
+impl ConfigMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "config_revision",
+            "The etcd revision of the cluster configuration this node serves (0: its own file)",
+            metrics.revision.clone(),
+        );
+        registry.register(
+            "config_reload_failures",
+            "Cluster configurations refused (invalid, or deleted); the previous one kept serving",
+            metrics.reload_failures.clone(),
+        );
+        registry.register(
+            "config_source",
+            "1 for where the configuration in force came from (etcd, snapshot or file)",
+            metrics.source.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn set(&self, source: Source, revision: i64) {
+        self.revision.set(revision);
+        for s in [Source::Etcd, Source::Snapshot, Source::File] {
+            self.source
+                .get_or_create(&SourceLabels { source: s })
+                .set(i64::from(s == source));
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! up are not touched, and a set that fails to load (a key written before its certificate, a
 //! half-written file) leaves the previous one serving until the next change.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,61 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{TlsConfig, TlsMinVersion};
+use serde::Deserialize;
+
+/// `[server.tls]` (re-exported as `config::TlsConfig`; here, beside the code that loads it,
+/// so that this module does not depend on `config`, which checks it by loading it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `listen = "127.0.0.1:8443"`: the TLS listener.
+    pub listen: SocketAddr,
+    /// `cert = "certs/api.pem"`: the certificate chain (PEM), leaf first. Served when the
+    /// client sends no SNI or one no certificate names.
+    pub cert: PathBuf,
+    /// `key = "certs/api.key"`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// `[[server.tls.certificates]]`: more certificates, chosen by SNI from their subject
+    /// alternative names (DNS names, `*.` wildcards included).
+    #[serde(default)]
+    pub certificates: Vec<TlsCertificate>,
+    /// `min_version = "1.2"` or `"1.3"`: the oldest TLS version accepted.
+    #[serde(default)]
+    pub min_version: TlsMinVersion,
+    /// `client_ca = "certs/clients.pem"`: require a client certificate signed by one of these
+    /// CAs (mTLS); absent = no client certificates asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `watch = true`: reload the certificates when their files change.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// `[[server.tls.certificates]]`: one more certificate and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `min_version`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+fn default_true() -> bool {
+    true
+}
 
 /// Quiet time after the last change to a certificate file before reloading (tools write the
 /// chain and the key one after the other).
@@ -288,11 +343,27 @@ impl Tls {
     }
 }
 
+/// A service's TLS client settings (`[services.NAME]`'s `tls_*` keys and whether it speaks
+/// h2), borrowed from its configuration (`ServiceConfig::upstream_tls`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTls<'a> {
+    /// `tls_ca`.
+    pub tls_ca: Option<&'a Path>,
+    /// `tls_client_cert`.
+    pub tls_client_cert: Option<&'a Path>,
+    /// `tls_client_key`.
+    pub tls_client_key: Option<&'a Path>,
+    /// `tls_server_name`.
+    pub tls_server_name: Option<&'a str>,
+    /// `protocol = "h2"`: ALPN offers `h2` (else `http/1.1`).
+    pub h2: bool,
+}
+
 /// The TLS client side of a service whose instances are reached over TLS: trusted roots
 /// (`tls_ca`, or the system's), an optional client certificate, ALPN for the protocol, and
 /// the server name to verify when `tls_server_name` is set. Errors name the file at fault.
 pub fn upstream_connector(
-    config: &crate::config::ServiceConfig,
+    config: &UpstreamTls<'_>,
 ) -> Result<
     (
         tokio_rustls::TlsConnector,
@@ -300,7 +371,7 @@ pub fn upstream_connector(
     ),
     String,
 > {
-    let roots = match &config.tls_ca {
+    let roots = match config.tls_ca {
         Some(ca) => load_roots(ca).map_err(|e| format!("tls_ca: {e}"))?,
         None => {
             let found = rustls_native_certs::load_native_certs();
@@ -313,7 +384,7 @@ pub fn upstream_connector(
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut client = match (&config.tls_client_cert, &config.tls_client_key) {
+    let mut client = match (config.tls_client_cert, config.tls_client_key) {
         (Some(cert), Some(key)) => {
             let (chain, private) =
                 read_pair(cert, key).map_err(|e| format!("tls_client_cert: {e}"))?;
@@ -324,13 +395,14 @@ pub fn upstream_connector(
         (None, None) => builder.with_no_client_auth(),
         _ => return Err("tls_client_cert and tls_client_key go together".into()),
     };
-    client.alpn_protocols = match config.protocol {
-        crate::config::UpstreamProtocol::H2 => vec![b"h2".to_vec()],
-        _ => vec![b"http/1.1".to_vec()],
+    client.alpn_protocols = if config.h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
     };
-    let name = match &config.tls_server_name {
+    let name = match config.tls_server_name {
         Some(name) => Some(
-            rustls::pki_types::ServerName::try_from(name.clone())
+            rustls::pki_types::ServerName::try_from(name.to_owned())
                 .map_err(|e| format!("tls_server_name: `{name}`: {e}"))?,
         ),
         None => None,

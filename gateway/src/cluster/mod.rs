@@ -30,10 +30,6 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +39,10 @@ use crate::etcd::EtcdConnection;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
-pub use crate::config::cluster::{ClusterBackend, ClusterConfig, DEFAULT_PREFIX, DOCUMENT_KEY};
+pub use crate::config::cluster::{
+    ClusterBackend, ClusterConfig, DEFAULT_PREFIX, DOCUMENT_KEY, Source,
+};
+pub use crate::metrics::ConfigMetrics;
 use crate::config::cluster::{SHARED_KEYS, SHARED_PLUGINS_KEYS};
 
 impl ClusterConfig {
@@ -109,83 +108,6 @@ pub fn merge(node: &Config, document: &Config) -> Config {
 
 fn document_name(key: &str, revision: i64) -> String {
     format!("etcd:{key}@{revision}")
-}
-
-/// Where the configuration in force came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// etcd, followed live.
-    Etcd,
-    /// The last-known-good snapshot (etcd was unreachable, or its document invalid, at start).
-    Snapshot,
-    /// The node's own file (no `[cluster]`).
-    File,
-}
-
-impl Source {
-    /// `etcd`, `snapshot` or `file`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Etcd => "etcd",
-            Self::Snapshot => "snapshot",
-            Self::File => "file",
-        }
-    }
-}
-
-impl prometheus_client::encoding::EncodeLabelValue for Source {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct SourceLabels {
-    source: Source,
-}
-
-/// `sluice_config_*`.
-#[derive(Debug, Clone, Default)]
-pub struct ConfigMetrics {
-    revision: Gauge,
-    reload_failures: Counter,
-    source: Family<SourceLabels, Gauge>,
-}
-
-impl ConfigMetrics {
-    /// Registers the metrics.
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "config_revision",
-            "The etcd revision of the cluster configuration this node serves (0: its own file)",
-            metrics.revision.clone(),
-        );
-        registry.register(
-            "config_reload_failures",
-            "Cluster configurations refused (invalid, or deleted); the previous one kept serving",
-            metrics.reload_failures.clone(),
-        );
-        registry.register(
-            "config_source",
-            "1 for where the configuration in force came from (etcd, snapshot or file)",
-            metrics.source.clone(),
-        );
-        metrics
-    }
-
-    fn set(&self, source: Source, revision: i64) {
-        self.revision.set(revision);
-        for s in [Source::Etcd, Source::Snapshot, Source::File] {
-            self.source
-                .get_or_create(&SourceLabels { source: s })
-                .set(i64::from(s == source));
-        }
-    }
 }
 
 /// A refused document.

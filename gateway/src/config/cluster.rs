@@ -151,3 +151,26 @@ fn shared_keys_in(table: &toml::Table) -> Vec<String> {
     }
     keys
 }
+
+/// Where the configuration in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// etcd, followed live.
+    Etcd,
+    /// The last-known-good snapshot (etcd was unreachable, or its document invalid, at start).
+    Snapshot,
+    /// The node's own file (no `[cluster]`).
+    File,
+}
+
+impl Source {
+    /// `etcd`, `snapshot` or `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Snapshot => "snapshot",
+            Self::File => "file",
+        }
+    }
+}

@@ -2,12 +2,13 @@
 //! `[demo_upstream]`: what the data plane and the process are started with.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::Problems;
+/// `[server.tls]`'s types are tls.rs's (which reads them; it stays below `config`).
+pub use crate::tls::{TlsCertificate, TlsConfig, TlsMinVersion};
 
 /// Default `server.hystrix_stream_max_clients` (Hystrix's `maxConcurrentConnections`).
 pub const DEFAULT_HYSTRIX_STREAM_MAX_CLIENTS: usize = 5;
@@ -91,59 +92,6 @@ impl Default for WebSocketConfig {
             max_duration: Duration::from_secs(24 * 3600),
         }
     }
-}
-
-/// `[server.tls]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// `listen = "127.0.0.1:8443"`: the TLS listener.
-    pub listen: SocketAddr,
-    /// `cert = "certs/api.pem"`: the certificate chain (PEM), leaf first. Served when the
-    /// client sends no SNI or one no certificate names.
-    pub cert: PathBuf,
-    /// `key = "certs/api.key"`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// `[[server.tls.certificates]]`: more certificates, chosen by SNI from their subject
-    /// alternative names (DNS names, `*.` wildcards included).
-    #[serde(default)]
-    pub certificates: Vec<TlsCertificate>,
-    /// `min_version = "1.2"` or `"1.3"`: the oldest TLS version accepted.
-    #[serde(default)]
-    pub min_version: TlsMinVersion,
-    /// `client_ca = "certs/clients.pem"`: require a client certificate signed by one of these
-    /// CAs (mTLS); absent = no client certificates asked.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-    /// `watch = true`: reload the certificates when their files change.
-    #[serde(default = "default_true")]
-    pub watch: bool,
-}
-
-/// `[[server.tls.certificates]]`: one more certificate and its key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsCertificate {
-    /// The certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Its private key (PEM).
-    pub key: PathBuf,
-}
-
-/// `min_version`
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-pub enum TlsMinVersion {
-    /// TLS 1.2 and 1.3.
-    #[default]
-    #[serde(rename = "1.2")]
-    Tls12,
-    /// TLS 1.3 only.
-    #[serde(rename = "1.3")]
-    Tls13,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// `[server.http2]`: HTTP/2 limits. HTTP/2 is offered over TLS (ALPN `h2`) and, with `h2c`,

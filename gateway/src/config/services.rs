@@ -83,6 +83,17 @@ impl ServiceConfig {
     pub fn uses_tls(&self) -> bool {
         self.tls || self.protocol == UpstreamProtocol::H2
     }
+
+    /// The TLS client settings, as `crate::tls::upstream_connector` takes them.
+    pub fn upstream_tls(&self) -> crate::tls::UpstreamTls<'_> {
+        crate::tls::UpstreamTls {
+            tls_ca: self.tls_ca.as_deref(),
+            tls_client_cert: self.tls_client_cert.as_deref(),
+            tls_client_key: self.tls_client_key.as_deref(),
+            tls_server_name: self.tls_server_name.as_deref(),
+            h2: self.protocol == UpstreamProtocol::H2,
+        }
+    }
 }
 
 /// `protocol` of a service.
@@ -460,7 +471,7 @@ impl ServiceConfig {
                 "services.{name}: tls_server_name, tls_ca and tls_client_* need `tls = true` or `protocol = \"h2\"`"
             ));
         } else if self.uses_tls()
-            && let Err(e) = crate::tls::upstream_connector(self)
+            && let Err(e) = crate::tls::upstream_connector(&self.upstream_tls())
         {
             p.add(format!("services.{name}: {e}"));
         }

@@ -68,7 +68,7 @@ impl Transport {
                 ..Self::default()
             };
         }
-        match crate::tls::upstream_connector(config) {
+        match crate::tls::upstream_connector(&config.upstream_tls()) {
             Ok(connector) => Self {
                 protocol,
                 tls: Some(connector),
