@@ -12,6 +12,8 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
+/// Recognising gRPC is a header rule (headers.rs), which the pool reads too.
+pub use crate::headers::is_grpc;
 use crate::error::ProxyError;
 
 /// `grpc-status` codes used here (see grpc/doc/statuscodes.md).
@@ -32,13 +34,6 @@ pub mod code {
     pub const UNAVAILABLE: u8 = 14;
     /// No valid credentials.
     pub const UNAUTHENTICATED: u8 = 16;
-}
-
-/// Whether the headers say gRPC (`application/grpc`, `application/grpc+proto`, ...).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The call's deadline from `grpc-timeout` (`1..=8` digits and a unit: H, M, S, m, u, n).

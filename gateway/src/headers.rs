@@ -15,6 +15,15 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Whether the headers say gRPC (`application/grpc`, `application/grpc+proto`, ...): here, not
+/// in grpc.rs, so that the upstream pool can ask without depending on grpc.rs (which renders
+/// error responses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
 /// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send).
 fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {

@@ -178,7 +178,7 @@ pub struct Metrics {
     /// once the plugin runtime exists).
     pub breaker_state: Arc<std::sync::OnceLock<Arc<crate::plugin::state::SharedState>>>,
     /// Trace export (`sluice_telemetry_*`).
-    pub telemetry: crate::telemetry::TelemetryMetrics,
+    pub telemetry: TelemetryMetrics,
     /// The configuration in force (`sluice_config_*`).
     pub config: ConfigMetrics,
     /// TLS handshakes that failed or timed out.
@@ -260,7 +260,7 @@ impl Metrics {
         let breaker = crate::hystrix::BreakerCollector::default();
         let breaker_state = breaker.state.clone();
         registry.register_collector(Box::new(breaker));
-        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
+        let telemetry = TelemetryMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
         let tls_handshake_errors = Counter::default();
         registry.register(
@@ -443,5 +443,56 @@ impl ConfigMetrics {
                 .get_or_create(&SourceLabels { source: s })
                 .set(i64::from(s == source));
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+/// `sluice_telemetry_*` metrics (registered whether or not telemetry is on).
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    dropped: Family<DropLabels, Counter>,
+    pub(crate) exported: Counter,
+    pub(crate) export_failures: Counter,
+    pub(crate) queued: Gauge,
+}
+
+impl TelemetryMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "telemetry_spans_dropped",
+            "Spans not exported, by reason (queue_full: the export queue was full; \
+             export_failed: the collector refused or did not answer; shutdown: still queued \
+             when the shutdown flush ran out of time)",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "telemetry_spans_exported",
+            "Spans the collector accepted",
+            metrics.exported.clone(),
+        );
+        registry.register(
+            "telemetry_export_failures",
+            "Export requests that failed or timed out",
+            metrics.export_failures.clone(),
+        );
+        registry.register(
+            "telemetry_queue_spans",
+            "Spans waiting in the export queue",
+            metrics.queued.clone(),
+        );
+        metrics
+    }
+
+    /// Counts dropped spans.
+    pub fn dropped(&self, reason: &'static str, spans: usize) {
+        self.dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(spans as u64);
     }
 }

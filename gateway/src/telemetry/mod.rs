@@ -19,66 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::SpanData;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 pub use self::span::{FinishedRequest, RequestTrace};
 pub use crate::config::{TelemetryConfig, TelemetryProtocol as Protocol};
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct DropLabels {
-    reason: &'static str,
-}
-
-/// `sluice_telemetry_*` metrics (registered whether or not telemetry is on).
-#[derive(Debug, Clone, Default)]
-pub struct TelemetryMetrics {
-    dropped: Family<DropLabels, Counter>,
-    exported: Counter,
-    export_failures: Counter,
-    queued: Gauge,
-}
-
-impl TelemetryMetrics {
-    /// Registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "telemetry_spans_dropped",
-            "Spans not exported, by reason (queue_full: the export queue was full; \
-             export_failed: the collector refused or did not answer; shutdown: still queued \
-             when the shutdown flush ran out of time)",
-            metrics.dropped.clone(),
-        );
-        registry.register(
-            "telemetry_spans_exported",
-            "Spans the collector accepted",
-            metrics.exported.clone(),
-        );
-        registry.register(
-            "telemetry_export_failures",
-            "Export requests that failed or timed out",
-            metrics.export_failures.clone(),
-        );
-        registry.register(
-            "telemetry_queue_spans",
-            "Spans waiting in the export queue",
-            metrics.queued.clone(),
-        );
-        metrics
-    }
-
-    /// Counts dropped spans.
-    pub fn dropped(&self, reason: &'static str, spans: usize) {
-        self.dropped
-            .get_or_create(&DropLabels { reason })
-            .inc_by(spans as u64);
-    }
-}
+pub use crate::metrics::TelemetryMetrics;
 
 /// The request path's handle on telemetry: makes request traces and queues their spans.
 ///

@@ -463,7 +463,7 @@ fn for_h2(request: http::Request<RequestBody>, tls: bool) -> http::Request<Reque
     }
     // `te` is hop-by-hop and was dropped, but gRPC servers expect `te: trailers` (the only
     // value HTTP/2 allows) on every call.
-    if crate::grpc::is_grpc(&parts.headers) {
+    if crate::headers::is_grpc(&parts.headers) {
         parts
             .headers
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
