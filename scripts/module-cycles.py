@@ -4,6 +4,8 @@ depend on themselves (strongly connected components of that graph).
 
     python3 scripts/module-cycles.py [SRC_DIR]          # default: gateway/src
     python3 scripts/module-cycles.py --edges [SRC_DIR]  # also every edge, with the file
+    python3 scripts/module-cycles.py --check            # exit 1 unless the cycles are
+                                                        # exactly INTENDED (CI runs this)
 
 A top-level module is `SRC_DIR/NAME.rs` plus everything under `SRC_DIR/NAME/`. An edge
 `a -> b` is a `crate::b` path (in a `use`, a `use crate::{b::..}` group, or in code) or a
@@ -16,12 +18,20 @@ the crate root (lib.rs) is an edge to `(lib)`; names lib.rs re-exports from anot
 
 Hand-written (not `cargo modules`, which needs a nightly-built rust-analyzer; not a
 library: the standard library's dict/list suffice for Tarjan's algorithm on ~30 nodes).
-Exit status 0; the output is for people (and docs/architecture.md quotes it).
+Without --check the exit status is 0; the output is for people (docs/architecture.md
+quotes it).
 """
 
 import os
 import re
 import sys
+
+
+# The gateway's cycles that docs/architecture.md ("Deliberate cycles") names as intended,
+# each the exact set of modules of one strongly connected component. Change both together.
+INTENDED = [
+    {"body", "error", "upstream"},
+]
 
 
 def strip(src):
@@ -173,6 +183,7 @@ def refs(src, here):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_edges = "--edges" in sys.argv
+    check = "--check" in sys.argv
     src_dir = args[0] if args else "gateway/src"
     lib = open(os.path.join(src_dir, "lib.rs")).read()
     modules = re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_0-9]+)\s*;", strip(lib), re.M)
@@ -206,10 +217,14 @@ def main():
                     dst = "(lib)"
                 if dst != m:
                     edges[m].setdefault(dst, set()).add(os.path.relpath(path, src_dir))
-    # lib.rs itself
-    for target in refs(drop_test_items(strip(lib)), []):
+    # lib.rs itself (which names its modules without `crate::` too: `cluster::bootstrap`)
+    lib_code = drop_test_items(strip(lib))
+    for target in refs(lib_code, []):
         if target and target[0] in modules:
             edges["(lib)"].setdefault(target[0], set()).add("lib.rs")
+    for name in re.findall(r"(?<![A-Za-z0-9_:$])([a-z_][a-z0-9_]*)::", lib_code):
+        if name in modules:
+            edges["(lib)"].setdefault(name, set()).add("lib.rs")
 
     sccs = tarjan({k: set(v) for k, v in edges.items()})
     cyclic = [c for c in sccs if len(c) > 1]
@@ -223,6 +238,17 @@ def main():
                     print(f"  {a} -> {b}   ({', '.join(sorted(edges[a][b]))})")
     if not cyclic:
         print("no cycles")
+    if check:
+        unexpected = [c for c in cyclic if set(c) not in INTENDED]
+        gone = [i for i in INTENDED if i not in [set(c) for c in cyclic]]
+        for c in unexpected:
+            print(f"error: a module cycle docs/architecture.md does not name: {' '.join(sorted(c))}"
+                  " (cut the edge that closes it, or name it there and in INTENDED here)")
+        for i in gone:
+            print(f"note: the intended cycle {' '.join(sorted(i))} is gone: update INTENDED and"
+                  " docs/architecture.md")
+        if unexpected or gone:
+            sys.exit(1)
     if show_edges:
         print("all edges:")
         for a in sorted(edges):

@@ -12,9 +12,9 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::error::ProxyError;
 /// Recognising gRPC is a header rule (headers.rs), which the pool reads too.
 pub use crate::headers::is_grpc;
-use crate::error::ProxyError;
 
 /// `grpc-status` codes used here (see grpc/doc/statuscodes.md).
 pub mod code {

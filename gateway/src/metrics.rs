@@ -393,10 +393,7 @@ impl Metrics {
 }
 
 impl EncodeLabelValue for Source {
-    fn encode(
-        &self,
-        encoder: &mut LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         std::fmt::Write::write_str(encoder, self.as_str())
     }
 }

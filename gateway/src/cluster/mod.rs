@@ -42,8 +42,8 @@ use crate::proxy::Proxy;
 pub use crate::config::cluster::{
     ClusterBackend, ClusterConfig, DEFAULT_PREFIX, DOCUMENT_KEY, Source,
 };
-pub use crate::metrics::ConfigMetrics;
 use crate::config::cluster::{SHARED_KEYS, SHARED_PLUGINS_KEYS};
+pub use crate::metrics::ConfigMetrics;
 
 impl ClusterConfig {
     /// Where the snapshot is written.
