@@ -25,7 +25,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Deserialize;
 
-use crate::clock::{monotonic_ns, unix_ms};
+use crate::clock::unix_ms;
 use crate::plugin::state::SharedState;
 
 /// The built-in plugin whose state this module reads.
@@ -128,7 +128,8 @@ fn counter(state: &SharedState, key: &str) -> u64 {
 
 /// Reads every command the plugin announced.
 pub fn snapshot(state: &SharedState) -> Vec<CommandSnapshot> {
-    let now_ms = monotonic_ns() / 1_000_000;
+    // The plugin's clock (its runtime's), which its windows were written on.
+    let now_ms = state.clock().monotonic_ns() / 1_000_000;
     let mut commands: Vec<CommandSnapshot> = state
         .keys_with_prefix(keys::COMMAND_PREFIX)
         .into_iter()

@@ -113,7 +113,9 @@ async fn metrics(gw: &sluice::Gateway) -> String {
 #[tokio::test]
 async fn circuit_opens_with_503_body_and_retry_after_then_recovers() {
     let flaky = Flaky::start().await;
-    let gw = gateway_with(flaky.up.addr, r#"sleep_window = "1s""#, 1).await;
+    // Long enough never to end by itself: the test moves the gateway's plugin clock past it
+    // instead of waiting.
+    let gw = gateway_with(flaky.up.addr, r#"sleep_window = "1h""#, 1).await;
     let at = gw.listen_addr;
 
     for _ in 0..5 {
@@ -149,7 +151,17 @@ async fn circuit_opens_with_503_body_and_retry_after_then_recovers() {
 
     // The upstream recovers; after the sleep window one trial closes the circuit.
     flaky.set(200);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let clock = gw.proxy.plugins.clock();
+    clock.advance(Duration::from_secs(3599));
+    let hits = flaky.up.hits();
+    let (status, headers, body) = get(at, "/api/users").await;
+    assert_short_circuit(status, &headers, &body, "api GET");
+    assert_eq!(
+        flaky.up.hits(),
+        hits,
+        "still open a second before the window ends"
+    );
+    clock.advance(Duration::from_secs(2));
     let (status, _, body) = get(at, "/api/users").await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "from upstream\n"));
     for _ in 0..20 {
@@ -284,7 +296,7 @@ async fn half_open_lets_exactly_n_of_100_concurrent_clients_through() {
     let flaky = Flaky::start().await;
     let gw = gateway_with(
         flaky.up.addr,
-        "sleep_window = \"500ms\"\nhalf_open_requests = 2\nmax_concurrent_requests = 0",
+        "sleep_window = \"1h\"\nhalf_open_requests = 2\nmax_concurrent_requests = 0",
         2,
     )
     .await;
@@ -296,7 +308,8 @@ async fn half_open_lets_exactly_n_of_100_concurrent_clients_through() {
     assert_eq!(get(at, "/api/x").await.0, 503);
     flaky.set(200);
     flaky.delay(500); // trials stay in flight while the others arrive
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Past the sleep window without waiting for it.
+    gw.proxy.plugins.clock().advance(Duration::from_secs(3601));
     let hits = flaky.up.hits();
     let calls: Vec<_> = (0..100)
         .map(|_| tokio::spawn(async move { get(at, "/api/x").await.0.as_u16() }))

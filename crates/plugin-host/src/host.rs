@@ -45,6 +45,8 @@ pub struct PluginShared {
     pub outbound: OutboundClient,
     /// The address checks of outbound HTTP (shared by every plugin).
     pub outbound_guard: Arc<OutboundGuard>,
+    /// Its runtime's clock: what `now-ms` and `monotonic-ns` answer, and its quarantine.
+    pub clock: super::clock::Clock,
 }
 
 /// The pooled client used for plugins' outbound HTTP.
@@ -686,11 +688,11 @@ impl host::Host for HostState {
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(super::clock::unix_ms())
+        Ok(self.plugin.clock.unix_ms())
     }
 
     fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
-        Ok(super::clock::monotonic_ns())
+        Ok(self.plugin.clock.monotonic_ns())
     }
 
     fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {

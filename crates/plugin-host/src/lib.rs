@@ -126,6 +126,8 @@ pub struct PluginRuntime {
     reload_lock: tokio::sync::Mutex<()>,
     /// The epoch ticker starts before the first plugin code runs.
     ticker: std::sync::Once,
+    /// What its plugins read as time (tests may advance it: `clock::Clock`).
+    clock: clock::Clock,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -178,6 +180,7 @@ impl PluginRuntime {
             live: ArcSwap::from_pointee(live),
             reload_lock: tokio::sync::Mutex::new(()),
             ticker: std::sync::Once::new(),
+            clock: clock::Clock::default(),
         })
     }
 
@@ -467,6 +470,12 @@ impl PluginRuntime {
         Ok(check)
     }
 
+    /// Its clock: what its plugins read as time, their quarantine and their shared state's
+    /// TTLs (with the `test-clock` feature, tests advance it: [`clock::Clock::advance`]).
+    pub fn clock(&self) -> &clock::Clock {
+        &self.clock
+    }
+
     /// The shared state of the plugin with this name (created empty if it never ran). The
     /// same object serves every version of the plugin, so the host may keep it (the breaker's
     /// `/hystrix.stream` and metrics read it).
@@ -475,7 +484,7 @@ impl PluginRuntime {
             .lock()
             .expect("states lock")
             .entry(name.to_owned())
-            .or_default()
+            .or_insert_with(|| Arc::new(SharedState::new(self.clock.clone())))
             .clone()
     }
 
@@ -490,6 +499,7 @@ impl PluginRuntime {
             metrics: self.metrics.clone(),
             outbound: self.outbound.clone(),
             outbound_guard: self.outbound_guard.clone(),
+            clock: self.clock.clone(),
         })
     }
 

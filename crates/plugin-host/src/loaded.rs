@@ -17,7 +17,6 @@ use tokio::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
-use super::clock::monotonic_ns;
 use super::engine::EPOCH_TICK;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
@@ -483,9 +482,10 @@ impl LoadedPlugin {
                         .quarantine_for
                         .saturating_mul(1u32 << n.min(16))
                         .min(MAX_QUARANTINE);
-                    self.stats
-                        .quarantined_until
-                        .store(monotonic_ns() + period.as_nanos() as u64, Ordering::Relaxed);
+                    self.stats.quarantined_until.store(
+                        self.shared.clock.monotonic_ns() + period.as_nanos() as u64,
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(target: crate::LOG_TARGET,
                         plugin = &*self.shared.name,
                         failures,
@@ -498,7 +498,7 @@ impl LoadedPlugin {
 
     fn quarantined(&self) -> bool {
         let until = self.stats.quarantined_until.load(Ordering::Relaxed);
-        until != 0 && monotonic_ns() < until
+        until != 0 && self.shared.clock.monotonic_ns() < until
     }
 
     fn take_pooled(&self) -> Option<Instance> {
@@ -581,7 +581,7 @@ impl LoadedPlugin {
     /// The admin view of its activity.
     pub fn stats(&self) -> StatsView {
         let until = self.stats.quarantined_until.load(Ordering::Relaxed);
-        let now = monotonic_ns();
+        let now = self.shared.clock.monotonic_ns();
         StatsView {
             calls: self.stats.calls.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::clock::monotonic_ns;
+use super::clock::Clock;
 
 /// Why an operation on shared state failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct SharedState {
     /// no other operation on this state between its steps. Uncontended, a shared hold is one
     /// atomic add.
     batch: RwLock<()>,
+    /// TTLs run on its runtime's clock (the one its plugin reads).
+    clock: Clock,
 }
 
 /// One step of [`SharedState::apply`].
@@ -81,6 +83,20 @@ fn deadline(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
 }
 
 impl SharedState {
+    /// An empty state whose TTLs run on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            ..Self::default()
+        }
+    }
+
+    /// The clock its TTLs run on: its runtime's, which its plugin reads too (the breaker's
+    /// windows are read on it by `/hystrix.stream`).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The live value of a key.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let _shared = self.shared();
@@ -88,7 +104,7 @@ impl SharedState {
     }
 
     fn get_unlocked(&self, key: &str) -> Option<Bytes> {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         let slot = self.map.get(key)?;
         slot.live(now).then(|| slot.value.clone())
     }
@@ -100,7 +116,7 @@ impl SharedState {
     }
 
     fn set_unlocked(&self, key: String, value: Bytes, ttl_ms: Option<u64>) {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         self.map.insert(
             key,
             Slot {
@@ -117,7 +133,7 @@ impl SharedState {
     }
 
     fn delete_unlocked(&self, key: &str) -> bool {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         self.map.remove(key).is_some_and(|(_, slot)| slot.live(now))
     }
 
@@ -133,7 +149,7 @@ impl SharedState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, StateError> {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) if e.get().live(now) => {
                 let current = std::str::from_utf8(&e.get().value)
@@ -183,7 +199,7 @@ impl SharedState {
         new: Option<Bytes>,
         ttl_ms: Option<u64>,
     ) -> bool {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) => {
                 let current = e.get().live(now).then(|| &e.get().value[..]);
@@ -247,7 +263,7 @@ impl SharedState {
     /// The live keys that start with `prefix` (a scan of the whole map: for the admin side,
     /// e.g. the breaker's `/hystrix.stream`, not for the request path).
     pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         self.map
             .iter()
             .filter(|e| e.key().starts_with(prefix) && e.value().live(now))
@@ -257,7 +273,7 @@ impl SharedState {
 
     /// Drops expired entries (run periodically, so keys nobody reads again do not pile up).
     pub fn sweep(&self) {
-        let now = monotonic_ns();
+        let now = self.clock.monotonic_ns();
         self.map.retain(|_, slot| slot.live(now));
     }
 
