@@ -40,10 +40,9 @@ pub mod state;
 pub mod trace;
 pub mod watcher;
 
-/// The target of the runtime's log events: what it was as the gateway's `plugin` module, so
-/// filters such as `sluice=debug` or `sluice::plugin=warn` keep selecting them. (Plugins'
-/// own log lines use it too.)
-pub(crate) const LOG_TARGET: &str = "sluice::plugin";
+/// The target of the runtime's log events (defined in the leaf log_stream.rs, so that the
+/// modules naming it do not depend on the crate root).
+pub(crate) use self::log_stream::LOG_TARGET;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

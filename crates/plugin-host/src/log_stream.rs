@@ -8,6 +8,11 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+/// The target of the runtime's log events: what it was as the gateway's `plugin` module, so
+/// filters such as `sluice=debug` or `sluice::plugin=warn` keep selecting them. (Plugins'
+/// own log lines use it too.)
+pub(crate) const LOG_TARGET: &str = "sluice::plugin";
+
 /// Longest line kept; the rest of an over-long line is cut.
 const MAX_LINE: usize = 4096;
 
