@@ -292,6 +292,18 @@ impl SharedState {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "test-clock")]
+    #[test]
+    fn ttls_run_on_the_state_s_clock() {
+        let clock = Clock::default();
+        let s = SharedState::new(clock.clone());
+        s.set("k".into(), Bytes::from_static(b"v"), Some(60_000));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(s.get("k").as_deref(), Some(&b"v"[..]), "a second left");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(s.get("k"), None, "expired on its clock, not on wall time");
+    }
+
     #[test]
     fn incr_counts_from_zero_and_rejects_non_counters() {
         let s = SharedState::default();
