@@ -450,10 +450,11 @@ impl LoadedPlugin {
         Some(request.held.remove(at).instance)
     }
 
-    /// Runs `on-response`. Always gives the request and response back.
+    /// Runs `on-response`, on the instance this plugin's `on-request` held in the request if
+    /// there is one. Always gives the request and response back.
     pub async fn on_response(
         &self,
-        request: Box<RequestState>,
+        mut request: Box<RequestState>,
         response: Box<ResponseState>,
     ) -> (
         Box<RequestState>,
@@ -461,7 +462,6 @@ impl LoadedPlugin {
         Result<(), PluginFailure>,
     ) {
         let started = Instant::now();
-        let mut request = request;
         let held = self.take_held(&mut request);
         let (mut instance, call_started) = match self.checkout(started, held).await {
             Ok(i) => i,
