@@ -445,6 +445,28 @@ async fn past_max_held_instances_on_response_runs_on_a_fresh_instance() {
     gw.shutdown().await;
 }
 
+/// Pooled instances are never held across the upstream call: the instance is back in the
+/// pool while its request waits upstream.
+#[tokio::test]
+async fn pooled_instances_go_back_to_the_pool_before_the_upstream_call() {
+    let (up, gate) = upstream_with_slow_requests().await;
+    let dir = plugin_dir(None);
+    let gw = gateway_with_testbed(dir.path(), up.addr, "").await;
+    let addr = gw.listen_addr;
+    let slow = tokio::spawn(async move { get(addr, "/p/global?slow").await });
+    assert_eventually!(up.hits() == 1, "the request is upstream");
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    assert_eq!(plugins["plugins"][0]["idle_instances"], 1, "{plugins}");
+    assert_eq!(held_instances(&gw).await, 0);
+    gate.add_permits(1);
+    let (status, headers, _) = slow.await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    // `on-response` took the pooled instance again (the only one).
+    assert_eq!(headers["x-instance-uses-response"], "1");
+    gw.shutdown().await;
+}
+
 /// A held instance is freed however its request ends: a later plugin failing (the chain
 /// answers, `on-response` runs on the held instance), the plugin answering itself (nothing
 /// held), the client going away while the upstream answers (the request is dropped).
