@@ -443,6 +443,8 @@ impl LoadedPlugin {
     /// freed (it is now an instance in a call like any other).
     fn take_held(&self, request: &mut RequestState) -> Option<Instance> {
         // The last one: a plugin named twice on a route runs `on-response` in reverse order.
+        // (Were only the first entry's instance held, past the cap, the second entry's
+        // `on-response` would run on it and the first's on a fresh one.)
         let at = request
             .held
             .iter()
