@@ -467,6 +467,50 @@ async fn pooled_instances_go_back_to_the_pool_before_the_upstream_call() {
     gw.shutdown().await;
 }
 
+/// Only a plugin with an `on-response` keeps its per-request instance while the upstream
+/// answers: a 0.2.0 plugin that declared only `on-request` gives it up at once.
+#[tokio::test]
+async fn only_plugins_with_an_on_response_hold_their_instance() {
+    let (up, gate) = upstream_with_slow_requests().await;
+    for (hooks, held) in [("request", 0), ("both", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("v02"), dir.path().join("v02.wasm")).unwrap();
+        std::fs::write(
+            dir.path().join("v02.toml"),
+            format!("hooks = \"{hooks}\"\n"),
+        )
+        .unwrap();
+        let gw = gateway(&format!(
+            r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+[plugins.defaults]
+instance = "per-request"
+[services.s]
+instances = ["{}"]
+[[routes]]
+path = "/v"
+service = "s"
+plugins = ["v02"]
+"#,
+            dir.path().display(),
+            plugin_cache_dir().display(),
+            up.addr
+        ))
+        .await;
+        let hits = up.hits();
+        let addr = gw.listen_addr;
+        let slow = tokio::spawn(async move { get(addr, "/v/x?slow").await });
+        assert_eventually!(up.hits() == hits + 1, "the request is upstream");
+        assert_eq!(held_instances(&gw).await, held, "hooks = {hooks}");
+        gate.add_permits(1);
+        assert_eq!(slow.await.unwrap().0.as_u16(), 200);
+        assert_eq!(held_instances(&gw).await, 0);
+        gw.shutdown().await;
+    }
+}
+
 /// A held instance is freed however its request ends: a later plugin failing (the chain
 /// answers, `on-response` runs on the held instance), the plugin answering itself (nothing
 /// held), the client going away while the upstream answers (the request is dropped).
