@@ -251,3 +251,41 @@ async fn held_instances_are_freed_when_a_request_ends_early() {
     gate.add_permits(1);
     gw.shutdown().await;
 }
+
+/// Many requests waiting upstream at once (a slow upstream, or a client flooding a slow
+/// path) hold at most `max_held_instances`; every one of them still gets its `on-response`
+/// and succeeds, and the count goes back to zero.
+#[tokio::test]
+async fn a_burst_of_slow_requests_holds_at_most_the_cap() {
+    let (up, gate) = upstream_with_slow_requests().await;
+    let dir = plugin_dir(None);
+    let gw = gateway_holding(dir.path(), up.addr, 4, r#"["testbed"]"#).await;
+    let addr = gw.listen_addr;
+    let requests: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(async move { get(addr, "/p/global?slow").await }))
+        .collect();
+    assert_eventually!(up.hits() == 12, "all twelve are upstream");
+    assert_eq!(held_instances(&gw).await, 4);
+    let fallbacks = crate::services::metric(
+        gw.admin_addr,
+        r#"sluice_plugin_held_instance_fallbacks_total{plugin="testbed"}"#,
+    )
+    .await;
+    assert_eq!(fallbacks, 8);
+    gate.add_permits(12);
+    let mut on_response_saw = Vec::new();
+    for request in requests {
+        let (status, headers, _) = request.await.unwrap();
+        assert_eq!(status.as_u16(), 200);
+        on_response_saw.push(
+            headers["x-instance-uses-response"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    on_response_saw.sort();
+    assert_eq!(on_response_saw, [["0"; 8].as_slice(), &["1"; 4]].concat());
+    assert_eq!(held_instances(&gw).await, 0);
+    gw.shutdown().await;
+}
