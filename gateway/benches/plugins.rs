@@ -38,10 +38,13 @@ fn main() {
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
-            per_request_cost(&plugin, InstanceMode::Pooled, 200_000).await;
+            per_request_cost(&plugin, InstanceMode::Pooled, 200_000, None).await;
         }
         if run("per-request") {
-            per_request_cost(&plugin, InstanceMode::PerRequest, 20_000).await;
+            // One fresh instance serves both hooks (held from on-request to on-response) ...
+            per_request_cost(&plugin, InstanceMode::PerRequest, 20_000, None).await;
+            // ... or, past `max_held_instances` (0: never held), one fresh instance per hook.
+            per_request_cost(&plugin, InstanceMode::PerRequest, 20_000, Some(0)).await;
         }
         if run("load") {
             compile_times(&plugin).await;
@@ -399,16 +402,17 @@ fn request() -> Box<RequestState> {
     ))
 }
 
-async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
+/// `max_held_instances`: `[plugins] max_held_instances` when set.
+async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32, max_held: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(plugin, dir.path().join("noop.wasm")).unwrap();
     let metrics = Metrics::new();
-    let rt = sluice::plugin::runtime(
-        &config_for(dir.path(), cache.path(), mode),
-        metrics.plugins.clone(),
-    )
-    .unwrap();
+    let mut config = config_for(dir.path(), cache.path(), mode);
+    if let Some(max) = max_held {
+        config.plugins.max_held_instances = max;
+    }
+    let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     assert_eq!(rt.reload().await.loaded, ["noop"]);
     let chain = ["noop".to_owned()];
     let set = rt.current();
@@ -443,8 +447,12 @@ async fn per_request_cost(plugin: &Path, mode: InstanceMode, n: u32) {
     }
     let total = started.elapsed();
     let added = total.saturating_sub(baseline).as_secs_f64() / f64::from(n) * 1e6;
+    let held = match max_held {
+        Some(max) => format!(", max_held_instances = {max}"),
+        None => String::new(),
+    };
     println!(
-        "no-op plugin, {mode:?}: {added:.2} µs added per request (on-request + on-response, {n} requests)"
+        "no-op plugin, {mode:?}{held}: {added:.2} µs added per request (on-request + on-response, {n} requests)"
     );
 }
 

@@ -150,7 +150,9 @@ impl Hooks {
 ///
 /// An instance serves one request at a time and is usually reused for many (pooled mode), so
 /// `Self` may cache what is safe to recompute (parsed config, keys). State every request must
-/// see (counters, buckets) belongs in [`state`], shared by all instances.
+/// see (counters, buckets) belongs in [`state`], shared by all instances. With
+/// `instance = "per-request"` a fresh instance serves one request (both hooks, within the
+/// gateway's `max_held_instances`) and is dropped.
 pub trait Plugin: Sized + 'static {
     /// The hooks this plugin implements. The gateway calls only these, so a plugin that
     /// overrides only `on_request` should say `const HOOKS: Hooks = Hooks::ON_REQUEST;`

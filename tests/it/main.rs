@@ -17,6 +17,7 @@ mod examples;
 mod grpc;
 mod h2;
 mod harness;
+mod instances;
 pub mod languages;
 mod limits;
 mod otlp;

@@ -44,6 +44,15 @@ pub fn note_long_call() {
     }
 }
 
+/// Component instances the pooling allocator has slots for (idle pooled instances included):
+/// past it, instantiation fails until a slot is freed.
+pub const POOL_COMPONENT_INSTANCES: u32 = 1000;
+
+/// The default `max_held_instances`: per-request instances kept across the upstream call
+/// (from a request's `on-request` to its `on-response`) take at most half the pool's slots, so
+/// requests waiting on slow upstreams never starve other requests' instantiation.
+pub const DEFAULT_MAX_HELD_INSTANCES: usize = POOL_COMPONENT_INSTANCES as usize / 2;
+
 /// Bytes of a recycled linear memory kept resident and reset in place (see `engine_config`).
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -98,7 +107,7 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
         let mut pool = PoolingAllocationConfig::new();
         // Component instances in existence at once (idle pooled ones included); Python and
         // JavaScript components hold several core instances, memories and tables each.
-        pool.total_component_instances(1000)
+        pool.total_component_instances(POOL_COMPONENT_INSTANCES)
             .total_core_instances(4000)
             .total_memories(2000)
             .total_tables(4000)

@@ -47,6 +47,8 @@ pub struct PluginShared {
     pub outbound_guard: Arc<OutboundGuard>,
     /// Its runtime's clock: what `now-ms` and `monotonic-ns` answer, and its quarantine.
     pub clock: super::clock::Clock,
+    /// The cap on per-request instances held across upstream calls (shared by every plugin).
+    pub held_slots: Arc<super::loaded::InstanceSlots>,
 }
 
 /// The pooled client used for plugins' outbound HTTP.
@@ -247,6 +249,9 @@ pub struct RequestState {
     pub plugin_data: Vec<(Arc<str>, Vec<u8>)>,
     /// What plugins asked of the request's trace.
     pub trace: PluginTrace,
+    /// Per-request instances kept from their plugin's `on-request` for its `on-response`
+    /// (`instance = "per-request"`); dropped with the request if it ends before.
+    pub held: Vec<super::loaded::HeldInstance>,
 }
 
 impl RequestState {
@@ -267,6 +272,7 @@ impl RequestState {
             upstream_timeout: None,
             plugin_data: Vec::new(),
             trace: PluginTrace::default(),
+            held: Vec::new(),
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct PluginRuntime {
     outbound: host::OutboundClient,
     /// Address checks of outbound HTTP (knows the admin listener).
     outbound_guard: Arc<sandbox::OutboundGuard>,
+    /// Per-request instances held across upstream calls, all plugins together.
+    held_slots: Arc<loaded::InstanceSlots>,
     /// Per-node settings (`dir`, `cache_dir`, digest trust, built-ins).
     settings: NodeSettings,
     /// Settings a cluster configuration may replace at run time (`reconfigure`).
@@ -164,6 +166,8 @@ impl PluginRuntime {
             Some(file) => KvStore::open(file)?,
             None => KvStore::in_memory(),
         };
+        let held_slots =
+            loaded::InstanceSlots::new(settings.max_held_instances, metrics.held_instances.clone());
         Ok(Self {
             engine,
             linker,
@@ -175,6 +179,7 @@ impl PluginRuntime {
             metrics,
             outbound: host::outbound_client(),
             outbound_guard: Arc::new(sandbox::OutboundGuard::new(settings.admin)),
+            held_slots,
             settings,
             live: ArcSwap::from_pointee(live),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -499,6 +504,7 @@ impl PluginRuntime {
             outbound: self.outbound.clone(),
             outbound_guard: self.outbound_guard.clone(),
             clock: self.clock.clone(),
+            held_slots: self.held_slots.clone(),
         })
     }
 

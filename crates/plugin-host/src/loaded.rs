@@ -1,9 +1,10 @@
-//! A loaded plugin: its pre-instantiated component, its pool of ready instances, the limits
-//! every call runs under, and its health (failures, quarantine).
+//! A loaded plugin: its pre-instantiated component, its pool of ready instances (or, per
+//! request, the fresh instance held from `on-request` to `on-response`), the limits every call
+//! runs under, and its health (failures, quarantine).
 //!
-//! Long (~650 lines) on purpose: the call path of one plugin (checkout, arm limits, call,
-//! classify, give back, quarantine) is read top to bottom in one place; splitting it would
-//! scatter one request's call across files.
+//! Long (~780 lines) on purpose: the call path of one plugin (checkout, arm limits, call,
+//! classify, hold or give back, quarantine) is read top to bottom in one place; splitting it
+//! would scatter one request's call across files.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -175,6 +177,71 @@ struct Instance {
     uses: u64,
 }
 
+/// The per-request instances a runtime holds across upstream calls (from a request's
+/// `on-request` to its `on-response`), all its plugins together. Each holds a slot of the
+/// engine's instance pool ([`super::engine::POOL_COMPONENT_INSTANCES`]) while the upstream
+/// answers: at most `cap` are held, so requests waiting on slow upstreams cannot take the
+/// slots other requests need to instantiate. Past the cap, a request's instance is dropped
+/// after `on-request` and its `on-response` gets a fresh one (counted per plugin in
+/// `sluice_plugin_held_instance_fallbacks_total`).
+#[derive(Debug)]
+pub struct InstanceSlots {
+    cap: usize,
+    /// The count (`sluice_plugin_held_instances`).
+    held: Gauge,
+}
+
+impl InstanceSlots {
+    /// At most `cap` held at once (0: none, each hook gets its own fresh instance), counted in
+    /// `held`.
+    pub fn new(cap: usize, held: Gauge) -> Arc<Self> {
+        Arc::new(Self { cap, held })
+    }
+
+    /// Instances held now.
+    pub fn held(&self) -> usize {
+        usize::try_from(self.held.get()).unwrap_or_default()
+    }
+
+    /// A slot, unless `cap` are held.
+    fn try_hold(self: &Arc<Self>) -> Option<HeldSlot> {
+        let cap = i64::try_from(self.cap).unwrap_or(i64::MAX);
+        self.held
+            .inner()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(HeldSlot(self.clone()))
+    }
+}
+
+/// One held slot of [`InstanceSlots`], given back when dropped.
+#[derive(Debug)]
+struct HeldSlot(Arc<InstanceSlots>);
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.0.held.dec();
+    }
+}
+
+/// A per-request instance kept in its request ([`RequestState::held`]) from the plugin's
+/// `on-request` for its `on-response`. Whichever way the request ends (its `on-response` takes
+/// it; a request dropped before, when the client goes away, drops it), the slot is freed.
+pub struct HeldInstance {
+    instance: Instance,
+    _slot: HeldSlot,
+}
+
+impl std::fmt::Debug for HeldInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldInstance")
+            .field("plugin", &self.instance.store.data().plugin.name)
+            .finish()
+    }
+}
+
 /// Counters shown on the admin API.
 #[derive(Debug, Default)]
 pub struct PluginStats {
@@ -300,7 +367,7 @@ impl LoadedPlugin {
         request: Box<RequestState>,
     ) -> (Box<RequestState>, Result<types::Action, PluginFailure>) {
         let started = Instant::now();
-        let (mut instance, call_started) = match self.checkout(started).await {
+        let (mut instance, call_started) = match self.checkout(started, None).await {
             Ok(i) => i,
             Err(e) => {
                 return (
@@ -328,20 +395,67 @@ impl LoadedPlugin {
                     .map(|r| r.map(|r| r.map(super::compat::action)))
             }
         };
-        let request = instance.store.data_mut().take_request();
+        let mut request = instance.store.data_mut().take_request();
         let result = self
             .outcome(outcome, timeout)
             .and_then(|r| r.map_err(PluginFailure::Error));
+        let instance = self.hold_for_response(&mut request, instance, &result);
         (
             request,
-            self.finish(Phase::OnRequest, started, Some(instance), result),
+            self.finish(Phase::OnRequest, started, instance, result),
         )
     }
 
-    /// Runs `on-response`. Always gives the request and response back.
+    /// `instance = "per-request"`: the fresh instance that ran `on-request` runs the same
+    /// request's `on-response` too, so guest state lives exactly one request. It is kept in
+    /// the request when the request goes on (the plugin continued and has an `on-response`)
+    /// and the runtime holds fewer than `max_held_instances`; otherwise it is handed back
+    /// (and dropped, as every per-request instance after its call).
+    fn hold_for_response(
+        &self,
+        request: &mut RequestState,
+        instance: Instance,
+        result: &Result<types::Action, PluginFailure>,
+    ) -> Option<Instance> {
+        let keep = self.shared.settings.instance == InstanceMode::PerRequest
+            && matches!(result, Ok(types::Action::Continue))
+            && self.hooks().on_response;
+        if !keep {
+            return Some(instance);
+        }
+        match self.shared.held_slots.try_hold() {
+            Some(slot) => {
+                request.held.push(HeldInstance {
+                    instance,
+                    _slot: slot,
+                });
+                None
+            }
+            None => {
+                self.call_metrics.held_fallback();
+                Some(instance)
+            }
+        }
+    }
+
+    /// The instance this plugin's `on-request` kept in the request, if any; its slot is
+    /// freed (it is now an instance in a call like any other).
+    fn take_held(&self, request: &mut RequestState) -> Option<Instance> {
+        // The last one: a plugin named twice on a route runs `on-response` in reverse order.
+        // (Were only the first entry's instance held, past the cap, the second entry's
+        // `on-response` would run on it and the first's on a fresh one.)
+        let at = request
+            .held
+            .iter()
+            .rposition(|h| Arc::ptr_eq(&h.instance.store.data().plugin, &self.shared))?;
+        Some(request.held.remove(at).instance)
+    }
+
+    /// Runs `on-response`, on the instance this plugin's `on-request` held in the request if
+    /// there is one. Always gives the request and response back.
     pub async fn on_response(
         &self,
-        request: Box<RequestState>,
+        mut request: Box<RequestState>,
         response: Box<ResponseState>,
     ) -> (
         Box<RequestState>,
@@ -349,7 +463,8 @@ impl LoadedPlugin {
         Result<(), PluginFailure>,
     ) {
         let started = Instant::now();
-        let (mut instance, call_started) = match self.checkout(started).await {
+        let held = self.take_held(&mut request);
+        let (mut instance, call_started) = match self.checkout(started, held).await {
             Ok(i) => i,
             Err(e) => {
                 return (
@@ -391,14 +506,22 @@ impl LoadedPlugin {
         )
     }
 
-    /// A ready instance: from the pool, or new. Fails while quarantined. With it, when the
-    /// call it serves starts: `now` (the caller's clock reading) for a pooled instance, the
-    /// end of set-up for a new one (its `init` does not count against the call's limits).
+    /// A ready instance: the one held for this request, from the pool, or new. Fails while
+    /// quarantined (a held instance is then dropped). With it, when the call it serves
+    /// starts: `now` (the caller's clock reading) for a held or pooled instance, the end of
+    /// set-up for a new one (its `init` does not count against the call's limits).
     /// One clock reading fewer per call: at ~35 ns each they were the largest host-side item
     /// of a pooled call's profile (docs/benchmarks.md, "The fixed cost of a plugin call").
-    async fn checkout(&self, now: Instant) -> Result<(Instance, Instant), PluginFailure> {
+    async fn checkout(
+        &self,
+        now: Instant,
+        held: Option<Instance>,
+    ) -> Result<(Instance, Instant), PluginFailure> {
         if self.quarantined() {
             return Err(PluginFailure::Quarantined);
+        }
+        if let Some(instance) = held {
+            return Ok((instance, now));
         }
         match self.take_pooled() {
             Some(i) => Ok((i, now)),
@@ -665,5 +788,30 @@ fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {
         Some(Trap::Interrupt) => PluginFailure::CpuTimeout(cpu_timeout),
         Some(trap) => PluginFailure::Trap(trap.to_string()),
         None => PluginFailure::Trap(format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At most `cap` slots are held at once; a dropped slot is free again, and the gauge
+    /// follows the count.
+    #[test]
+    fn held_slots_stop_at_the_cap_and_come_back_when_dropped() {
+        let slots = InstanceSlots::new(2, Gauge::default());
+        let first = slots.try_hold().expect("a first slot");
+        let second = slots.try_hold().expect("a second slot");
+        assert!(slots.try_hold().is_none(), "past the cap");
+        assert_eq!((slots.held(), slots.held.get()), (2, 2));
+        drop(first);
+        assert_eq!(slots.held(), 1);
+        let third = slots.try_hold().expect("the freed slot");
+        drop((second, third));
+        assert_eq!(slots.held(), 0);
+
+        let none = InstanceSlots::new(0, Gauge::default());
+        assert!(none.try_hold().is_none(), "0: never held");
+        assert_eq!(none.held(), 0);
     }
 }

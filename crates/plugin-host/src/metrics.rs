@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -58,6 +59,10 @@ pub struct PluginCallMetrics {
     calls: Family<CallLabels, Counter>,
     cached: [[std::sync::OnceLock<Counter>; 7]; 3],
     duration: Histogram,
+    /// `sluice_plugin_held_instance_fallbacks_total{plugin}`, created on the first fallback
+    /// (pooled plugins never show it).
+    held_fallbacks: Family<PluginLabels, Counter>,
+    held_fallback: std::sync::OnceLock<Counter>,
 }
 
 impl PluginCallMetrics {
@@ -77,6 +82,20 @@ impl PluginCallMetrics {
             self.duration.observe(seconds);
         }
     }
+
+    /// A per-request instance that could not be kept for `on-response` (the runtime's
+    /// `max_held_instances` were all held).
+    pub fn held_fallback(&self) {
+        self.held_fallback
+            .get_or_init(|| {
+                self.held_fallbacks
+                    .get_or_create(&PluginLabels {
+                        plugin: self.plugin.clone(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
 }
 
 /// Metrics of every plugin.
@@ -86,6 +105,10 @@ pub struct PluginMetrics {
     duration: Family<PluginLabels, Histogram>,
     user_counters: Family<UserLabels, Counter>,
     user_histograms: Family<UserLabels, Histogram>,
+    held_fallbacks: Family<PluginLabels, Counter>,
+    /// `sluice_plugin_held_instances`: per-request instances held between a request's
+    /// `on-request` and its `on-response` (see `loaded::InstanceSlots`).
+    pub held_instances: Gauge,
     /// `sluice_plugin_canary_requests_total` (see `canary`).
     pub canary: Arc<super::canary::CanaryMetrics>,
 }
@@ -121,12 +144,26 @@ impl PluginMetrics {
             "Histograms defined by plugins",
             user_histograms.clone(),
         );
+        let held_instances = Gauge::default();
+        registry.register(
+            "plugin_held_instances",
+            "Per-request plugin instances held from a request's on_request to its on_response",
+            held_instances.clone(),
+        );
+        let held_fallbacks = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_held_instance_fallbacks",
+            "Requests whose per-request instance could not be held for on_response (plugins.max_held_instances reached): on_response ran on a second fresh instance",
+            held_fallbacks.clone(),
+        );
         let canary = super::canary::CanaryMetrics::register(registry);
         Arc::new(Self {
             calls,
             duration,
             user_counters,
             user_histograms,
+            held_fallbacks,
+            held_instances,
             canary,
         })
     }
@@ -143,6 +180,8 @@ impl PluginMetrics {
                     plugin: Label(plugin.clone()),
                 })
                 .clone(),
+            held_fallbacks: self.held_fallbacks.clone(),
+            held_fallback: std::sync::OnceLock::new(),
         }
     }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub enum InstanceMode {
     /// Instances are reused, one request at a time each (fast; plugin globals persist).
     Pooled,
-    /// A fresh instance for every request (no state survives).
+    /// A fresh instance for every request, serving both its hooks (nothing survives the
+    /// request).
     PerRequest,
 }
 
@@ -137,6 +138,9 @@ pub struct NodeSettings {
     pub admin: SocketAddr,
     /// Data-plane worker threads (0: one per core): compiles run on the cores they leave.
     pub workers: usize,
+    /// Per-request instances (all plugins together) kept from a request's `on-request` for
+    /// its `on-response` at once; past it, `on-response` gets a second fresh instance.
+    pub max_held_instances: usize,
     /// The built-in plugins' components, by name.
     pub builtins: &'static [(&'static str, &'static [u8])],
     /// Reads CA certificates (PEM) into a root store, with an error naming the file.

@@ -47,6 +47,7 @@ fn node_settings(config: &Config) -> NodeSettings {
         kv_file: config.kv.file.clone(),
         admin: config.server.admin,
         workers: config.server.workers,
+        max_held_instances: config.plugins.max_held_instances,
         builtins: builtin::BUILTINS,
         load_roots: crate::tls::load_roots,
     }
