@@ -48,7 +48,7 @@ pub struct PluginShared {
     /// Its runtime's clock: what `now-ms` and `monotonic-ns` answer, and its quarantine.
     pub clock: super::clock::Clock,
     /// The cap on per-request instances held across upstream calls (shared by every plugin).
-    pub held_slots: Arc<super::loaded::InstanceSlots>,
+    pub held_slots: Arc<super::held::InstanceSlots>,
 }
 
 /// The pooled client used for plugins' outbound HTTP.
@@ -251,7 +251,7 @@ pub struct RequestState {
     pub trace: PluginTrace,
     /// Per-request instances kept from their plugin's `on-request` for its `on-response`
     /// (`instance = "per-request"`); dropped with the request if it ends before.
-    pub held: Vec<super::loaded::HeldInstance>,
+    pub held: Vec<super::held::Held>,
 }
 
 impl RequestState {

@@ -26,6 +26,7 @@ pub mod crypto;
 pub mod digest;
 pub mod engine;
 pub mod extra;
+pub mod held;
 pub mod host;
 pub mod kv;
 pub mod loaded;
@@ -118,7 +119,7 @@ pub struct PluginRuntime {
     /// Address checks of outbound HTTP (knows the admin listener).
     outbound_guard: Arc<sandbox::OutboundGuard>,
     /// Per-request instances held across upstream calls, all plugins together.
-    held_slots: Arc<loaded::InstanceSlots>,
+    held_slots: Arc<held::InstanceSlots>,
     /// Per-node settings (`dir`, `cache_dir`, digest trust, built-ins).
     settings: NodeSettings,
     /// Settings a cluster configuration may replace at run time (`reconfigure`).
@@ -167,7 +168,7 @@ impl PluginRuntime {
             None => KvStore::in_memory(),
         };
         let held_slots =
-            loaded::InstanceSlots::new(settings.max_held_instances, metrics.held_instances.clone());
+            held::InstanceSlots::new(settings.max_held_instances, metrics.held_instances.clone());
         Ok(Self {
             engine,
             linker,

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
 use super::engine::EPOCH_TICK;
+use super::held::Held;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
 use crate::settings::InstanceMode;
@@ -175,71 +175,6 @@ struct Instance {
     store: Store<HostState>,
     plugin: Bound,
     uses: u64,
-}
-
-/// The per-request instances a runtime holds across upstream calls (from a request's
-/// `on-request` to its `on-response`), all its plugins together. Each holds a slot of the
-/// engine's instance pool ([`super::engine::POOL_COMPONENT_INSTANCES`]) while the upstream
-/// answers: at most `cap` are held, so requests waiting on slow upstreams cannot take the
-/// slots other requests need to instantiate. Past the cap, a request's instance is dropped
-/// after `on-request` and its `on-response` gets a fresh one (counted per plugin in
-/// `sluice_plugin_held_instance_fallbacks_total`).
-#[derive(Debug)]
-pub struct InstanceSlots {
-    cap: usize,
-    /// The count (`sluice_plugin_held_instances`).
-    held: Gauge,
-}
-
-impl InstanceSlots {
-    /// At most `cap` held at once (0: none, each hook gets its own fresh instance), counted in
-    /// `held`.
-    pub fn new(cap: usize, held: Gauge) -> Arc<Self> {
-        Arc::new(Self { cap, held })
-    }
-
-    /// Instances held now.
-    pub fn held(&self) -> usize {
-        usize::try_from(self.held.get()).unwrap_or_default()
-    }
-
-    /// A slot, unless `cap` are held.
-    fn try_hold(self: &Arc<Self>) -> Option<HeldSlot> {
-        let cap = i64::try_from(self.cap).unwrap_or(i64::MAX);
-        self.held
-            .inner()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()?;
-        Some(HeldSlot(self.clone()))
-    }
-}
-
-/// One held slot of [`InstanceSlots`], given back when dropped.
-#[derive(Debug)]
-struct HeldSlot(Arc<InstanceSlots>);
-
-impl Drop for HeldSlot {
-    fn drop(&mut self) {
-        self.0.held.dec();
-    }
-}
-
-/// A per-request instance kept in its request ([`RequestState::held`]) from the plugin's
-/// `on-request` for its `on-response`. Whichever way the request ends (its `on-response` takes
-/// it; a request dropped before, when the client goes away, drops it), the slot is freed.
-pub struct HeldInstance {
-    instance: Instance,
-    _slot: HeldSlot,
-}
-
-impl std::fmt::Debug for HeldInstance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldInstance")
-            .field("plugin", &self.instance.store.data().plugin.name)
-            .finish()
-    }
 }
 
 /// Counters shown on the admin API.
@@ -425,10 +360,8 @@ impl LoadedPlugin {
         }
         match self.shared.held_slots.try_hold() {
             Some(slot) => {
-                request.held.push(HeldInstance {
-                    instance,
-                    _slot: slot,
-                });
+                let owner = Arc::as_ptr(&self.shared) as usize;
+                request.held.push(Held::new(owner, instance, slot));
                 None
             }
             None => {
@@ -444,11 +377,9 @@ impl LoadedPlugin {
         // The last one: a plugin named twice on a route runs `on-response` in reverse order.
         // (Were only the first entry's instance held, past the cap, the second entry's
         // `on-response` would run on it and the first's on a fresh one.)
-        let at = request
-            .held
-            .iter()
-            .rposition(|h| Arc::ptr_eq(&h.instance.store.data().plugin, &self.shared))?;
-        Some(request.held.remove(at).instance)
+        let owner = Arc::as_ptr(&self.shared) as usize;
+        let at = request.held.iter().rposition(|h| h.owner() == owner)?;
+        request.held.remove(at).into_instance::<Instance>()
     }
 
     /// Runs `on-response`, on the instance this plugin's `on-request` held in the request if
@@ -788,30 +719,5 @@ fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {
         Some(Trap::Interrupt) => PluginFailure::CpuTimeout(cpu_timeout),
         Some(trap) => PluginFailure::Trap(trap.to_string()),
         None => PluginFailure::Trap(format!("{e:#}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// At most `cap` slots are held at once; a dropped slot is free again, and the gauge
-    /// follows the count.
-    #[test]
-    fn held_slots_stop_at_the_cap_and_come_back_when_dropped() {
-        let slots = InstanceSlots::new(2, Gauge::default());
-        let first = slots.try_hold().expect("a first slot");
-        let second = slots.try_hold().expect("a second slot");
-        assert!(slots.try_hold().is_none(), "past the cap");
-        assert_eq!((slots.held(), slots.held.get()), (2, 2));
-        drop(first);
-        assert_eq!(slots.held(), 1);
-        let third = slots.try_hold().expect("the freed slot");
-        drop((second, third));
-        assert_eq!(slots.held(), 0);
-
-        let none = InstanceSlots::new(0, Gauge::default());
-        assert!(none.try_hold().is_none(), "0: never held");
-        assert_eq!(none.held(), 0);
     }
 }

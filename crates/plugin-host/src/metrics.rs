@@ -107,7 +107,7 @@ pub struct PluginMetrics {
     user_histograms: Family<UserLabels, Histogram>,
     held_fallbacks: Family<PluginLabels, Counter>,
     /// `sluice_plugin_held_instances`: per-request instances held between a request's
-    /// `on-request` and its `on-response` (see `loaded::InstanceSlots`).
+    /// `on-request` and its `on-response` (see `held::InstanceSlots`).
     pub held_instances: Gauge,
     /// `sluice_plugin_canary_requests_total` (see `canary`).
     pub canary: Arc<super::canary::CanaryMetrics>,

@@ -57,7 +57,7 @@ impl Default for PluginsConfig {
             sources: BTreeMap::new(),
             trusted_keys: Vec::new(),
             sources_ca: None,
-            max_held_instances: crate::plugin::engine::DEFAULT_MAX_HELD_INSTANCES,
+            max_held_instances: sluice_plugin_host::engine::DEFAULT_MAX_HELD_INSTANCES,
             files: Vec::new(),
         }
     }
@@ -283,14 +283,14 @@ impl PluginsConfig {
         {
             p.add(format!("plugins.sources_ca: {e}"));
         }
-        let slots = crate::plugin::engine::POOL_COMPONENT_INSTANCES as usize;
+        let slots = sluice_plugin_host::engine::POOL_COMPONENT_INSTANCES as usize;
         if self.max_held_instances > slots {
             p.add(format!(
                 "plugins.max_held_instances: {} is more than the plugin instance pool's {slots} \
                  slots (held instances would leave none for other requests); at most {slots}, \
                  default {}",
                 self.max_held_instances,
-                crate::plugin::engine::DEFAULT_MAX_HELD_INSTANCES
+                sluice_plugin_host::engine::DEFAULT_MAX_HELD_INSTANCES
             ));
         }
     }
