@@ -177,6 +177,31 @@ impl Gateway {
             websocket: config.server.websocket.clone(),
         });
 
+        // The data listeners are bound before the admin listener: once the admin port
+        // answers (what orchestrators and tests wait for), a client's connection to the
+        // data port is accepted too, at worst waiting in the backlog for the workers.
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let listeners = server::bind_reuseport(config.server.listen, workers)
+            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let listen_addr = listeners[0].local_addr()?;
+        let (tls, tls_addr) = match &config.server.tls {
+            Some(tls_config) => {
+                let tls = tls::Tls::new(tls_config, config.server.http2.enabled)?;
+                if tls_config.watch {
+                    control_tasks.push(tls.watch(tls_config, shutdown.clone())?);
+                }
+                let listeners = server::bind_reuseport(tls_config.listen, listeners.len())
+                    .with_context(|| {
+                        format!("server.tls.listen: cannot bind {}", tls_config.listen)
+                    })?;
+                let addr = listeners[0].local_addr()?;
+                (Some((listeners, tls)), Some(addr))
+            }
+            None => (None, None),
+        };
         let admin_listener = tokio::net::TcpListener::bind(config.server.admin)
             .await
             .with_context(|| format!("server.admin: cannot bind {}", config.server.admin))?;
@@ -196,29 +221,7 @@ impl Gateway {
         ));
         control_tasks.extend(node.spawn(proxy.clone(), config.clone(), shutdown.clone()));
 
-        let workers = match config.server.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let listeners = server::bind_reuseport(config.server.listen, workers)
-            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
-        let listen_addr = listeners[0].local_addr()?;
         proxy.registry.policy.set_own(&[listen_addr, admin_addr]);
-        let (tls, tls_addr) = match &config.server.tls {
-            Some(tls_config) => {
-                let tls = tls::Tls::new(tls_config, config.server.http2.enabled)?;
-                if tls_config.watch {
-                    control_tasks.push(tls.watch(tls_config, shutdown.clone())?);
-                }
-                let listeners = server::bind_reuseport(tls_config.listen, listeners.len())
-                    .with_context(|| {
-                        format!("server.tls.listen: cannot bind {}", tls_config.listen)
-                    })?;
-                let addr = listeners[0].local_addr()?;
-                (Some((listeners, tls)), Some(addr))
-            }
-            None => (None, None),
-        };
         let workers = server::spawn_workers(
             listeners,
             tls,
