@@ -164,18 +164,23 @@ impl Proxy {
                 return self.answer(cx, response);
             }
         };
-        let route = admitted.route.clone();
+        let Admitted {
+            route,
+            parts,
+            body,
+            body_deadline,
+        } = admitted;
         // 3. Plugins on the way in.
         let (onward, ran) = if route.plugins.is_empty() {
-            let body = self.upstream_body(admitted.body, admitted.body_deadline);
+            let body = self.upstream_body(body, body_deadline);
             let onward = Onward::Upstream {
-                parts: admitted.parts,
+                parts,
                 body,
                 cap: None,
             };
             (onward, Ran::new())
         } else {
-            Box::pin(self.plugins_in(admitted, &mut cx)).await
+            Box::pin(self.plugins_in(&route, parts, body, body_deadline, &mut cx)).await
         };
         // 4. Upstream, with the request as the plugins left it.
         let (response, attempted) = match onward {
@@ -297,15 +302,16 @@ impl Proxy {
 
     /// Step 3 on a route with plugins: the body buffered for plugins that opted in to it,
     /// then each plugin's `on-request`. The request as they left it stays in the context.
-    async fn plugins_in(&self, admitted: Admitted, cx: &mut RequestContext) -> (Onward, Ran) {
-        let Admitted {
-            route,
-            parts,
-            body,
-            body_deadline,
-        } = admitted;
+    async fn plugins_in(
+        &self,
+        route: &Route,
+        parts: http::request::Parts,
+        body: Incoming,
+        body_deadline: Instant,
+        cx: &mut RequestContext,
+    ) -> (Onward, Ran) {
         let set = self.plugins.current();
-        let buffering = self.buffer_for_plugins(&set, &route, body);
+        let buffering = self.buffer_for_plugins(&set, route, body);
         let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::RequestTimeout(self.edge.body_read_timeout)),
