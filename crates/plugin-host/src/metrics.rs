@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -218,22 +219,15 @@ impl PluginMetrics {
         name: &str,
         delta: u64,
     ) {
-        let counter = handles.counters.iter().find(|(n, _)| &**n == name);
-        if let Some((_, counter)) = counter {
-            counter.inc_by(delta);
-            return;
-        }
-        let counter = self
-            .user_counters
-            .get_or_create(&UserLabels {
-                plugin: Label(plugin.clone()),
-                name: sanitize(name),
-            })
-            .clone();
-        counter.inc_by(delta);
-        if handles.counters.len() < MAX_HANDLES {
-            handles.counters.push((name.into(), counter));
-        }
+        with_handle(
+            &mut handles.counters,
+            &self.user_counters,
+            plugin,
+            name,
+            |c| {
+                c.inc_by(delta);
+            },
+        );
     }
 
     /// `host.histogram-record`, with the instance's `handles` as for [`Self::counter_add`].
@@ -244,22 +238,40 @@ impl PluginMetrics {
         name: &str,
         value: f64,
     ) {
-        let histogram = handles.histograms.iter().find(|(n, _)| &**n == name);
-        if let Some((_, histogram)) = histogram {
-            histogram.observe(value);
-            return;
-        }
-        let histogram = self
-            .user_histograms
-            .get_or_create(&UserLabels {
-                plugin: Label(plugin.clone()),
-                name: sanitize(name),
-            })
-            .clone();
-        histogram.observe(value);
-        if handles.histograms.len() < MAX_HANDLES {
-            handles.histograms.push((name.into(), histogram));
-        }
+        with_handle(
+            &mut handles.histograms,
+            &self.user_histograms,
+            plugin,
+            name,
+            |h| {
+                h.observe(value);
+            },
+        );
+    }
+}
+
+/// Runs `use_it` on the family's entry for the plugin's metric `name`: the instance's handle
+/// when it used the name before, else the family's entry (kept in `handles` while there is
+/// room).
+fn with_handle<M: Clone, C: MetricConstructor<M>>(
+    handles: &mut Vec<(Box<str>, M)>,
+    family: &Family<UserLabels, M, C>,
+    plugin: &Arc<str>,
+    name: &str,
+    use_it: impl FnOnce(&M),
+) {
+    if let Some((_, metric)) = handles.iter().find(|(n, _)| &**n == name) {
+        return use_it(metric);
+    }
+    let metric = family
+        .get_or_create(&UserLabels {
+            plugin: Label(plugin.clone()),
+            name: sanitize(name),
+        })
+        .clone();
+    use_it(&metric);
+    if handles.len() < MAX_HANDLES {
+        handles.push((name.into(), metric));
     }
 }
 
