@@ -36,9 +36,6 @@ pub(crate) struct ConnState {
     pub(crate) last_activity: AtomicU64,
     /// When a write to the client last found its socket full; 0 = writes are flowing.
     pub(crate) write_blocked: AtomicU64,
-    /// Wakes the watchdog when a deadline it is not sleeping towards starts (a request head
-    /// begins, a write blocks), so it never oversleeps into a later deadline.
-    pub(crate) wake: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -51,7 +48,6 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
-            wake: tokio::sync::Notify::new(),
         }
     }
 

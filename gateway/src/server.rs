@@ -6,6 +6,7 @@
 //! the connection limits and shutdown; their HTTP/1 and HTTP/2 loops look alike but close
 //! differently (hard close vs GOAWAY), so they stay side by side.
 
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -435,9 +436,12 @@ async fn serve_h2<S>(
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
+    let mut timer = WatchdogTimer::new(&state, limits);
     let mut draining = false;
     loop {
         tokio::select! {
+            // In this order: the watchdog reads what the connection's poll recorded.
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, "h2 connection ended: {e}");
@@ -448,7 +452,7 @@ async fn serve_h2<S>(
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
-            expired = state.watchdog(limits), if !draining => {
+            expired = poll_fn(|cx| state.poll_watchdog(limits, &mut timer, cx)), if !draining => {
                 tracing::debug!(%peer, "closing h2 connection: {expired}");
                 draining = true;
                 connection.as_mut().graceful_shutdown();
@@ -496,9 +500,12 @@ async fn serve_http1<S>(
     // Upgrades (WebSocket) are handed over to the proxy once answered 101.
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
+    let mut timer = WatchdogTimer::new(&state, limits);
     let mut draining = false;
     loop {
         tokio::select! {
+            // In this order: the watchdog reads what the connection's poll recorded.
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, "connection ended: {e}");
@@ -510,7 +517,7 @@ async fn serve_http1<S>(
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
-            expired = state.watchdog(limits) => {
+            expired = poll_fn(|cx| state.poll_watchdog(limits, &mut timer, cx)) => {
                 tracing::debug!(%peer, "closing connection: {expired}");
                 break;
             }
@@ -522,13 +529,10 @@ impl ConnState {
     fn on_read(&self) {
         let now = self.now();
         self.last_activity.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self
-                .head_started
-                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.wake.notify_one();
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -536,61 +540,126 @@ impl ConnState {
     fn on_write(&self, blocked: bool) {
         if blocked {
             let now = self.now();
-            if self
-                .write_blocked
-                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.wake.notify_one();
-            }
+            let _ =
+                self.write_blocked
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         } else if self.write_blocked.load(Ordering::Relaxed) != 0 {
             self.write_blocked.store(0, Ordering::Relaxed);
         }
     }
 
-    /// Resolves when the connection has been idle, slow to send a request head, or not
-    /// reading what is written to it, for too long. Re-checks at each deadline, since
-    /// activity moves it.
-    async fn watchdog(&self, limits: &EdgeLimits) -> &'static str {
-        let write_timeout = limits.write_timeout.as_nanos() as u64;
+    /// Polls the connection's watchdog: ready, saying why, when the connection has been idle,
+    /// slow to send a request head, or not reading what is written to it, for too long.
+    ///
+    /// It is polled in the connection's `select!` right after the connection itself (biased),
+    /// and every read and write is recorded during that poll, so it sees a deadline that just
+    /// began (a request head, a blocked write) without being woken: no wake-up and no second
+    /// poll of the connection per request. The timer is only ever moved earlier here; a
+    /// deadline that moved later (activity) is found when the armed one passes, and re-armed.
+    fn poll_watchdog(
+        &self,
+        limits: &EdgeLimits,
+        timer: &mut WatchdogTimer,
+        cx: &mut Context<'_>,
+    ) -> Poll<&'static str> {
         loop {
-            let now = self.now();
-            let blocked = self.write_blocked.load(Ordering::Relaxed);
-            if blocked != 0 && blocked + write_timeout <= now {
-                return "write timeout (the client is not reading)";
+            let earliest = self.earliest_deadline(limits);
+            if earliest < timer.armed {
+                timer.arm(self, earliest);
             }
-            let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
-                // The upstream and request timeouts govern a request in flight; a stalled
-                // write is noticed within a write timeout.
-                (
-                    now + write_timeout.min(limits.idle_timeout.as_nanos() as u64),
-                    "",
-                )
-            } else {
-                match self.head_started.load(Ordering::Relaxed) {
-                    0 => (
-                        self.last_activity.load(Ordering::Relaxed)
-                            + limits.idle_timeout.as_nanos() as u64,
-                        "idle timeout",
-                    ),
-                    started => (
-                        started + limits.header_read_timeout.as_nanos() as u64,
-                        "header read timeout",
-                    ),
-                }
-            };
-            if deadline <= now && !why.is_empty() {
-                return why;
+            if timer.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            let deadline = match blocked {
-                0 => deadline,
-                since => deadline.min(since + write_timeout),
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(self.opened + Duration::from_nanos(deadline.max(now))) => {}
-                () = self.wake.notified() => {}
+            // The armed moment passed: judge by the clock, then re-arm for the next check.
+            match self.check(limits, self.now()) {
+                Err(expired) => return Poll::Ready(expired),
+                Ok(next) => timer.arm(self, next),
             }
         }
+    }
+
+    /// The earliest moment a limit could expire, from what the connection recorded (no clock
+    /// read): `u64::MAX` while a request is in flight and writes flow.
+    fn earliest_deadline(&self, limits: &EdgeLimits) -> u64 {
+        let at = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            u64::MAX
+        } else {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => self
+                    .last_activity
+                    .load(Ordering::Relaxed)
+                    .saturating_add(limits.idle_timeout.as_nanos() as u64),
+                started => started.saturating_add(limits.header_read_timeout.as_nanos() as u64),
+            }
+        };
+        match self.write_blocked.load(Ordering::Relaxed) {
+            0 => at,
+            since => at.min(since.saturating_add(limits.write_timeout.as_nanos() as u64)),
+        }
+    }
+
+    /// At `now`: which limit expired, or when to look again.
+    fn check(&self, limits: &EdgeLimits, now: u64) -> Result<u64, &'static str> {
+        let write_timeout = limits.write_timeout.as_nanos() as u64;
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        if blocked != 0 && blocked + write_timeout <= now {
+            return Err("write timeout (the client is not reading)");
+        }
+        let (deadline, why) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // The upstream and request timeouts govern a request in flight; look again within
+            // a write timeout in case one of its writes stalls.
+            (
+                now + write_timeout.min(limits.idle_timeout.as_nanos() as u64),
+                "",
+            )
+        } else {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => (
+                    self.last_activity.load(Ordering::Relaxed)
+                        + limits.idle_timeout.as_nanos() as u64,
+                    "idle timeout",
+                ),
+                started => (
+                    started + limits.header_read_timeout.as_nanos() as u64,
+                    "header read timeout",
+                ),
+            }
+        };
+        if deadline <= now && !why.is_empty() {
+            return Err(why);
+        }
+        let deadline = match blocked {
+            0 => deadline,
+            since => deadline.min(since + write_timeout),
+        };
+        Ok(deadline.max(now))
+    }
+}
+
+/// The watchdog's timer and the moment (nanoseconds since the connection opened) it is armed
+/// for. One per connection, reset in place.
+struct WatchdogTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: u64,
+}
+
+impl WatchdogTimer {
+    /// Armed for the connection's first idle deadline.
+    fn new(state: &ConnState, limits: &EdgeLimits) -> Self {
+        let armed = limits.idle_timeout.as_nanos() as u64;
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(
+                state.opened + Duration::from_nanos(armed),
+            )),
+            armed,
+        }
+    }
+
+    fn arm(&mut self, state: &ConnState, at: u64) {
+        self.armed = at;
+        self.sleep
+            .as_mut()
+            .reset(state.opened + Duration::from_nanos(at));
     }
 }
 

@@ -149,6 +149,41 @@ async fn a_slow_client_is_dropped_at_the_header_read_timeout() {
     gw.shutdown().await;
 }
 
+/// The header-read timeout starts with each request head, also the second one on a kept-alive
+/// connection whose watchdog was last set for the (much later) idle timeout: a client that
+/// trickles its second head is cut at the header timeout, not left until the idle one.
+#[tokio::test]
+async fn a_second_request_head_sent_slowly_is_cut_at_the_header_read_timeout() {
+    let up = Upstream::named("ok").await;
+    let config =
+        limits_config(up.addr).replace(r#"idle_timeout = "600ms""#, r#"idle_timeout = "30s""#);
+    let gw = gateway(&config).await;
+    let mut stream = TcpStream::connect(gw.listen_addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Longer than the header timeout with no head pending: still open (idle is 30 s).
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed long before the 30 s idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF, no response");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}, before the header timeout"
+    );
+    assert_eq!(up.hits(), 1, "only the first request reached the upstream");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_not_before() {
     let up = Upstream::named("ok").await;
