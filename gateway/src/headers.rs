@@ -48,13 +48,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // `Connection` usually carries only `keep-alive` or `close` (an upstream's every
+    // response does): options, or names already in the fixed list, so nothing to parse or
+    // allocate for them.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+    {
+        let fixed = token.eq_ignore_ascii_case("close")
+            || hop_by_hop
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+        if !fixed && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
     for name in named {
         headers.remove(name);
     }
@@ -72,7 +84,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
         headers.remove(&FORWARDED);
         headers.remove(&X_REAL_IP);
     }
-    let mut ip_buf = itoa_ip(client);
+    let mut ip_buf = [0u8; 64];
+    let ip = format_ip(client, &mut ip_buf);
     let prior = headers.get_all(&X_FORWARDED_FOR);
     // Several X-Forwarded-For lines from a trusted proxy are one list (RFC 9110 §5.3).
     let mut joined: Vec<u8> = Vec::new();
@@ -82,23 +95,19 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
             .map(HeaderValue::as_bytes)
             .filter(|l| !l.is_empty())
         {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b", ");
-            }
             joined.extend_from_slice(line);
+            joined.extend_from_slice(b", ");
         }
     }
-    let value = match joined.as_slice() {
-        prior if !prior.is_empty() => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + ip_buf.len());
-            v.extend_from_slice(prior);
-            v.extend_from_slice(b", ");
-            v.append(&mut ip_buf);
-            v
-        }
-        _ => ip_buf,
+    // The usual case (no list to keep) formats the address on the stack: one allocation,
+    // the header value's own.
+    let value = if joined.is_empty() {
+        HeaderValue::from_bytes(ip)
+    } else {
+        joined.extend_from_slice(ip);
+        HeaderValue::from_bytes(&joined)
     };
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -107,11 +116,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     }
 }
 
-fn itoa_ip(ip: IpAddr) -> Vec<u8> {
+/// `ip` written into `buf` (64 bytes hold any IPv6 text form).
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     use std::io::Write as _;
-    let mut v = Vec::with_capacity(39);
-    let _ = write!(v, "{ip}");
-    v
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{ip}");
+    let len = 64 - rest.len();
+    &buf[..len]
 }
 
 /// Returns the client's request id, or sets a new one (128 random bits in hex).
@@ -152,6 +163,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_options_are_not_taken_for_header_names_and_any_case_matches() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Close ,  X-A,KEEP-ALIVE"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
