@@ -311,14 +311,20 @@ impl Proxy {
         cx: &mut RequestContext,
     ) -> (Onward, Ran) {
         let set = self.plugins.current();
-        let buffering = self.buffer_for_plugins(&set, route, body);
-        let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::RequestTimeout(self.edge.body_read_timeout)),
-        };
-        let (buffered, streaming) = match buffered {
-            Ok(pair) => pair,
-            Err(e) => return (Onward::Answered(cx.fail(e)), Ran::new()),
+        // Most routes' plugins leave the body streaming: no buffering, and no timer armed.
+        let (buffered, streaming) = match wanting_request_body(&set, route) {
+            None => (None, Some(body)),
+            Some(plugin) => {
+                let buffering = self.buffer_for_plugin(plugin, body);
+                let buffered = match tokio::time::timeout_at(body_deadline, buffering).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProxyError::RequestTimeout(self.edge.body_read_timeout)),
+                };
+                match buffered {
+                    Ok(bytes) => (Some(bytes), None),
+                    Err(e) => return (Onward::Answered(cx.fail(e)), Ran::new()),
+                }
+            }
         };
         let request_id = cx.request_id.clone().expect("set when admitted");
         let mut view = Box::new(RequestState::new(
@@ -385,30 +391,20 @@ impl Proxy {
         response
     }
 
-    /// Reads the whole body when a plugin on the route opted in to bodies (bounded by the
-    /// smallest `max_body_bytes` among them); otherwise leaves it streaming.
-    async fn buffer_for_plugins(
+    /// Reads the whole body for the plugins on the route that opted in to bodies, bounded by
+    /// `plugin`'s `max_body_bytes` (the smallest among them, [`wanting_request_body`]).
+    async fn buffer_for_plugin(
         &self,
-        set: &PluginSet,
-        route: &Route,
+        plugin: &crate::plugin::loaded::LoadedPlugin,
         body: Incoming,
-    ) -> Result<(Option<Bytes>, Option<Incoming>), ProxyError> {
-        let wanting = route
-            .plugins
-            .iter()
-            .filter_map(|name| set.get(name))
-            .filter(|p| p.shared.settings.request_body)
-            .min_by_key(|p| p.shared.settings.max_body_bytes);
-        let Some(plugin) = wanting else {
-            return Ok((None, Some(body)));
-        };
+    ) -> Result<Bytes, ProxyError> {
         let limit = plugin
             .shared
             .settings
             .max_body_bytes
             .min(self.max_body_bytes as usize);
         match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok((Some(collected.to_bytes()), None)),
+            Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 Err(ProxyError::BodyTooLargeForPlugin {
                     plugin: plugin.name().to_string(),
@@ -732,6 +728,21 @@ async fn keep_for_replay(
         }
         Err(crate::body::RequestBodyError::Timeout(t)) => Err(ProxyError::RequestTimeout(t)),
     }
+}
+
+/// The plugin on the route that opted in to request bodies with the smallest
+/// `max_body_bytes`, if any opted in: the body is then buffered up to that.
+fn wanting_request_body<'a>(
+    set: &'a PluginSet,
+    route: &Route,
+) -> Option<&'a crate::plugin::loaded::LoadedPlugin> {
+    route
+        .plugins
+        .iter()
+        .filter_map(|name| set.get(name))
+        .filter(|p| p.shared.settings.request_body)
+        .min_by_key(|p| p.shared.settings.max_body_bytes)
+        .map(|p| &**p)
 }
 
 /// A copy of a request head, to send again or for `on-response` after the original went
