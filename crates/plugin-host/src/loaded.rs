@@ -748,8 +748,12 @@ fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {
 /// set-up of a new one (boxed, see there).
 enum Checkout<'a> {
     Ready(Instance, Instant),
-    New(Pin<Box<dyn Future<Output = Result<(Instance, Instant), PluginFailure>> + Send + 'a>>),
+    New(Setup<'a>),
 }
+
+/// Setting up a new instance: the instance and when its call starts (after `init`).
+type Setup<'a> =
+    Pin<Box<dyn Future<Output = Result<(Instance, Instant), PluginFailure>> + Send + 'a>>;
 
 #[cfg(test)]
 mod tests {
