@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -302,7 +303,12 @@ impl LoadedPlugin {
         request: Box<RequestState>,
     ) -> (Box<RequestState>, Result<types::Action, PluginFailure>) {
         let started = Instant::now();
-        let (mut instance, call_started) = match self.checkout(started, None).await {
+        let ready = match self.checkout(started, None) {
+            Ok(Checkout::Ready(instance, call_started)) => Ok((instance, call_started)),
+            Ok(Checkout::New(setup)) => setup.await,
+            Err(e) => Err(e),
+        };
+        let (mut instance, call_started) = match ready {
             Ok(i) => i,
             Err(e) => {
                 return (
@@ -320,11 +326,11 @@ impl LoadedPlugin {
         let borrowed = instance.store.data_mut().lend_request(request);
         let outcome = match &instance.plugin {
             Bound::V0_2(p) => {
-                let call = p.call_on_request(&mut instance.store, borrowed);
+                let call = std::pin::pin!(p.call_on_request(&mut instance.store, borrowed));
                 within(timeout, call_started, call).await
             }
             Bound::V0_1(p) => {
-                let call = p.call_on_request(&mut instance.store, borrowed);
+                let call = std::pin::pin!(p.call_on_request(&mut instance.store, borrowed));
                 within(timeout, call_started, call)
                     .await
                     .map(|r| r.map(|r| r.map(super::compat::action)))
@@ -395,7 +401,12 @@ impl LoadedPlugin {
     ) {
         let started = Instant::now();
         let held = self.take_held(&mut request);
-        let (mut instance, call_started) = match self.checkout(started, held).await {
+        let ready = match self.checkout(started, held) {
+            Ok(Checkout::Ready(instance, call_started)) => Ok((instance, call_started)),
+            Ok(Checkout::New(setup)) => setup.await,
+            Err(e) => Err(e),
+        };
+        let (mut instance, call_started) = match ready {
             Ok(i) => i,
             Err(e) => {
                 return (
@@ -416,11 +427,11 @@ impl LoadedPlugin {
         let resp = data.lend_response(response);
         let outcome = match &instance.plugin {
             Bound::V0_2(p) => {
-                let call = p.call_on_response(&mut instance.store, req, resp);
+                let call = std::pin::pin!(p.call_on_response(&mut instance.store, req, resp));
                 within(timeout, call_started, call).await
             }
             Bound::V0_1(p) => {
-                let call = p.call_on_response(&mut instance.store, req, resp);
+                let call = std::pin::pin!(p.call_on_response(&mut instance.store, req, resp));
                 within(timeout, call_started, call).await
             }
         };
@@ -443,21 +454,31 @@ impl LoadedPlugin {
     /// set-up for a new one (its `init` does not count against the call's limits).
     /// One clock reading fewer per call: at ~35 ns each they were the largest host-side item
     /// of a pooled call's profile (docs/benchmarks.md, "The fixed cost of a plugin call").
-    async fn checkout(
+    ///
+    /// Not an `async fn`, and the rare set-up boxed: the future of a call is carried (and
+    /// copied: rustc keeps an awaited future both as the callee's result and as the awaited
+    /// value, so sizes double per level) by every future that awaits it, up to the request's
+    /// plugin path. Set-up inline (instantiation and `init`) and the held instance kept as a
+    /// future's argument more than doubled `on-request`'s future and the gateway's plugin
+    /// steps, copied on every request (docs/benchmarks.md, "The plugin path through the
+    /// gateway").
+    fn checkout(
         &self,
         now: Instant,
         held: Option<Instance>,
-    ) -> Result<(Instance, Instant), PluginFailure> {
+    ) -> Result<Checkout<'_>, PluginFailure> {
         if self.quarantined() {
             return Err(PluginFailure::Quarantined);
         }
         if let Some(instance) = held {
-            return Ok((instance, now));
+            return Ok(Checkout::Ready(instance, now));
         }
-        match self.take_pooled() {
-            Some(i) => Ok((i, now)),
-            None => Ok((self.instantiate().await?, Instant::now())),
-        }
+        Ok(match self.take_pooled() {
+            Some(i) => Checkout::Ready(i, now),
+            None => Checkout::New(Box::pin(async {
+                Ok((self.instantiate().await?, Instant::now()))
+            })),
+        })
     }
 
     fn outcome<T>(
@@ -648,17 +669,18 @@ impl LoadedPlugin {
 
 /// Runs a guest call under its wall-clock limit (counted from `started`). Most calls never
 /// suspend (no async host call, no epoch yield): they finish on their first poll, and only a
-/// call that does suspend pays for a timer.
+/// call that does suspend pays for a timer. The call comes pinned where the caller made it:
+/// taken by value, it would be moved in here and again to be pinned.
 async fn within<F: Future>(
     limit: Duration,
     started: Instant,
-    call: F,
+    mut call: Pin<&mut F>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut call = std::pin::pin!(call);
     let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(output) => Ok(output),
-        Poll::Pending => tokio::time::timeout_at(started + limit, call).await,
+        // Boxed: the timer (~200 bytes) would otherwise sit in every call's future.
+        Poll::Pending => Box::pin(tokio::time::timeout_at(started + limit, call)).await,
     }
 }
 
@@ -719,5 +741,46 @@ fn classify_trap(e: &wasmtime::Error, cpu_timeout: Duration) -> PluginFailure {
         Some(Trap::Interrupt) => PluginFailure::CpuTimeout(cpu_timeout),
         Some(trap) => PluginFailure::Trap(trap.to_string()),
         None => PluginFailure::Trap(format!("{e:#}")),
+    }
+}
+
+/// What [`LoadedPlugin::checkout`] found: a ready instance and when its call starts, or the
+/// set-up of a new one (boxed, see there).
+enum Checkout<'a> {
+    Ready(Instance, Instant),
+    New(Setup<'a>),
+}
+
+/// Setting up a new instance: the instance and when its call starts (after `init`).
+type Setup<'a> =
+    Pin<Box<dyn Future<Output = Result<(Instance, Instant), PluginFailure>> + Send + 'a>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a call returns, without making the call.
+    fn future_size_of<F: Future, A>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every future that awaits a plugin call carries the call's future (the chain's, the
+    /// gateway's plugin steps, which are boxed per request): an instance's set-up, a held
+    /// instance kept as an argument and a timer inline made `on-request`'s future 1.9 KB in a
+    /// test build (0.8 KB since); they are boxed or kept out of the future now.
+    #[test]
+    fn the_call_futures_stay_small() {
+        let on_request =
+            future_size_of(|(p, r): (&'static LoadedPlugin, Box<RequestState>)| p.on_request(r));
+        type Out = (&'static LoadedPlugin, Box<RequestState>, Box<ResponseState>);
+        let on_response = future_size_of(|(p, r, s): Out| p.on_response(r, s));
+        assert!(
+            on_request <= 1536,
+            "on_request's future is {on_request} bytes"
+        );
+        assert!(
+            on_response <= 1536,
+            "on_response's future is {on_response} bytes"
+        );
     }
 }
