@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use crate::cache::Window;
 use crate::config::{AuthConfig, Key};
 
 /// Why a request was refused. The description is short and never contains the token.
@@ -138,11 +139,11 @@ pub fn check_claims(
     let Some(exp) = numeric_date(claims, "exp")? else {
         return Err(Reject::invalid("missing exp claim"));
     };
-    if now > exp + leeway {
+    if now > exp.saturating_add(leeway) {
         return Err(Reject::invalid("token expired"));
     }
     if let Some(nbf) = numeric_date(claims, "nbf")?
-        && now + leeway < nbf
+        && now.saturating_add(leeway) < nbf
     {
         return Err(Reject::invalid("token not yet valid"));
     }
@@ -150,10 +151,10 @@ pub fn check_claims(
         let Some(iat) = numeric_date(claims, "iat")? else {
             return Err(Reject::invalid("missing iat claim"));
         };
-        if iat > now + leeway {
+        if iat > now.saturating_add(leeway) {
             return Err(Reject::invalid("token issued in the future"));
         }
-        if now > iat + i128::from(max_age) + leeway {
+        if now > iat.saturating_add(i128::from(max_age)).saturating_add(leeway) {
             return Err(Reject::invalid("token too old"));
         }
     }
@@ -178,6 +179,36 @@ pub fn check_claims(
         }
     }
     Ok(())
+}
+
+/// The instants between which the time claims of `claims` hold under `config`: exactly the
+/// clock readings at which [`check_claims`]' time checks (`exp`, `nbf`, `max_age` with `iat`)
+/// pass. A cache hit checks only this; the other checks do not depend on the clock. A token
+/// whose time claims are missing or malformed gets an empty window.
+pub fn time_window(claims: &Map<String, Value>, config: &AuthConfig) -> Window {
+    const EMPTY: Window = Window {
+        from: i128::MAX,
+        until: i128::MIN,
+    };
+    let leeway = i128::from(config.leeway_ms);
+    let (Ok(Some(exp)), Ok(nbf)) = (numeric_date(claims, "exp"), numeric_date(claims, "nbf"))
+    else {
+        return EMPTY;
+    };
+    let mut window = Window {
+        from: nbf.map_or(i128::MIN, |nbf| nbf.saturating_sub(leeway)),
+        until: exp.saturating_add(leeway),
+    };
+    if let Some(max_age) = config.max_age_ms {
+        let Ok(Some(iat)) = numeric_date(claims, "iat") else {
+            return EMPTY;
+        };
+        window.from = window.from.max(iat.saturating_sub(leeway));
+        window.until = window
+            .until
+            .min(iat.saturating_add(i128::from(max_age)).saturating_add(leeway));
+    }
+    window
 }
 
 /// A claim as a header value: strings as is, numbers and booleans as text, anything else as
@@ -288,6 +319,40 @@ mod tests {
             check_claims(&t, &c, 1000),
             Err(Reject::invalid("missing iat claim"))
         );
+    }
+
+    #[test]
+    fn the_time_window_is_exactly_where_the_time_checks_pass() {
+        let configs = [
+            config(json!({"leeway": "30s"})),
+            config(json!({"leeway": "0s"})),
+            config(json!({"leeway": "5s", "max_age": "100s"})),
+            config(json!({"leeway": "0s", "max_age": "1s"})),
+        ];
+        let tokens = [
+            json!({"exp": 1000}),
+            json!({"exp": 1000, "nbf": 900}),
+            json!({"exp": 1000, "nbf": 1100}),
+            json!({"exp": 1000, "iat": 950}),
+            json!({"exp": 1000, "iat": 880, "nbf": 890}),
+            json!({"exp": 1000.5, "iat": 990.25}),
+            json!({"exp": 1000, "nbf": "later"}),
+            json!({"nbf": 900}),
+            json!({"exp": 1e300, "iat": 1e300}),
+        ];
+        for c in &configs {
+            for t in &tokens {
+                let t = claims(t.clone());
+                let window = time_window(&t, c);
+                for s in (800_000..1_200_000).step_by(250) {
+                    assert_eq!(
+                        window.contains(s),
+                        check_claims(&t, c, s).is_ok(),
+                        "{t:?} at {s} ms, {window:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
