@@ -34,7 +34,8 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         println!("plugin: {}", plugin.display());
-        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part.
+        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part
+        // (`auth-hit`: only auth's repeated-token round, 40 times longer, for a profile).
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
@@ -54,6 +55,9 @@ fn main() {
         }
         if run("auth") {
             auth_verify_cost().await;
+        }
+        if only.as_deref() == Some("auth-hit") {
+            auth_verify_round(true, 200_000).await;
         }
         if run("breaker") {
             builtin_cost(&plugin, "breaker", "defaults, circuit closed", "").await;
@@ -133,11 +137,11 @@ async fn language(lang: &str, plugin: &Path) {
 /// decoding included) and with jsonwebtoken (RustCrypto, the plugin's former verifier), in the
 /// same run; then a repeated token with the cache on.
 async fn auth_verify_cost() {
-    auth_verify_round(false).await;
-    auth_verify_round(true).await;
+    auth_verify_round(false, 5_000).await;
+    auth_verify_round(true, 5_000).await;
 }
 
-async fn auth_verify_round(cached: bool) {
+async fn auth_verify_round(cached: bool, n: u32) {
     use aws_lc_rs::signature::{self, ParsedPublicKey};
     use base64::Engine as _;
     use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -228,7 +232,6 @@ async fn auth_verify_round(cached: bool) {
             ParsedPublicKey::new(&signature::ED25519, der("ed25519_public.pem")).ok(),
         ),
     ];
-    let n = 5_000u32;
     for (name, kid, alg, encoding, decoding, native_key) in cases {
         let mut header = Header::new(alg);
         header.kid = Some(kid.into());
