@@ -51,9 +51,13 @@ fn retired_key(kid: &str) -> String {
 }
 
 impl Auth {
-    /// Re-reads `auth/keys` (cheap) and re-parses it only when its version changed. Keys that
-    /// disappeared are recorded as retired in the shared state, with their grace period.
+    /// Asks for the version of `auth/keys` (8 bytes, not the key set) and reads and re-parses
+    /// the entry only when it changed. Keys that disappeared are recorded as retired in the
+    /// shared state, with their grace period.
     fn refresh_kv(&self) {
+        if kv::version(KV_KEYS) == self.kv.borrow().version {
+            return;
+        }
         let entry = kv::get(KV_KEYS);
         let mut cache = self.kv.borrow_mut();
         let version = entry.as_ref().map(|e| e.version);

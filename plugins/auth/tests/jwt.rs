@@ -525,6 +525,28 @@ fn hs(kid: &str, secret: &str) -> String {
 }
 
 #[test]
+fn kv_keys_are_read_only_when_their_version_changes() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let token = hs("kvk", "kv-secret-0123456789");
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 401);
+    assert_eq!(host.kv_value_reads(), 0, "absent: nothing to read");
+    host.kv_put("auth/keys", kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"));
+    for _ in 0..5 {
+        assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    }
+    assert_eq!(host.kv_value_reads(), 1, "read once, then only its version is asked");
+    // The same value put again is a new version: read (and the cache emptied) once more.
+    host.kv_put("auth/keys", kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"));
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(host.kv_value_reads(), 2);
+    // Deleted: noticed on the next request; the key is gone at once (no grace).
+    host.kv_delete("auth/keys");
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 401);
+    assert_eq!(plugin.cached_tokens(), 0);
+}
+
+#[test]
 fn rotation_through_kv_keeps_old_tokens_for_the_grace_period() {
     let host = TestHost::new();
     let plugin: Auth = host.init(config()).unwrap();
