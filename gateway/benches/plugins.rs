@@ -35,7 +35,8 @@ fn main() {
     runtime.block_on(async {
         println!("plugin: {}", plugin.display());
         // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part
-        // (`auth-hit`: only auth's repeated-token round, 40 times longer, for a profile).
+        // (`auth-hit` / `auth-miss`: only auth's repeated-token / cache-off round, 40 times
+        // longer, for a profile; SLUICE_BENCH_AUTH_ALG=HS256 keeps one algorithm).
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
@@ -58,6 +59,9 @@ fn main() {
         }
         if only.as_deref() == Some("auth-hit") {
             auth_verify_round(true, 200_000).await;
+        }
+        if only.as_deref() == Some("auth-miss") {
+            auth_verify_round(false, 200_000).await;
         }
         if run("breaker") {
             builtin_cost(&plugin, "breaker", "defaults, circuit closed", "").await;
@@ -164,6 +168,13 @@ async fn auth_verify_round(cached: bool, n: u32) {
     let mut config = sluice::config::Config::parse(&config_text, "bench").unwrap();
     let cache = tempfile::tempdir().unwrap();
     config.plugins.cache_dir = Some(cache.path().to_owned());
+    // SLUICE_BENCH_AUTH_WASM=FILE: that build of `auth` instead of the built-in (a file of the
+    // same name in the plugin dir overrides it), to compare two builds with one host.
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(wasm) = std::env::var_os("SLUICE_BENCH_AUTH_WASM") {
+        std::fs::copy(&wasm, dir.path().join("auth.wasm")).unwrap();
+        config.plugins.dir = Some(dir.path().to_owned());
+    }
     let metrics = Metrics::new();
     let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let report = rt.reload().await;
@@ -232,7 +243,11 @@ async fn auth_verify_round(cached: bool, n: u32) {
             ParsedPublicKey::new(&signature::ED25519, der("ed25519_public.pem")).ok(),
         ),
     ];
+    let only_alg = std::env::var("SLUICE_BENCH_AUTH_ALG").ok();
     for (name, kid, alg, encoding, decoding, native_key) in cases {
+        if only_alg.as_deref().is_some_and(|a| a != name) {
+            continue;
+        }
         let mut header = Header::new(alg);
         header.kid = Some(kid.into());
         let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
