@@ -1029,7 +1029,10 @@ mod kv_tests {
         host.kv_put("other", "x");
         host.kv_put("k", "a");
         let second = kv::version("k").unwrap();
-        assert!(second > first, "a put is a new version, even of the same value");
+        assert!(
+            second > first,
+            "a put is a new version, even of the same value"
+        );
         assert_eq!(kv::get("k").unwrap().version, second);
         assert_eq!(host.kv_value_reads(), 2, "only the two gets read the value");
         host.kv_delete("k");

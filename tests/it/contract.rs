@@ -329,9 +329,16 @@ async fn kv_version_reads_a_version_without_the_value_under_the_same_rules_as_ge
     let versions = |key: &'static str| async move {
         get(at, &format!("/v/kv?{key}")).await;
         let h = upstream.last().headers;
-        (header(&h, "x-kv-version").unwrap(), header(&h, "x-kv-get").unwrap())
+        (
+            header(&h, "x-kv-version").unwrap(),
+            header(&h, "x-kv-get").unwrap(),
+        )
     };
-    assert_eq!(versions("v02/k").await, ("none".into(), "none".into()), "absent");
+    assert_eq!(
+        versions("v02/k").await,
+        ("none".into(), "none".into()),
+        "absent"
+    );
     assert_eq!(send(gw.admin_addr, put("v02/k", "one")).await.0, 200);
     assert_eq!(send(gw.admin_addr, put("auth/keys", "secret")).await.0, 200);
     let (v1, g1) = versions("v02/k").await;
@@ -340,7 +347,10 @@ async fn kv_version_reads_a_version_without_the_value_under_the_same_rules_as_ge
     assert_eq!(send(gw.admin_addr, put("v02/k", "two")).await.0, 200);
     let (v2, g2) = versions("v02/k").await;
     assert_eq!(v2, g2);
-    assert!(v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(), "{v1} then {v2}");
+    assert!(
+        v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(),
+        "{v1} then {v2}"
+    );
     assert_eq!(
         versions("auth/keys").await,
         ("none".into(), "none".into()),

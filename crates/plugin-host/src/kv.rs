@@ -175,7 +175,11 @@ impl KvStore {
 
     /// The version of a key, without its value.
     pub fn version(&self, key: &str) -> Option<u64> {
-        self.entries.read().expect("kv lock").get(key).map(|(_, v)| *v)
+        self.entries
+            .read()
+            .expect("kv lock")
+            .get(key)
+            .map(|(_, v)| *v)
     }
 
     /// Every key with its version.

@@ -182,12 +182,9 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
     let (words_a, tail_a) = a.as_chunks::<8>();
     let (words_b, tail_b) = b.as_chunks::<8>();
-    let words = words_a
-        .iter()
-        .zip(words_b)
-        .fold(0u64, |acc, (x, y)| {
-            acc | (u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y))
-        });
+    let words = words_a.iter().zip(words_b).fold(0u64, |acc, (x, y)| {
+        acc | (u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y))
+    });
     let tail = tail_a
         .iter()
         .zip(tail_b)

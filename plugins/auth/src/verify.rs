@@ -207,7 +207,11 @@ pub fn check_claims(
         if iat > now.saturating_add(leeway) {
             return Err(Reject::invalid("token issued in the future"));
         }
-        if now > iat.saturating_add(i128::from(max_age)).saturating_add(leeway) {
+        if now
+            > iat
+                .saturating_add(i128::from(max_age))
+                .saturating_add(leeway)
+        {
             return Err(Reject::invalid("token too old"));
         }
     }
@@ -257,9 +261,10 @@ pub fn time_window(claims: &Map<String, Value>, config: &AuthConfig) -> Window {
             return EMPTY;
         };
         window.from = window.from.max(iat.saturating_sub(leeway));
-        window.until = window
-            .until
-            .min(iat.saturating_add(i128::from(max_age)).saturating_add(leeway));
+        window.until = window.until.min(
+            iat.saturating_add(i128::from(max_age))
+                .saturating_add(leeway),
+        );
     }
     window
 }
@@ -341,7 +346,10 @@ mod tests {
     #[test]
     fn tokens_split_into_exactly_three_parts_and_headers_need_a_known_alg() {
         let p = token_parts("a.b.c").unwrap();
-        assert_eq!((p.signed, p.header, p.payload, p.signature), ("a.b", "a", "b", "c"));
+        assert_eq!(
+            (p.signed, p.header, p.payload, p.signature),
+            ("a.b", "a", "b", "c")
+        );
         for bad in ["", "a", "a.b", "a.b.c.d", "a..b.c", "abc"] {
             assert_eq!(
                 token_parts(bad).err(),
@@ -349,7 +357,8 @@ mod tests {
                 "{bad}"
             );
         }
-        let header = |json: &str| token_header(&format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json)));
+        let header =
+            |json: &str| token_header(&format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json)));
         let h = header(r#"{"alg":"HS256","kid":"k","typ":"JWT","x5c":5}"#).unwrap();
         assert_eq!((h.alg, h.kid.as_deref()), (Algorithm::HS256, Some("k")));
         assert_eq!(header(r#"{"alg":"ES256"}"#).unwrap().kid, None);

@@ -531,13 +531,23 @@ fn kv_keys_are_read_only_when_their_version_changes() {
     let token = hs("kvk", "kv-secret-0123456789");
     assert_eq!(status(&plugin, &host, &bearer(&token)), 401);
     assert_eq!(host.kv_value_reads(), 0, "absent: nothing to read");
-    host.kv_put("auth/keys", kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"));
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"),
+    );
     for _ in 0..5 {
         assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
     }
-    assert_eq!(host.kv_value_reads(), 1, "read once, then only its version is asked");
+    assert_eq!(
+        host.kv_value_reads(),
+        1,
+        "read once, then only its version is asked"
+    );
     // The same value put again is a new version: read (and the cache emptied) once more.
-    host.kv_put("auth/keys", kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"));
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"),
+    );
     assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
     assert_eq!(host.kv_value_reads(), 2);
     // Deleted: noticed on the next request; the key is gone at once (no grace).
@@ -735,11 +745,20 @@ fn token_cache_keyed_on_the_raw_header_hits_only_the_identical_value() {
     );
     for (what, value) in [
         ("a prefix", raw[..raw.len() - 1].to_owned()),
-        ("a prefix ending at a word boundary", raw[..raw.len() - 8].to_owned()),
+        (
+            "a prefix ending at a word boundary",
+            raw[..raw.len() - 8].to_owned(),
+        ),
         ("an extension", format!("{raw}x")),
-        ("an extension by a NUL word", format!("{raw}\0\0\0\0\0\0\0\0")),
+        (
+            "an extension by a NUL word",
+            format!("{raw}\0\0\0\0\0\0\0\0"),
+        ),
         ("another signature", format!("Bearer {flipped}")),
-        ("other claims under the same signature", format!("Bearer {forged_claims}")),
+        (
+            "other claims under the same signature",
+            format!("Bearer {forged_claims}"),
+        ),
         ("the token without the scheme", token.clone()),
         ("another scheme", format!("Basic {token}")),
     ] {
@@ -753,10 +772,13 @@ fn token_cache_keyed_on_the_raw_header_hits_only_the_identical_value() {
         .with_header("authorization", &raw);
     assert_eq!(
         challenge(&plugin, &host, &two).as_deref(),
-        Some("Bearer error=\"invalid_token\", error_description=\"multiple Authorization headers\"")
+        Some(
+            "Bearer error=\"invalid_token\", error_description=\"multiple Authorization headers\""
+        )
     );
     // The same token written differently is its own entry, verified once.
-    let lower = TestRequest::get("/api/orders").with_header("authorization", format!("bearer  {token} "));
+    let lower =
+        TestRequest::get("/api/orders").with_header("authorization", format!("bearer  {token} "));
     assert_eq!(status(&plugin, &host, &lower), 200);
     assert_eq!(lower.header_str("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(plugin.cached_tokens(), 2, "refused values are never cached");
