@@ -34,7 +34,9 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         println!("plugin: {}", plugin.display());
-        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part.
+        // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part
+        // (`auth-hit` / `auth-miss`: only auth's repeated-token / cache-off round, 40 times
+        // longer, for a profile; SLUICE_BENCH_AUTH_ALG=HS256 keeps one algorithm).
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
@@ -54,6 +56,12 @@ fn main() {
         }
         if run("auth") {
             auth_verify_cost().await;
+        }
+        if only.as_deref() == Some("auth-hit") {
+            auth_verify_round(true, 200_000).await;
+        }
+        if only.as_deref() == Some("auth-miss") {
+            auth_verify_round(false, 200_000).await;
         }
         if run("breaker") {
             builtin_cost(&plugin, "breaker", "defaults, circuit closed", "").await;
@@ -133,11 +141,11 @@ async fn language(lang: &str, plugin: &Path) {
 /// decoding included) and with jsonwebtoken (RustCrypto, the plugin's former verifier), in the
 /// same run; then a repeated token with the cache on.
 async fn auth_verify_cost() {
-    auth_verify_round(false).await;
-    auth_verify_round(true).await;
+    auth_verify_round(false, 5_000).await;
+    auth_verify_round(true, 5_000).await;
 }
 
-async fn auth_verify_round(cached: bool) {
+async fn auth_verify_round(cached: bool, n: u32) {
     use aws_lc_rs::signature::{self, ParsedPublicKey};
     use base64::Engine as _;
     use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -160,6 +168,13 @@ async fn auth_verify_round(cached: bool) {
     let mut config = sluice::config::Config::parse(&config_text, "bench").unwrap();
     let cache = tempfile::tempdir().unwrap();
     config.plugins.cache_dir = Some(cache.path().to_owned());
+    // SLUICE_BENCH_AUTH_WASM=FILE: that build of `auth` instead of the built-in (a file of the
+    // same name in the plugin dir overrides it), to compare two builds with one host.
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(wasm) = std::env::var_os("SLUICE_BENCH_AUTH_WASM") {
+        std::fs::copy(&wasm, dir.path().join("auth.wasm")).unwrap();
+        config.plugins.dir = Some(dir.path().to_owned());
+    }
     let metrics = Metrics::new();
     let rt = sluice::plugin::runtime(&config, metrics.plugins.clone()).unwrap();
     let report = rt.reload().await;
@@ -228,8 +243,11 @@ async fn auth_verify_round(cached: bool) {
             ParsedPublicKey::new(&signature::ED25519, der("ed25519_public.pem")).ok(),
         ),
     ];
-    let n = 5_000u32;
+    let only_alg = std::env::var("SLUICE_BENCH_AUTH_ALG").ok();
     for (name, kid, alg, encoding, decoding, native_key) in cases {
+        if only_alg.as_deref().is_some_and(|a| a != name) {
+            continue;
+        }
         let mut header = Header::new(alg);
         header.kid = Some(kid.into());
         let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();

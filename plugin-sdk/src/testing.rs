@@ -72,6 +72,7 @@ pub(crate) struct FakeHost {
     state: HashMap<String, (Vec<u8>, Option<u64>)>,
     kv: HashMap<String, Entry>,
     kv_version: u64,
+    kv_value_reads: u64,
     http: HashMap<(String, String), Result<HttpResponse, HttpError>>,
     http_sent: Vec<HttpRequest>,
     crypto_imports: u64,
@@ -214,7 +215,12 @@ impl FakeHost {
     }
 
     pub(crate) fn kv_get(&mut self, key: &str) -> Option<Entry> {
+        self.kv_value_reads += 1;
         self.kv.get(key).cloned()
+    }
+
+    pub(crate) fn kv_version(&mut self, key: &str) -> Option<u64> {
+        self.kv.get(key).map(|e| e.version)
     }
 
     pub(crate) fn http_send(&mut self, request: &HttpRequest) -> Result<HttpResponse, HttpError> {
@@ -292,6 +298,18 @@ impl TestHost {
     /// Moves both clocks forward (state TTLs expire accordingly).
     pub fn advance(&self, by: Duration) {
         with_host(|h| h.now_ms += by.as_millis() as u64);
+    }
+
+    /// How many times a plugin read a kv value (`kv::get`; `kv::version` does not count).
+    pub fn kv_value_reads(&self) -> u64 {
+        with_host(|h| h.kv_value_reads)
+    }
+
+    /// Removes a watched kv value (as `DELETE /admin/kv/KEY`).
+    pub fn kv_delete(&self, key: &str) {
+        with_host(|h| {
+            h.kv.remove(key);
+        });
     }
 
     /// Sets a watched kv value (its version grows).
@@ -993,5 +1011,32 @@ mod native_crypto {
             }
             (false, KeyMaterial::Ed25519(raw)) => public(raw),
         }
+    }
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::TestHost;
+    use crate::kv;
+
+    #[test]
+    fn version_follows_puts_and_deletes_without_reading_the_value() {
+        let host = TestHost::new();
+        assert_eq!(kv::version("k"), None);
+        host.kv_put("k", "a");
+        let first = kv::version("k").unwrap();
+        assert_eq!(kv::get("k").unwrap().version, first);
+        host.kv_put("other", "x");
+        host.kv_put("k", "a");
+        let second = kv::version("k").unwrap();
+        assert!(
+            second > first,
+            "a put is a new version, even of the same value"
+        );
+        assert_eq!(kv::get("k").unwrap().version, second);
+        assert_eq!(host.kv_value_reads(), 2, "only the two gets read the value");
+        host.kv_delete("k");
+        assert_eq!(kv::version("k"), None);
+        assert_eq!(kv::get("k"), None);
     }
 }

@@ -314,3 +314,47 @@ pem = """
     assert_eq!(call(mismatched).await.0, 401, "alg/key mismatch");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn kv_version_reads_a_version_without_the_value_under_the_same_rules_as_get() {
+    let up = Upstream::named("upstream").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_with_v02(dir.path(), up.addr, "hooks = \"request\"\n").await;
+    let put = |key: &str, value: &'static str| {
+        Request::put(format!("/admin/kv/{key}"))
+            .body(full(value))
+            .unwrap()
+    };
+    let (at, upstream) = (gw.listen_addr, &up);
+    let versions = |key: &'static str| async move {
+        get(at, &format!("/v/kv?{key}")).await;
+        let h = upstream.last().headers;
+        (
+            header(&h, "x-kv-version").unwrap(),
+            header(&h, "x-kv-get").unwrap(),
+        )
+    };
+    assert_eq!(
+        versions("v02/k").await,
+        ("none".into(), "none".into()),
+        "absent"
+    );
+    assert_eq!(send(gw.admin_addr, put("v02/k", "one")).await.0, 200);
+    assert_eq!(send(gw.admin_addr, put("auth/keys", "secret")).await.0, 200);
+    let (v1, g1) = versions("v02/k").await;
+    assert_eq!(v1, g1, "its own key: the version `get` sees");
+    assert_ne!(v1, "none");
+    assert_eq!(send(gw.admin_addr, put("v02/k", "two")).await.0, 200);
+    let (v2, g2) = versions("v02/k").await;
+    assert_eq!(v2, g2);
+    assert!(
+        v2.parse::<u64>().unwrap() > v1.parse::<u64>().unwrap(),
+        "{v1} then {v2}"
+    );
+    assert_eq!(
+        versions("auth/keys").await,
+        ("none".into(), "none".into()),
+        "another plugin's key has no version either"
+    );
+    gw.shutdown().await;
+}

@@ -896,23 +896,43 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// Whether this plugin may read kv `key` (its own `NAME/...` keys and its `kv_read`
+    /// grants); a refusal is logged, at warn the first time per instance.
+    fn kv_readable(&mut self, key: &str) -> bool {
+        let plugin = &self.plugin;
+        if super::sandbox::kv_readable(&plugin.name, key, &plugin.settings.kv_read) {
+            return true;
+        }
+        let why = "not its own (NAME/...) and not granted by kv_read";
+        if std::mem::replace(&mut self.kv_denied_logged, true) {
+            tracing::debug!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+        } else {
+            tracing::warn!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
+        }
+        false
+    }
+}
+
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<kv::Entry>> {
-        let plugin = &self.plugin;
-        if !super::sandbox::kv_readable(&plugin.name, &key, &plugin.settings.kv_read) {
-            // Read as absent: a plugin cannot tell a secret it may not read from no secret.
-            let why = "not its own (NAME/...) and not granted by kv_read";
-            if std::mem::replace(&mut self.kv_denied_logged, true) {
-                tracing::debug!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
-            } else {
-                tracing::warn!(target: crate::LOG_TARGET, plugin = &*plugin.name, key = %key, "kv read refused: {why}");
-            }
+        // Read as absent when refused: a plugin cannot tell a secret it may not read from no
+        // secret.
+        if !self.kv_readable(&key) {
             return Ok(None);
         }
         Ok(self.plugin.kv.get(&key).map(|(value, version)| kv::Entry {
             value: value.to_vec(),
             version,
         }))
+    }
+
+    fn version(&mut self, key: String) -> wasmtime::Result<Option<u64>> {
+        // The same rule as `get`: a refused key has no version.
+        if !self.kv_readable(&key) {
+            return Ok(None);
+        }
+        Ok(self.plugin.kv.version(&key))
     }
 }
 

@@ -173,6 +173,15 @@ impl KvStore {
         self.entries.read().expect("kv lock").get(key).cloned()
     }
 
+    /// The version of a key, without its value.
+    pub fn version(&self, key: &str) -> Option<u64> {
+        self.entries
+            .read()
+            .expect("kv lock")
+            .get(key)
+            .map(|(_, v)| *v)
+    }
+
     /// Every key with its version.
     pub fn list(&self) -> Vec<(String, u64)> {
         self.entries

@@ -51,9 +51,13 @@ fn retired_key(kid: &str) -> String {
 }
 
 impl Auth {
-    /// Re-reads `auth/keys` (cheap) and re-parses it only when its version changed. Keys that
-    /// disappeared are recorded as retired in the shared state, with their grace period.
+    /// Asks for the version of `auth/keys` (8 bytes, not the key set) and reads and re-parses
+    /// the entry only when it changed. Keys that disappeared are recorded as retired in the
+    /// shared state, with their grace period.
     fn refresh_kv(&self) {
+        if kv::version(KV_KEYS) == self.kv.borrow().version {
+            return;
+        }
         let entry = kv::get(KV_KEYS);
         let mut cache = self.kv.borrow_mut();
         let version = entry.as_ref().map(|e| e.version);
@@ -154,59 +158,70 @@ impl Auth {
             .ok_or_else(|| Reject::invalid("unknown key"))
     }
 
-    /// The claims of the request's token, verified now or earlier (the token cache).
-    fn check(&self, request: &Request<'_>) -> Result<Rc<Map<String, Value>>, Reject> {
-        let token = verify::bearer_token(
-            &request.header_all("authorization"),
-            self.config.max_token_bytes,
-        )?;
-        self.refresh_kv();
-        if let Some(result) = self.cached(&token) {
-            return result;
+    /// The headers the request's token forwards, once the token is verified now or was
+    /// earlier (the token cache, keyed by the raw `Authorization` value and looked up before
+    /// any parsing).
+    fn check(&self, request: &Request<'_>) -> Result<Rc<[(String, String)]>, Reject> {
+        let values = request.header_all("authorization");
+        if let [raw] = values.as_slice() {
+            // Rotation empties the cache: the kv entry is read before the lookup.
+            self.refresh_kv();
+            if let Some(forward) = self.cached(raw) {
+                return Ok(forward);
+            }
         }
+        // Anything but exactly one value is refused here, before any other work.
+        let token = verify::bearer_token(&values, self.config.max_token_bytes)?;
         let header = verify::token_header(&token)?;
         let key = self.key_for(header.kid.as_deref())?;
-        let claims = Rc::new(verify::verify(
-            &token,
-            &header,
-            &key,
-            &self.config,
-            host::now_ms(),
-        )?);
+        let claims = verify::verify(&token, &header, &key, &self.config, host::now_ms())?;
+        let forward = self.forwarded(&claims);
         self.tokens.borrow_mut().insert(
-            &token,
+            &values[0],
             Verified {
                 kid: header.kid,
                 key,
-                claims: Rc::clone(&claims),
+                window: verify::time_window(&claims, &self.config),
+                forward: Rc::clone(&forward),
             },
         );
-        Ok(claims)
+        Ok(forward)
     }
 
-    /// A cache hit: the claims, once the time claims still hold and the key that verified the
-    /// token is still the one its kid selects; `None` (and the entry forgotten) when the key
-    /// changed, so the token is verified afresh.
-    fn cached(&self, token: &str) -> Option<Result<Rc<Map<String, Value>>, Reject>> {
-        let tokens = self.tokens.borrow();
-        let hit = tokens.get(token)?;
-        // `key_for` reads the kv and JWKS caches, never the token cache.
-        let key_unchanged = self
-            .key_for(hit.kid.as_deref())
-            .is_ok_and(|now| same_key(&now, &hit.key));
-        let claims = Rc::clone(&hit.claims);
-        drop(tokens);
-        if !key_unchanged {
-            self.tokens.borrow_mut().remove(token);
-            return None;
-        }
-        match verify::check_claims(&claims, &self.config, host::now_ms()) {
-            Ok(()) => Some(Ok(claims)),
-            Err(reject) => {
-                self.tokens.borrow_mut().remove(token);
-                Some(Err(reject))
+    /// The `forward_claims` headers a verified token's claims make.
+    fn forwarded(&self, claims: &Map<String, Value>) -> Rc<[(String, String)]> {
+        let mut out = Vec::new();
+        for (claim, header) in &self.config.forward_claims {
+            match claims.get(claim).and_then(verify::claim_header_value) {
+                Some(value) => out.push((header.clone(), value)),
+                None if claims.contains_key(claim) => host::log(
+                    Level::Debug,
+                    &format!("auth: claim `{claim}` cannot be sent as a header"),
+                ),
+                None => {}
             }
         }
+        out.into()
+    }
+
+    /// A cache hit: the forwarded headers, when the time claims still hold and the key that
+    /// verified the token is still the one its kid selects. `None` (and the entry forgotten)
+    /// otherwise: the token is then verified afresh, which refuses it with the precise reason
+    /// (or caches it again with the key its kid selects now).
+    fn cached(&self, raw: &[u8]) -> Option<Rc<[(String, String)]>> {
+        let tokens = self.tokens.borrow();
+        let hit = tokens.get(raw)?;
+        // `key_for` reads the kv and JWKS caches, never the token cache.
+        let valid = hit.window.contains(host::now_ms())
+            && self
+                .key_for(hit.kid.as_deref())
+                .is_ok_and(|now| same_key(&now, &hit.key));
+        let forward = valid.then(|| Rc::clone(&hit.forward));
+        drop(tokens);
+        if forward.is_none() {
+            self.tokens.borrow_mut().remove(raw);
+        }
+        forward
     }
 
     /// Tokens in this instance's verified-token cache (for tests).
@@ -259,16 +274,9 @@ impl Plugin for Auth {
             return Ok(Action::Continue);
         }
         match self.check(request) {
-            Ok(claims) => {
-                for (claim, header) in &self.config.forward_claims {
-                    match claims.get(claim).and_then(verify::claim_header_value) {
-                        Some(value) => request.set_header(header, value)?,
-                        None if claims.contains_key(claim) => host::log(
-                            Level::Debug,
-                            &format!("auth: claim `{claim}` cannot be sent as a header"),
-                        ),
-                        None => {}
-                    }
+            Ok(forward) => {
+                for (header, value) in forward.iter() {
+                    request.set_header(header, value)?;
                 }
                 host::counter_add("accepted", 1);
                 Ok(Action::Continue)

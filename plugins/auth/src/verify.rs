@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use crate::cache::Window;
 use crate::config::{AuthConfig, Key};
 
 /// Why a request was refused. The description is short and never contains the token.
@@ -55,13 +56,62 @@ pub fn bearer_token(values: &[Vec<u8>], max_token_bytes: usize) -> Result<String
     if token.len() > max_token_bytes {
         return Err(Reject::invalid("token too large"));
     }
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
-    {
+    if !token.bytes().all(|b| TOKEN_BYTE[usize::from(b)]) {
         return Err(Reject::invalid("malformed token"));
     }
     Ok(token.to_owned())
+}
+
+/// The bytes a token may contain: base64url, the part separator `.`, and `=` (lenient
+/// padding). A table: one load per byte instead of a range check and a search of `-_.=`.
+const TOKEN_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=');
+        i += 1;
+    }
+    table
+};
+
+/// The three parts of a JWS compact token, as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenParts<'a> {
+    /// `header.payload`: what the signature covers.
+    pub signed: &'a str,
+    /// The base64url header.
+    pub header: &'a str,
+    /// The base64url claims.
+    pub payload: &'a str,
+    /// The base64url signature.
+    pub signature: &'a str,
+}
+
+/// Splits a token into exactly three parts.
+pub fn token_parts(token: &str) -> Result<TokenParts<'_>, Reject> {
+    let malformed = || Reject::invalid("malformed token");
+    let (signed, signature) = token.rsplit_once('.').ok_or_else(malformed)?;
+    let (header, payload) = signed.split_once('.').ok_or_else(malformed)?;
+    if payload.contains('.') {
+        return Err(malformed());
+    }
+    Ok(TokenParts {
+        signed,
+        header,
+        payload,
+        signature,
+    })
+}
+
+/// The header fields the plugin reads. Deserialized into this, not jsonwebtoken's `Header`
+/// (a dozen optional fields, `jwk` and `x5c` among them, the plugin never uses): the same
+/// `alg` rules (`none` and unknown names are refused), less work per token.
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 /// The unverified header fields used to pick the key.
@@ -75,11 +125,14 @@ pub struct TokenHeader {
 
 /// Reads the (unverified) header: only to choose a key.
 pub fn token_header(token: &str) -> Result<TokenHeader, Reject> {
-    if token.split('.').count() != 3 {
-        return Err(Reject::invalid("malformed token"));
-    }
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|_| Reject::invalid("malformed token header or unsupported alg"))?;
+    let parts = token_parts(token)?;
+    let header: RawHeader = URL_SAFE_NO_PAD
+        .decode(parts.header)
+        .ok()
+        // A JSON object (a derived struct would also take an array of its fields).
+        .filter(|json| json.trim_ascii_start().starts_with(b"{"))
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| Reject::invalid("malformed token header or unsupported alg"))?;
     Ok(TokenHeader {
         alg: header.alg,
         kid: header.kid,
@@ -99,18 +152,19 @@ pub fn verify(
         return Err(Reject::invalid("algorithm not allowed for this key"));
     }
     // JWS compact form: the signature covers `header.payload` as sent.
-    let (signed, signature) = token
-        .rsplit_once('.')
-        .ok_or_else(|| Reject::invalid("malformed token"))?;
+    let parts = token_parts(token)?;
     let signature = URL_SAFE_NO_PAD
-        .decode(signature)
+        .decode(parts.signature)
         .map_err(|_| Reject::invalid("malformed token"))?;
-    if !key.verifier.verify(signed.as_bytes(), &signature) {
+    if !key.verifier.verify(parts.signed.as_bytes(), &signature) {
         return Err(Reject::invalid("invalid signature"));
     }
     // Only a token whose signature holds is decoded further.
-    let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
-        .map_err(|_| Reject::invalid("malformed token"))?;
+    let claims: Map<String, Value> = URL_SAFE_NO_PAD
+        .decode(parts.payload)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| Reject::invalid("malformed token"))?;
     check_claims(&claims, config, now_ms)?;
     Ok(claims)
 }
@@ -138,11 +192,11 @@ pub fn check_claims(
     let Some(exp) = numeric_date(claims, "exp")? else {
         return Err(Reject::invalid("missing exp claim"));
     };
-    if now > exp + leeway {
+    if now > exp.saturating_add(leeway) {
         return Err(Reject::invalid("token expired"));
     }
     if let Some(nbf) = numeric_date(claims, "nbf")?
-        && now + leeway < nbf
+        && now.saturating_add(leeway) < nbf
     {
         return Err(Reject::invalid("token not yet valid"));
     }
@@ -150,10 +204,14 @@ pub fn check_claims(
         let Some(iat) = numeric_date(claims, "iat")? else {
             return Err(Reject::invalid("missing iat claim"));
         };
-        if iat > now + leeway {
+        if iat > now.saturating_add(leeway) {
             return Err(Reject::invalid("token issued in the future"));
         }
-        if now > iat + i128::from(max_age) + leeway {
+        if now
+            > iat
+                .saturating_add(i128::from(max_age))
+                .saturating_add(leeway)
+        {
             return Err(Reject::invalid("token too old"));
         }
     }
@@ -178,6 +236,37 @@ pub fn check_claims(
         }
     }
     Ok(())
+}
+
+/// The instants between which the time claims of `claims` hold under `config`: exactly the
+/// clock readings at which [`check_claims`]' time checks (`exp`, `nbf`, `max_age` with `iat`)
+/// pass. A cache hit checks only this; the other checks do not depend on the clock. A token
+/// whose time claims are missing or malformed gets an empty window.
+pub fn time_window(claims: &Map<String, Value>, config: &AuthConfig) -> Window {
+    const EMPTY: Window = Window {
+        from: i128::MAX,
+        until: i128::MIN,
+    };
+    let leeway = i128::from(config.leeway_ms);
+    let (Ok(Some(exp)), Ok(nbf)) = (numeric_date(claims, "exp"), numeric_date(claims, "nbf"))
+    else {
+        return EMPTY;
+    };
+    let mut window = Window {
+        from: nbf.map_or(i128::MIN, |nbf| nbf.saturating_sub(leeway)),
+        until: exp.saturating_add(leeway),
+    };
+    if let Some(max_age) = config.max_age_ms {
+        let Ok(Some(iat)) = numeric_date(claims, "iat") else {
+            return EMPTY;
+        };
+        window.from = window.from.max(iat.saturating_sub(leeway));
+        window.until = window.until.min(
+            iat.saturating_add(i128::from(max_age))
+                .saturating_add(leeway),
+        );
+    }
+    window
 }
 
 /// A claim as a header value: strings as is, numbers and booleans as text, anything else as
@@ -255,6 +344,48 @@ mod tests {
     }
 
     #[test]
+    fn tokens_split_into_exactly_three_parts_and_headers_need_a_known_alg() {
+        let p = token_parts("a.b.c").unwrap();
+        assert_eq!(
+            (p.signed, p.header, p.payload, p.signature),
+            ("a.b", "a", "b", "c")
+        );
+        for bad in ["", "a", "a.b", "a.b.c.d", "a..b.c", "abc"] {
+            assert_eq!(
+                token_parts(bad).err(),
+                Some(Reject::invalid("malformed token")),
+                "{bad}"
+            );
+        }
+        let header =
+            |json: &str| token_header(&format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json)));
+        let h = header(r#"{"alg":"HS256","kid":"k","typ":"JWT","x5c":5}"#).unwrap();
+        assert_eq!((h.alg, h.kid.as_deref()), (Algorithm::HS256, Some("k")));
+        assert_eq!(header(r#"{"alg":"ES256"}"#).unwrap().kid, None);
+        let refused = Some(Reject::invalid("malformed token header or unsupported alg"));
+        for bad in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"hs256"}"#,
+            r#"{"kid":"k"}"#,
+            r#"{"alg":"HS256","kid":5}"#,
+            r#"{"alg":"HS256","alg":"RS256"}"#,
+            r#"["HS256"]"#,
+            "not json",
+        ] {
+            assert_eq!(header(bad).err(), refused, "{bad}");
+        }
+        assert_eq!(token_header("%%%.e30.sig").err(), refused, "not base64url");
+        assert_eq!(
+            bearer_token(&[b"Bearer a.b.c\x7f".to_vec()], 100),
+            Err(Reject::invalid("malformed token"))
+        );
+        assert_eq!(
+            bearer_token(&[b"Bearer aZ09-_.=".to_vec()], 100),
+            Ok("aZ09-_.=".into())
+        );
+    }
+
+    #[test]
     fn claim_boundaries() {
         let c = config(json!({"leeway": "30s"}));
         let exp = 1000;
@@ -288,6 +419,40 @@ mod tests {
             check_claims(&t, &c, 1000),
             Err(Reject::invalid("missing iat claim"))
         );
+    }
+
+    #[test]
+    fn the_time_window_is_exactly_where_the_time_checks_pass() {
+        let configs = [
+            config(json!({"leeway": "30s"})),
+            config(json!({"leeway": "0s"})),
+            config(json!({"leeway": "5s", "max_age": "100s"})),
+            config(json!({"leeway": "0s", "max_age": "1s"})),
+        ];
+        let tokens = [
+            json!({"exp": 1000}),
+            json!({"exp": 1000, "nbf": 900}),
+            json!({"exp": 1000, "nbf": 1100}),
+            json!({"exp": 1000, "iat": 950}),
+            json!({"exp": 1000, "iat": 880, "nbf": 890}),
+            json!({"exp": 1000.5, "iat": 990.25}),
+            json!({"exp": 1000, "nbf": "later"}),
+            json!({"nbf": 900}),
+            json!({"exp": 1e300, "iat": 1e300}),
+        ];
+        for c in &configs {
+            for t in &tokens {
+                let t = claims(t.clone());
+                let window = time_window(&t, c);
+                for s in (800_000..1_200_000).step_by(250) {
+                    assert_eq!(
+                        window.contains(s),
+                        check_claims(&t, c, s).is_ok(),
+                        "{t:?} at {s} ms, {window:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -525,6 +525,38 @@ fn hs(kid: &str, secret: &str) -> String {
 }
 
 #[test]
+fn kv_keys_are_read_only_when_their_version_changes() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let token = hs("kvk", "kv-secret-0123456789");
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 401);
+    assert_eq!(host.kv_value_reads(), 0, "absent: nothing to read");
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"),
+    );
+    for _ in 0..5 {
+        assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    }
+    assert_eq!(
+        host.kv_value_reads(),
+        1,
+        "read once, then only its version is asked"
+    );
+    // The same value put again is a new version: read (and the cache emptied) once more.
+    host.kv_put(
+        "auth/keys",
+        kv_keys(&[("kvk", "kv-secret-0123456789")], "0s"),
+    );
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(host.kv_value_reads(), 2);
+    // Deleted: noticed on the next request; the key is gone at once (no grace).
+    host.kv_delete("auth/keys");
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 401);
+    assert_eq!(plugin.cached_tokens(), 0);
+}
+
+#[test]
 fn rotation_through_kv_keeps_old_tokens_for_the_grace_period() {
     let host = TestHost::new();
     let plugin: Auth = host.init(config()).unwrap();
@@ -688,6 +720,72 @@ fn token_cache_rechecks_time_claims_on_every_hit() {
     );
     assert_eq!(status(&plugin, &host, &bearer(&early)), 401);
     assert_eq!(plugin.cached_tokens(), 0, "refused tokens are not cached");
+}
+
+#[test]
+fn token_cache_keyed_on_the_raw_header_hits_only_the_identical_value() {
+    let host = TestHost::new();
+    let plugin: Auth = host.init(config()).unwrap();
+    let token = sign(Algorithm::HS256, "hs", &claims());
+    assert_eq!(status(&plugin, &host, &bearer(&token)), 200);
+    assert_eq!(plugin.cached_tokens(), 1);
+    let raw = format!("Bearer {token}");
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    // Another signature byte (the first one changes decoded bits whatever the length).
+    let flipped = {
+        let mut s = signature.to_owned();
+        let c = if s.starts_with('A') { "B" } else { "A" };
+        s.replace_range(0..1, c);
+        format!("{signed}.{s}")
+    };
+    let forged_claims = format!(
+        "{}.{}.{signature}",
+        signed.split('.').next().unwrap(),
+        b64(br#"{"iss":"https://issuer.example","aud":"orders","sub":"admin","exp":9999999999}"#)
+    );
+    for (what, value) in [
+        ("a prefix", raw[..raw.len() - 1].to_owned()),
+        (
+            "a prefix ending at a word boundary",
+            raw[..raw.len() - 8].to_owned(),
+        ),
+        ("an extension", format!("{raw}x")),
+        (
+            "an extension by a NUL word",
+            format!("{raw}\0\0\0\0\0\0\0\0"),
+        ),
+        ("another signature", format!("Bearer {flipped}")),
+        (
+            "other claims under the same signature",
+            format!("Bearer {forged_claims}"),
+        ),
+        ("the token without the scheme", token.clone()),
+        ("another scheme", format!("Basic {token}")),
+    ] {
+        let request = TestRequest::get("/api/orders").with_header("authorization", &value);
+        assert_eq!(status(&plugin, &host, &request), 401, "{what}");
+        assert_eq!(request.header_str("x-user-id"), None, "{what}");
+    }
+    // Two values of which one is the cached one: refused, as without the cache.
+    let two = TestRequest::get("/api/orders")
+        .with_header("authorization", &raw)
+        .with_header("authorization", &raw);
+    assert_eq!(
+        challenge(&plugin, &host, &two).as_deref(),
+        Some(
+            "Bearer error=\"invalid_token\", error_description=\"multiple Authorization headers\""
+        )
+    );
+    // The same token written differently is its own entry, verified once.
+    let lower =
+        TestRequest::get("/api/orders").with_header("authorization", format!("bearer  {token} "));
+    assert_eq!(status(&plugin, &host, &lower), 200);
+    assert_eq!(lower.header_str("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(plugin.cached_tokens(), 2, "refused values are never cached");
+    // And the cached value still hits, forwarding its own claims.
+    let again = bearer(&token);
+    assert_eq!(status(&plugin, &host, &again), 200);
+    assert_eq!(again.header_str("x-user-id").as_deref(), Some("user-1"));
 }
 
 #[test]
