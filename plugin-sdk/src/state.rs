@@ -250,9 +250,9 @@ mod tests {
     fn a_cleared_batch_runs_only_its_new_operations() {
         let host = TestHost::new();
         let mut batch = Batch::new();
-        batch.incr(2, None, |key| key.push_str("a"));
-        batch.get(|key| key.push_str("a"));
-        batch.incr(5, None, |key| key.push_str("b"));
+        batch.incr(2, None, |key| key.push_str("one"));
+        batch.get(|key| key.push_str("one"));
+        batch.incr(5, None, |key| key.push_str("two"));
         assert_eq!(batch.len(), 3);
         assert_eq!(
             batch.apply(),
@@ -265,25 +265,25 @@ mod tests {
 
         batch.clear();
         assert!(batch.is_empty());
-        // The first buffer held "a": it is emptied before the new key is written.
-        batch.get(|key| key.push_str("b"));
-        batch.delete(|key| key.push_str("a"));
+        // The first buffer held "one": it is emptied before the new key is written.
+        batch.get(|key| key.push_str("two"));
+        batch.delete(|key| key.push_str("one"));
         assert_eq!(
             batch.apply(),
             vec![OpResult::Get(Some(b"5".to_vec())), OpResult::Delete(true)]
         );
-        assert_eq!(host.state("a"), None);
+        assert_eq!(host.state("one"), None);
         assert_eq!(
-            host.state("b").as_deref(),
+            host.state("two").as_deref(),
             Some(&b"5"[..]),
-            "b not incremented again"
+            "two not incremented again"
         );
 
         // An increment of a non-counter fails alone, as with `apply`.
         batch.clear();
-        host.set_state("s", "x", None);
-        batch.incr(1, None, |key| key.push_str("s"));
-        batch.incr(1, Some(1000), |key| key.push_str("b"));
+        host.set_state("text", "x", None);
+        batch.incr(1, None, |key| key.push_str("text"));
+        batch.incr(1, Some(1000), |key| key.push_str("two"));
         let results = batch.apply();
         assert!(matches!(results[0], OpResult::Incr(Err(_))), "{results:?}");
         assert_eq!(results[1], OpResult::Incr(Ok(6)));

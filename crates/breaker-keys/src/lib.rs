@@ -297,7 +297,8 @@ mod tests {
         let mut out = String::from("x");
         count_into(&mut out, "api GET", 7, FAILURE);
         assert_eq!(out, format!("x{}", count("api GET", 7, FAILURE)));
-        let cases: [(fn(&mut String), String); 7] = [
+        type Writer = fn(&mut String);
+        let cases: [(Writer, String); 7] = [
             (|o| command_into(o, "c"), command("c")),
             (|o| circuit_into(o, "c"), circuit("c")),
             (|o| trial_into(o, "c", 42), trial("c", 42)),
