@@ -52,10 +52,21 @@ enum Part<'a> {
 }
 use Part::{Num, Str};
 
-/// Concatenates the parts into one `String`, allocated once. The breaker builds about eight
-/// keys per request inside the sandbox, where `format!`'s machinery (dynamic dispatch, a
-/// growing buffer) was a visible share of the plugin's own time (perf map of the breaker,
-/// 2026-11-27); `itoa` writes the numbers.
+/// Appends the parts to `out`. The breaker builds its per-request keys inside the sandbox,
+/// where `format!`'s machinery (dynamic dispatch, a growing buffer) was a visible share of the
+/// plugin's own time (perf map of the breaker, 2026-11-27); `itoa` writes the numbers. The
+/// `*_into` functions write into a buffer the caller keeps, so a key costs no allocation
+/// (the breaker's request path); the others return a new `String`.
+fn write(out: &mut String, parts: &[Part<'_>]) {
+    for part in parts {
+        match part {
+            Str(s) => out.push_str(s),
+            Num(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        }
+    }
+}
+
+/// The parts as one `String`, allocated once.
 fn key(parts: &[Part<'_>]) -> String {
     let capacity = parts
         .iter()
@@ -65,73 +76,85 @@ fn key(parts: &[Part<'_>]) -> String {
         })
         .sum();
     let mut out = String::with_capacity(capacity);
-    for part in parts {
-        match part {
-            Str(s) => out.push_str(s),
-            Num(n) => out.push_str(itoa::Buffer::new().format(*n)),
-        }
-    }
+    write(&mut out, parts);
     out
 }
 
-/// `cmd|C`: the JSON [`CommandRecord`] describing the command and its settings (no TTL).
-pub fn command(c: &str) -> String {
-    key(&[Str(COMMAND_PREFIX), Str(c)])
+/// Defines `NAME(args) -> String` and `NAME_into(out, args)` (appends) from one list of
+/// parts, so the two cannot drift.
+macro_rules! key_fn {
+    ($(#[$doc:meta])* $name:ident, $into:ident ($($arg:ident: $ty:ty),*) => [$($part:expr),* $(,)?]) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> String {
+            key(&[$($part),*])
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`], appended to `out` (no allocation when `out` has room).")]
+        pub fn $into(out: &mut String, $($arg: $ty),*) {
+            write(out, &[$($part),*]);
+        }
+    };
 }
 
-/// `circuit|C`: [`open_value`] or [`closed_value`]; absent = closed, never opened.
-pub fn circuit(c: &str) -> String {
-    key(&[Str("circuit|"), Str(c)])
-}
+key_fn!(
+    /// `cmd|C`: the JSON [`CommandRecord`] describing the command and its settings (no TTL).
+    command, command_into(c: &str) => [Str(COMMAND_PREFIX), Str(c)]
+);
 
-/// `trial|C|T`: counter of trials granted for the open period that started at T (TTL: the
-/// lease). Present = half-open.
-pub fn trial(c: &str, opened_at: u64) -> String {
-    key(&[Str("trial|"), Str(c), Str("|"), Num(opened_at)])
-}
+key_fn!(
+    /// `circuit|C`: [`open_value`] or [`closed_value`]; absent = closed, never opened.
+    circuit, circuit_into(c: &str) => [Str("circuit|"), Str(c)]
+);
 
-/// `n|C|B|KIND`: outcomes in bucket B (= monotonic ms / bucket ms); TTL window + bucket.
-pub fn count(c: &str, bucket: u64, kind: &str) -> String {
-    key(&[
+key_fn!(
+    /// `trial|C|T`: counter of trials granted for the open period that started at T (TTL: the
+    /// lease). Present = half-open.
+    trial, trial_into(c: &str, opened_at: u64) => [Str("trial|"), Str(c), Str("|"), Num(opened_at)]
+);
+
+key_fn!(
+    /// `n|C|B|KIND`: outcomes in bucket B (= monotonic ms / bucket ms); TTL window + bucket.
+    count, count_into(c: &str, bucket: u64, kind: &str) => [
         Str("n|"),
         Str(c),
         Str("|"),
         Num(bucket),
         Str("|"),
         Str(kind),
-    ])
-}
+    ]
+);
 
-/// `lat|C|P|I`: executions in percentile bucket P (= monotonic ms / [`PERCENTILE_BUCKET_MS`])
-/// whose latency fell in histogram bucket I (see [`LATENCY_BOUNDS_MS`]); TTL 70 s.
-pub fn latency(c: &str, pbucket: u64, index: usize) -> String {
-    key(&[
+key_fn!(
+    /// `lat|C|P|I`: executions in percentile bucket P (= monotonic ms /
+    /// [`PERCENTILE_BUCKET_MS`]) whose latency fell in histogram bucket I (see
+    /// [`LATENCY_BOUNDS_MS`]); TTL 70 s.
+    latency, latency_into(c: &str, pbucket: u64, index: usize) => [
         Str("lat|"),
         Str(c),
         Str("|"),
         Num(pbucket),
         Str("|"),
         Num(index as u64),
-    ])
-}
+    ]
+);
 
-/// `latsum|C|P`: sum of the latencies in µs of percentile bucket P; TTL 70 s.
-pub fn latency_sum(c: &str, pbucket: u64) -> String {
-    key(&[Str("latsum|"), Str(c), Str("|"), Num(pbucket)])
-}
+key_fn!(
+    /// `latsum|C|P`: sum of the latencies in µs of percentile bucket P; TTL 70 s.
+    latency_sum, latency_sum_into(c: &str, pbucket: u64) => [Str("latsum|"), Str(c), Str("|"), Num(pbucket)]
+);
 
-/// `inflight|C|L`: requests admitted by the bulkhead in lease period L (= monotonic ms / the
-/// command's lease) and not finished yet; TTL two leases and a margin. A request counts in its
-/// own period and the next one, so one that never reports back stops counting after one to
-/// two leases.
-pub fn inflight(c: &str, period: u64) -> String {
-    key(&[Str("inflight|"), Str(c), Str("|"), Num(period)])
-}
+key_fn!(
+    /// `inflight|C|L`: requests admitted by the bulkhead in lease period L (= monotonic ms /
+    /// the command's lease) and not finished yet; TTL two leases and a margin. A request
+    /// counts in its own period and the next one, so one that never reports back stops
+    /// counting after one to two leases.
+    inflight, inflight_into(c: &str, period: u64) => [Str("inflight|"), Str(c), Str("|"), Num(period)]
+);
 
-/// `transitions|C|TO`: transitions into `TO` (one of [`TRANSITIONS`]; no TTL).
-pub fn transitions(c: &str, to: &str) -> String {
-    key(&[Str("transitions|"), Str(c), Str("|"), Str(to)])
-}
+key_fn!(
+    /// `transitions|C|TO`: transitions into `TO` (one of [`TRANSITIONS`]; no TTL).
+    transitions, transitions_into(c: &str, to: &str) => [Str("transitions|"), Str(c), Str("|"), Str(to)]
+);
 
 /// The value of `circuit|C` when the circuit opened at `at` (monotonic ms): `open:T`.
 pub fn open_value(at: u64) -> String {
@@ -266,6 +289,35 @@ mod tests {
             count("a", u64::MAX, SUCCESS),
             format!("n|a|{}|success", u64::MAX)
         );
+    }
+
+    /// The `_into` forms append the same key to what the buffer holds.
+    #[test]
+    fn keys_written_into_a_buffer_are_the_same_keys() {
+        let mut out = String::from("x");
+        count_into(&mut out, "api GET", 7, FAILURE);
+        assert_eq!(out, format!("x{}", count("api GET", 7, FAILURE)));
+        type Writer = fn(&mut String);
+        let cases: [(Writer, String); 7] = [
+            (|o| command_into(o, "c"), command("c")),
+            (|o| circuit_into(o, "c"), circuit("c")),
+            (|o| trial_into(o, "c", 42), trial("c", 42)),
+            (|o| latency_into(o, "c", 3, 16), latency("c", 3, 16)),
+            (
+                |o| latency_sum_into(o, "c", u64::MAX),
+                latency_sum("c", u64::MAX),
+            ),
+            (|o| inflight_into(o, "c", 0), inflight("c", 0)),
+            (
+                |o| transitions_into(o, "c", TO_OPEN),
+                transitions("c", TO_OPEN),
+            ),
+        ];
+        for (write, expected) in cases {
+            let mut out = String::new();
+            write(&mut out);
+            assert_eq!(out, expected);
+        }
     }
 
     #[test]

@@ -36,10 +36,16 @@ impl Slot {
     }
 }
 
+/// The map's hasher: foldhash (hashbrown's default) instead of std's SipHash. A key is
+/// hashed twice per operation (the shard, then the shard's table) and the breaker makes about
+/// seven operations per request; keys are names a plugin chose, and a plugin can only fill
+/// its own map, so SipHash's flood resistance buys nothing here.
+type Hasher = foldhash::fast::RandomState;
+
 /// One plugin's shared state.
 #[derive(Debug, Default)]
 pub struct SharedState {
-    map: DashMap<String, Slot>,
+    map: DashMap<String, Slot, Hasher>,
     /// Single operations hold it shared, a batch (`apply`) exclusively: a batch then runs with
     /// no other operation on this state between its steps. Uncontended, a shared hold is one
     /// atomic add.
@@ -76,6 +82,12 @@ pub enum StateOpResult {
     Incr(Result<i64, StateError>),
     /// Whether the swap happened.
     CompareAndSwap(bool),
+}
+
+/// A counter's stored form, decimal ASCII (one allocation; `itoa` instead of `to_string`'s
+/// formatting machinery: counters change on every request the breaker sees).
+fn counter(n: i64) -> Bytes {
+    Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes())
 }
 
 fn deadline(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
@@ -159,19 +171,19 @@ impl SharedState {
                 let next = current
                     .checked_add(delta)
                     .ok_or_else(|| StateError::Overflow(e.key().clone()))?;
-                e.get_mut().value = Bytes::from(next.to_string());
+                e.get_mut().value = counter(next);
                 Ok(next)
             }
             MapEntry::Occupied(mut e) => {
                 e.insert(Slot {
-                    value: Bytes::from(delta.to_string()),
+                    value: counter(delta),
                     expires_at: deadline(now, ttl_ms),
                 });
                 Ok(delta)
             }
             MapEntry::Vacant(e) => {
                 e.insert(Slot {
-                    value: Bytes::from(delta.to_string()),
+                    value: counter(delta),
                     expires_at: deadline(now, ttl_ms),
                 });
                 Ok(delta)

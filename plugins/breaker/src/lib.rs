@@ -13,8 +13,8 @@
 
 pub mod config;
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde_json::json;
@@ -33,10 +33,33 @@ pub use breaker_keys as keys;
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
-    /// Health counts last computed, per command (this instance's cache).
-    health: RefCell<HashMap<String, Health>>,
-    /// Commands whose `cmd|C` record this instance wrote.
-    announced: RefCell<HashSet<String>>,
+    /// The commands this instance has seen, by route: found with one map lookup per request
+    /// (no command name built, no settings looked up again).
+    routes: RefCell<HashMap<String, Rc<RouteCommands>>>,
+    /// The state batch of each phase, its key buffers kept from request to request.
+    batch: RefCell<state::Batch>,
+    /// The ticket's text, written into the same buffer on every request.
+    ticket: RefCell<String>,
+}
+
+/// A route's settings and the commands met on it, one per normalised method (or one for the
+/// whole route with `command_key = "route"`). Bounded: route names come from the gateway's
+/// configuration and methods are normalised, so a client cannot mint entries.
+#[derive(Debug)]
+struct RouteCommands {
+    settings: Rc<Settings>,
+    /// Indexed by [`method_slot`]; slot 0 only with `command_key = "route"`.
+    commands: RefCell<[Option<Rc<Command>>; METHODS.len() + 2]>,
+}
+
+/// One command as this instance knows it.
+#[derive(Debug)]
+struct Command {
+    /// `ROUTE METHOD` or `ROUTE`.
+    name: String,
+    settings: Rc<Settings>,
+    /// Health counts last computed (this instance's cache).
+    health: Cell<Option<Health>>,
 }
 
 /// Health counts of the rolling window, as Hystrix's `HealthCounts`.
@@ -64,21 +87,23 @@ impl Health {
 
 /// What `on_request` attached to the request for `on_response`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Ticket {
+struct Ticket<'a> {
     start_ns: u64,
     /// The lease period the request was admitted in by the bulkhead, if there is one.
     admitted: Option<u64>,
     /// A half-open trial for the open period that started at this time.
     trial: Option<u64>,
-    method: String,
-    route: String,
+    /// The normalised method, or `*` with `command_key = "route"`.
+    method: &'a str,
+    route: &'a str,
 }
 
-impl Ticket {
-    /// `START ADMITTED TRIAL METHOD ROUTE`, `-` for an absent number (written without
-    /// `format!`: this runs on every request).
-    fn encode(&self) -> String {
-        let mut out = String::with_capacity(64 + self.method.len() + self.route.len());
+impl<'a> Ticket<'a> {
+    /// `START ADMITTED TRIAL METHOD ROUTE`, `-` for an absent number, written into `out`
+    /// (emptied first; without `format!` and without allocating once `out` has grown: this
+    /// runs on every request).
+    fn encode_into(&self, out: &mut String) {
+        out.clear();
         let mut number = itoa::Buffer::new();
         out.push_str(number.format(self.start_ns));
         for value in [self.admitted, self.trial] {
@@ -89,13 +114,20 @@ impl Ticket {
             }
         }
         out.push(' ');
-        out.push_str(&self.method);
+        out.push_str(self.method);
         out.push(' ');
-        out.push_str(&self.route);
+        out.push_str(self.route);
+    }
+
+    #[cfg(test)]
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        self.encode_into(&mut out);
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// Reads a ticket; its method and route borrow from `bytes`.
+    fn decode(bytes: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.splitn(5, ' ');
         let start_ns = parts.next()?.parse().ok()?;
@@ -108,8 +140,8 @@ impl Ticket {
         };
         let admitted = opt(parts.next()?)?;
         let trial = opt(parts.next()?)?;
-        let method = parts.next()?.to_owned();
-        let route = parts.next()?.to_owned();
+        let method = parts.next()?;
+        let route = parts.next()?;
         Some(Self {
             start_ns,
             admitted,
@@ -140,12 +172,17 @@ pub fn command_name(settings: &Settings, route: &str, method: &str) -> String {
     }
 }
 
-fn normalize_method(method: &str) -> &str {
-    METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("OTHER")
+fn normalize_method(method: &str) -> &'static str {
+    method_slot(method).1
+}
+
+/// Where a method's command sits in [`RouteCommands::commands`] (1 + its place in
+/// [`METHODS`], the last slot for `OTHER`), and its normalised name.
+fn method_slot(method: &str) -> (usize, &'static str) {
+    match METHODS.iter().position(|m| *m == method) {
+        Some(i) => (i + 1, METHODS[i]),
+        None => (METHODS.len() + 1, "OTHER"),
+    }
 }
 
 enum Circuit {
@@ -212,6 +249,14 @@ fn got(result: Option<&state::OpResult>) -> Option<&[u8]> {
     }
 }
 
+/// The value read by a `get` of a batch, taken out of its result.
+fn take_got(result: Option<&mut state::OpResult>) -> Option<Vec<u8>> {
+    match result {
+        Some(state::OpResult::Get(value)) => value.take(),
+        _ => None,
+    }
+}
+
 /// Sums the rolling window's buckets (the current one and the `rolling_buckets - 1` before),
 /// read in batches of `state::apply` (one host call for a 10-bucket window).
 pub fn read_health(cmd: &str, s: &Settings, now_ms: u64) -> Health {
@@ -270,51 +315,83 @@ struct Entry {
     place: Option<Place>,
 }
 
+/// Writes `cmd|C`, so the gateway knows the command and its settings (once per instance and
+/// command: see [`Breaker::command`]). `method` is normalised, or `*`.
+fn announce(cmd: &str, route: &str, method: &str, s: &Settings) {
+    let record = keys::CommandRecord {
+        name: cmd.to_owned(),
+        group: s.group.as_deref().unwrap_or(route).to_owned(),
+        route: route.to_owned(),
+        method: method.to_owned(),
+        request_volume_threshold: s.request_volume_threshold,
+        error_threshold_percent: s.error_threshold_percent,
+        sleep_window_ms: s.sleep_window_ms,
+        rolling_window_ms: s.rolling_window_ms,
+        rolling_buckets: s.rolling_buckets,
+        timeout_ms: s.timeout_ms,
+        max_concurrent_requests: s.max_concurrent_requests,
+        lease_ms: s.lease_ms(),
+        half_open_requests: s.half_open_requests,
+        force_open: s.force_open,
+        force_closed: s.force_closed,
+        fallback: s.fallback.is_some(),
+    };
+    let record = serde_json::to_string(&record).expect("a command record serialises");
+    state::set(&keys::command(cmd), record, None);
+}
+
 impl Breaker {
+    /// The command a request on `route` belongs to, and the method to write in its ticket
+    /// (normalised; `*` when the command is the whole route). `method` (its [`method_slot`])
+    /// is asked for only when the route's commands are per method. A command this instance
+    /// meets for the first time is announced (its `cmd|C` record written).
+    fn command(
+        &self,
+        route: &str,
+        method: impl FnOnce() -> (usize, &'static str),
+    ) -> (Rc<Command>, &'static str) {
+        let found = self.routes.borrow().get(route).cloned();
+        let commands = found.unwrap_or_else(|| {
+            let commands = Rc::new(RouteCommands {
+                settings: Rc::clone(self.config.for_route(route)),
+                commands: RefCell::default(),
+            });
+            self.routes
+                .borrow_mut()
+                .insert(route.to_owned(), Rc::clone(&commands));
+            commands
+        });
+        let s = &commands.settings;
+        let (slot, method) = match s.command_key {
+            CommandKey::Route => (0, "*"),
+            CommandKey::RouteMethod => method(),
+        };
+        if let Some(command) = &commands.commands.borrow()[slot] {
+            return (Rc::clone(command), method);
+        }
+        let command = Rc::new(Command {
+            name: command_name(s, route, method),
+            settings: Rc::clone(s),
+            health: Cell::new(None),
+        });
+        announce(&command.name, route, method, s);
+        commands.commands.borrow_mut()[slot] = Some(Rc::clone(&command));
+        (command, method)
+    }
+
     /// The (cached) health counts of a command; recomputed when older than
     /// `health_snapshot_interval` or older than the circuit's last close.
-    fn health(&self, cmd: &str, s: &Settings, now_ms: u64, closed_at: u64) -> Health {
-        if let Some(h) = self.health.borrow().get(cmd)
+    fn health(&self, command: &Command, now_ms: u64, closed_at: u64) -> Health {
+        let s = &command.settings;
+        if let Some(h) = command.health.get()
             && now_ms.saturating_sub(h.at_ms) < s.health_snapshot_interval_ms
             && h.at_ms > closed_at
         {
-            return *h;
+            return h;
         }
-        let h = read_health(cmd, s, now_ms);
-        self.health.borrow_mut().insert(cmd.to_owned(), h);
+        let h = read_health(&command.name, s, now_ms);
+        command.health.set(Some(h));
         h
-    }
-
-    /// Writes `cmd|C` once per instance, so the gateway knows the command and its settings.
-    fn announce(&self, cmd: &str, route: &str, method: &str, s: &Settings) {
-        if self.announced.borrow().contains(cmd) {
-            return;
-        }
-        let record = keys::CommandRecord {
-            name: cmd.to_owned(),
-            group: s.group.as_deref().unwrap_or(route).to_owned(),
-            route: route.to_owned(),
-            method: match s.command_key {
-                CommandKey::Route => "*",
-                CommandKey::RouteMethod => normalize_method(method),
-            }
-            .to_owned(),
-            request_volume_threshold: s.request_volume_threshold,
-            error_threshold_percent: s.error_threshold_percent,
-            sleep_window_ms: s.sleep_window_ms,
-            rolling_window_ms: s.rolling_window_ms,
-            rolling_buckets: s.rolling_buckets,
-            timeout_ms: s.timeout_ms,
-            max_concurrent_requests: s.max_concurrent_requests,
-            lease_ms: s.lease_ms(),
-            half_open_requests: s.half_open_requests,
-            force_open: s.force_open,
-            force_closed: s.force_closed,
-            fallback: s.fallback.is_some(),
-        };
-        let record = serde_json::to_string(&record).expect("a command record serialises");
-        state::set(&keys::command(cmd), record, None);
-        self.announced.borrow_mut().insert(cmd.to_owned());
     }
 
     /// Reads the circuit and, when the bulkhead is on, takes a place in it, in one atomic
@@ -324,7 +401,6 @@ impl Breaker {
     /// looked at (so the common case, a closed circuit and room, is one host call); a request
     /// that does not go on gives it back with [`Self::give_back`].
     fn read_circuit_and_enter(&self, cmd: &str, s: &Settings, now_ms: u64) -> Result<Entry, Error> {
-        let circuit_key = keys::circuit(cmd);
         if s.max_concurrent_requests == 0 {
             return Ok(Entry {
                 circuit: read_circuit(cmd),
@@ -334,17 +410,17 @@ impl Breaker {
         let lease = s.lease_ms();
         let period = now_ms / lease;
         let ttl = Some(inflight_ttl(lease));
-        let mine_key = keys::inflight(cmd, period);
-        let before_key = period.checked_sub(1).map(|p| keys::inflight(cmd, p));
-        let mut ops = vec![
-            state::Op::Get(&circuit_key),
-            state::Op::Incr(&mine_key, 1, ttl),
-        ];
-        if let Some(key) = &before_key {
-            ops.push(state::Op::Get(key));
-        }
-        let results = state::apply(&ops);
-        let circuit = parse_circuit(got(results.first()).map(<[u8]>::to_vec));
+        let mut results = {
+            let mut batch = self.batch.borrow_mut();
+            batch.clear();
+            batch.get(|key| keys::circuit_into(key, cmd));
+            batch.incr(1, ttl, |key| keys::inflight_into(key, cmd, period));
+            if let Some(before) = period.checked_sub(1) {
+                batch.get(|key| keys::inflight_into(key, cmd, before));
+            }
+            batch.apply()
+        };
+        let circuit = parse_circuit(take_got(results.first_mut()));
         let mine = match results.get(1) {
             Some(state::OpResult::Incr(Ok(n))) => (*n).max(0) as u64,
             Some(state::OpResult::Incr(Err(e))) => return Err(e.clone()),
@@ -352,7 +428,7 @@ impl Breaker {
         };
         let before = counter_value(got(results.get(2)));
         let place = if mine + before > s.max_concurrent_requests {
-            state::incr(&mine_key, -1, ttl)?;
+            state::incr(&keys::inflight(cmd, period), -1, ttl)?;
             Place::Full
         } else {
             Place::Taken(period)
@@ -430,7 +506,8 @@ impl Breaker {
     }
 
     /// A half-open trial ended: the first outcome of the open period decides.
-    fn end_trial(&self, cmd: &str, s: &Settings, opened_at: u64, success: bool, now_ms: u64) {
+    fn end_trial(&self, command: &Command, opened_at: u64, success: bool, now_ms: u64) {
+        let (cmd, s) = (command.name.as_str(), &*command.settings);
         let expected = keys::open_value(opened_at);
         if success {
             // The window is cleared before the circuit closes: once it reads closed, another
@@ -445,7 +522,7 @@ impl Breaker {
                 None,
             ) {
                 state::delete(&keys::trial(cmd, opened_at));
-                self.health.borrow_mut().remove(cmd);
+                command.health.set(None);
                 transition(cmd, keys::TO_CLOSED);
             }
         } else {
@@ -478,24 +555,23 @@ impl Plugin for Breaker {
         let config = BreakerConfig::parse(config.value()).map_err(Error::new)?;
         Ok(Self {
             config,
-            health: RefCell::default(),
-            announced: RefCell::default(),
+            routes: RefCell::default(),
+            batch: RefCell::default(),
+            ticket: RefCell::default(),
         })
     }
 
     fn on_request(&self, request: &Request<'_>) -> Result<Action, Error> {
         let route = request.route();
-        let method = request.method();
-        let s: Rc<Settings> = Rc::clone(self.config.for_route(&route));
-        let cmd = command_name(&s, &route, &method);
-        self.announce(&cmd, &route, &method, &s);
+        let (command, method) = self.command(&route, || method_slot(&request.method()));
+        let (cmd, s) = (command.name.as_str(), &*command.settings);
         let now_ns = host::monotonic_ns();
         let now_ms = now_ns / 1_000_000;
 
         if s.force_open {
-            return Ok(self.short_circuit(&cmd, &s, now_ms, s.sleep_window_ms));
+            return Ok(self.short_circuit(cmd, s, now_ms, s.sleep_window_ms));
         }
-        let entry = self.read_circuit_and_enter(&cmd, &s, now_ms)?;
+        let entry = self.read_circuit_and_enter(cmd, s, now_ms)?;
         let mut trial = None;
         if !s.force_closed {
             let short = match &entry.circuit {
@@ -506,17 +582,19 @@ impl Plugin for Breaker {
                         Some(ends - now_ms + 1)
                     } else {
                         // Half-open: the first `half_open_requests` callers win.
-                        let n =
-                            match state::incr(&keys::trial(&cmd, opened_at), 1, Some(s.lease_ms()))
-                            {
-                                Ok(n) => n,
-                                Err(e) => {
-                                    self.give_back(&cmd, &s, &entry);
-                                    return Err(e);
-                                }
-                            };
+                        let n = match state::incr(
+                            &keys::trial(cmd, opened_at),
+                            1,
+                            Some(s.lease_ms()),
+                        ) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                self.give_back(cmd, s, &entry);
+                                return Err(e);
+                            }
+                        };
                         if n == 1 {
-                            transition(&cmd, keys::TO_HALF_OPEN);
+                            transition(cmd, keys::TO_HALF_OPEN);
                         }
                         if n > s.half_open_requests as i64 {
                             Some(1000)
@@ -527,13 +605,13 @@ impl Plugin for Breaker {
                     }
                 }
                 Circuit::Closed(raw) => {
-                    let health = self.health(&cmd, &s, now_ms, closed_at(raw));
-                    if !health.trips(&s) {
+                    let health = self.health(&command, now_ms, closed_at(raw));
+                    if !health.trips(s) {
                         None
                     } else {
                         let open = keys::open_value(now_ms);
                         if state::compare_and_swap(
-                            &keys::circuit(&cmd),
+                            &keys::circuit(cmd),
                             raw.as_deref(),
                             Some(open.as_bytes()),
                             None,
@@ -546,9 +624,9 @@ impl Plugin for Breaker {
                                     health.total
                                 ),
                             );
-                            transition(&cmd, keys::TO_OPEN);
+                            transition(cmd, keys::TO_OPEN);
                             Some(s.sleep_window_ms + 1)
-                        } else if let Circuit::Open { opened_at, .. } = read_circuit(&cmd) {
+                        } else if let Circuit::Open { opened_at, .. } = read_circuit(cmd) {
                             // Another caller changed the circuit first: follow what it did.
                             let ends = opened_at.saturating_add(s.sleep_window_ms);
                             Some(ends.saturating_sub(now_ms) + 1)
@@ -559,8 +637,8 @@ impl Plugin for Breaker {
                 }
             };
             if let Some(retry_after_ms) = short {
-                self.give_back(&cmd, &s, &entry);
-                return Ok(self.short_circuit(&cmd, &s, now_ms, retry_after_ms));
+                self.give_back(cmd, s, &entry);
+                return Ok(self.short_circuit(cmd, s, now_ms, retry_after_ms));
             }
         }
 
@@ -569,38 +647,41 @@ impl Plugin for Breaker {
             Some(Place::Taken(period)) => Some(period),
             Some(Place::Full) => {
                 if let Some(opened_at) = trial {
-                    self.end_trial(&cmd, &s, opened_at, false, now_ms);
+                    self.end_trial(&command, opened_at, false, now_ms);
                 }
-                return Ok(self.reject(&cmd, &s, now_ms));
+                return Ok(self.reject(cmd, s, now_ms));
             }
         };
         if s.timeout_ms > 0 {
             request.set_upstream_timeout(std::time::Duration::from_millis(s.timeout_ms));
         }
-        let ticket = Ticket {
+        let mut text = self.ticket.borrow_mut();
+        Ticket {
             start_ns: now_ns,
             admitted,
             trial,
             method,
-            route,
-        };
-        request.set_plugin_data(ticket.encode())?;
+            route: &route,
+        }
+        .encode_into(&mut text);
+        request.set_plugin_data(text.as_bytes())?;
         Ok(Action::Continue)
     }
 
     fn on_response(&self, request: &Request<'_>, response: &ResponseHead<'_>) -> Result<(), Error> {
-        let Some(ticket) = request.plugin_data().as_deref().and_then(Ticket::decode) else {
+        let data = request.plugin_data();
+        let Some(ticket) = data.as_deref().and_then(Ticket::decode) else {
             return Ok(());
         };
-        let s = Rc::clone(self.config.for_route(&ticket.route));
-        let cmd = command_name(&s, &ticket.route, &ticket.method);
+        let (command, _) = self.command(ticket.route, || method_slot(ticket.method));
+        let (cmd, s) = (command.name.as_str(), &*command.settings);
         if !response.upstream_attempted() {
             // A later plugin answered (or the gateway refused the request): the upstream says
             // nothing about the command. Give the bulkhead place back; count nothing; a
             // half-open trial stays undecided until its lease lets another caller try.
             if let Some(period) = ticket.admitted {
                 let now_ms = host::monotonic_ns() / 1_000_000;
-                self.leave_bulkhead(&cmd, &s, period, now_ms);
+                self.leave_bulkhead(cmd, s, period, now_ms);
             }
             return Ok(());
         }
@@ -620,30 +701,38 @@ impl Plugin for Breaker {
         let pbucket = now_ms / keys::PERCENTILE_BUCKET_MS;
         let index = keys::latency_index(latency_us);
         let latency_ttl = Some(keys::PERCENTILE_BUCKET_MS * (keys::PERCENTILE_BUCKETS + 1));
-        let count_key = keys::count(&cmd, now_ms / s.bucket_ms(), kind);
+        let bucket = now_ms / s.bucket_ms();
         let lease = s.lease_ms();
-        let inflight_key = ticket
-            .admitted
-            .filter(|&period| now_ms / lease <= period + 1)
-            .map(|period| keys::inflight(&cmd, period));
-        let latency_key = keys::latency(&cmd, pbucket, index);
-        let latency_sum_key = keys::latency_sum(&cmd, pbucket);
-        let mut ops = vec![state::Op::Incr(&count_key, 1, bucket_ttl(&s))];
-        if let Some(key) = &inflight_key {
-            ops.push(state::Op::Incr(key, -1, Some(inflight_ttl(lease))));
-        }
-        ops.push(state::Op::Incr(&latency_key, 1, latency_ttl));
-        ops.push(state::Op::Incr(
-            &latency_sum_key,
-            i64::try_from(latency_us).unwrap_or(i64::MAX),
-            latency_ttl,
-        ));
-        let results = state::apply(&ops);
+        let results = {
+            let mut batch = self.batch.borrow_mut();
+            batch.clear();
+            batch.incr(1, bucket_ttl(s), |key| {
+                keys::count_into(key, cmd, bucket, kind)
+            });
+            if let Some(period) = ticket
+                .admitted
+                .filter(|&period| now_ms / lease <= period + 1)
+            {
+                batch.incr(-1, Some(inflight_ttl(lease)), |key| {
+                    keys::inflight_into(key, cmd, period)
+                });
+            }
+            batch.incr(1, latency_ttl, |key| {
+                keys::latency_into(key, cmd, pbucket, index)
+            });
+            batch.incr(
+                i64::try_from(latency_us).unwrap_or(i64::MAX),
+                latency_ttl,
+                |key| keys::latency_sum_into(key, cmd, pbucket),
+            );
+            batch.apply()
+        };
         if let Some(state::OpResult::Incr(Err(e))) = results.first() {
-            host::log(Level::Warn, &format!("breaker: counting {count_key}: {e}"));
+            let key = keys::count(cmd, bucket, kind);
+            host::log(Level::Warn, &format!("breaker: counting {key}: {e}"));
         }
         if let Some(opened_at) = ticket.trial {
-            self.end_trial(&cmd, &s, opened_at, kind == keys::SUCCESS, now_ms);
+            self.end_trial(&command, opened_at, kind == keys::SUCCESS, now_ms);
         }
         let latency_results = &results[results.len().saturating_sub(2)..];
         for result in latency_results {
@@ -667,19 +756,25 @@ mod tests {
             start_ns: 42,
             admitted: Some(3),
             trial: None,
-            method: "GET".into(),
-            route: "my route".into(),
+            method: "GET",
+            route: "my route",
         };
         assert_eq!(t.encode(), "42 3 - GET my route");
-        assert_eq!(Ticket::decode(t.encode().as_bytes()), Some(t));
+        let encoded = t.encode();
+        assert_eq!(Ticket::decode(encoded.as_bytes()), Some(t.clone()));
         let extremes = Ticket {
             start_ns: u64::MAX,
             admitted: None,
             trial: Some(0),
-            method: "OTHER".into(),
-            route: "r".into(),
+            method: "OTHER",
+            route: "r",
         };
-        assert_eq!(Ticket::decode(extremes.encode().as_bytes()), Some(extremes));
+        let encoded = extremes.encode();
+        assert_eq!(Ticket::decode(encoded.as_bytes()), Some(extremes));
+        // The buffer is emptied before each ticket.
+        let mut out = String::from("left over");
+        t.encode_into(&mut out);
+        assert_eq!(out, "42 3 - GET my route");
         assert_eq!(Ticket::decode(b"x"), None);
     }
 

@@ -570,3 +570,54 @@ fn answers_the_upstream_never_saw_neither_count_nor_decide_a_trial() {
         "still half-open, trial undecided"
     );
 }
+
+/// Each instance keeps the commands it met (by route, then method): methods of one route stay
+/// apart, `command_key = "route"` folds them, and `on-response` finds its command from the
+/// ticket alone, whichever instance runs it (pooled instances: not the one that ran
+/// `on-request`).
+#[test]
+fn commands_kept_per_instance_stay_apart_and_any_instance_finishes_a_request() {
+    let config = json!({
+        "health_snapshot_interval": 0,
+        "routes": {"orders": {"command_key": "route"}},
+    });
+    let host = TestHost::new();
+    let first = host.init::<Breaker>(config.clone()).unwrap();
+    let second = host.init::<Breaker>(config).unwrap();
+    let bucket = host.now_ms() / 1000;
+    let count = |cmd: &str, kind: &str| counter(&host, &keys::count(cmd, bucket, kind));
+    let inflight = |cmd: &str| counter(&host, &keys::inflight(cmd, host.now_ms() / 1000));
+
+    // Twice each, so the second round runs on the commands the instance kept.
+    for _ in 0..2 {
+        for (method, status) in [("GET", 200), ("POST", 500), ("BREW", 503)] {
+            let req = TestRequest::new(method, "/x").with_route("test");
+            assert!(matches!(
+                host.on_request(&first, &req).unwrap(),
+                Action::Continue
+            ));
+            host.on_response(&second, &req, &TestResponseHead::new(status))
+                .unwrap();
+        }
+        for method in ["GET", "DELETE"] {
+            let req = TestRequest::new(method, "/y").with_route("orders");
+            host.on_request(&second, &req).unwrap();
+            host.on_response(&first, &req, &TestResponseHead::new(200))
+                .unwrap();
+        }
+    }
+    assert_eq!(count("test GET", keys::SUCCESS), 2);
+    assert_eq!(count("test GET", keys::FAILURE), 0);
+    assert_eq!(count("test POST", keys::FAILURE), 2);
+    assert_eq!(count("test OTHER", keys::FAILURE), 2);
+    assert_eq!(count("orders", keys::SUCCESS), 4);
+    for cmd in ["test GET", "test POST", "test OTHER", "orders"] {
+        assert_eq!(inflight(cmd), 0, "{cmd}: every bulkhead place given back");
+    }
+    let record: Value =
+        serde_json::from_slice(&host.state(&keys::command("orders")).unwrap()).unwrap();
+    assert_eq!(record["method"], "*");
+    let record: Value =
+        serde_json::from_slice(&host.state(&keys::command("test OTHER")).unwrap()).unwrap();
+    assert_eq!(record["method"], "OTHER");
+}
