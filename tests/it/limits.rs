@@ -22,6 +22,17 @@ idle_timeout = "600ms"
     )
 }
 
+/// Sends one keep-alive GET on `stream` and checks it is answered 200.
+async fn answered_200(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 /// A GET with `n` headers in total (Host included).
 fn with_headers(n: usize) -> String {
     let mut req = String::from("GET /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
@@ -159,17 +170,12 @@ async fn a_second_request_head_sent_slowly_is_cut_at_the_header_read_timeout() {
         limits_config(up.addr).replace(r#"idle_timeout = "600ms""#, r#"idle_timeout = "30s""#);
     let gw = gateway(&config).await;
     let mut stream = TcpStream::connect(gw.listen_addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    answered_200(&mut stream).await;
     // Longer than the header timeout with no head pending: still open (idle is 30 s).
     tokio::time::sleep(Duration::from_millis(450)).await;
     stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
         .await
         .expect("closed long before the 30 s idle timeout")
@@ -189,24 +195,14 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_not_before(
     let up = Upstream::named("ok").await;
     let gw = gateway(&limits_config(up.addr)).await;
     let mut stream = TcpStream::connect(gw.listen_addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    answered_200(&mut stream).await;
     // Idle longer than the header timeout (300 ms) but shorter than the idle timeout
     // (600 ms): the connection is still usable.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    answered_200(&mut stream).await;
     // Then idle past the idle timeout: closed.
     let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
         .await
         .expect("closed within 5 s")
