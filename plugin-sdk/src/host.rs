@@ -116,3 +116,11 @@ pub fn trace_set_sampled(sampled: bool) {
 pub fn trace_id() -> Option<String> {
     host_call!(wit => wit_host::trace_id(), test |h| => h.trace_id())
 }
+
+/// Whether the gateway exports traces (its `[telemetry]` is set). It does not change while
+/// the gateway runs, so [`Plugin::init`](crate::Plugin::init) may ask it and
+/// [`Plugin::hooks`](crate::Plugin::hooks) leave out hooks that would only feed traces.
+/// Needs a gateway with `host.exports-traces` (see docs/plugins.md).
+pub fn exports_traces() -> bool {
+    host_call!(wit => wit_host::exports_traces(), test |h| => h.exports_traces)
+}

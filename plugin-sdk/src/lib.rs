@@ -144,6 +144,12 @@ impl Hooks {
         on_request: false,
         on_response: true,
     };
+    /// Neither: the plugin is never called for a request (e.g. it has nothing to do with
+    /// this gateway's settings, see [`Plugin::hooks`]).
+    pub const NONE: Self = Self {
+        on_request: false,
+        on_response: false,
+    };
 }
 
 /// A gateway plugin. Only `init` is required; the hooks default to doing nothing.
@@ -158,6 +164,15 @@ pub trait Plugin: Sized + 'static {
     /// overrides only `on_request` should say `const HOOKS: Hooks = Hooks::ON_REQUEST;`
     /// (it then costs no call on the way back). The default, both, is always correct.
     const HOOKS: Hooks = Hooks::ALL;
+
+    /// The hooks this instance implements, asked once after `init`: [`Self::HOOKS`] unless
+    /// overridden. Override it when the answer depends on the configuration or the gateway,
+    /// e.g. `tracing` declares none when [`host::exports_traces`] is false, so a route
+    /// listing it costs nothing there. Every instance of a plugin must give the same answer
+    /// for the same configuration (the gateway keeps the first).
+    fn hooks(&self) -> Hooks {
+        Self::HOOKS
+    }
 
     /// Builds the plugin from its configuration (`[plugin.NAME]` in the gateway config, or
     /// `NAME.toml` beside the plugin). An error refuses the configuration: the gateway does
@@ -237,12 +252,13 @@ pub mod __private {
     pub fn init<P: Plugin>(config: String) -> Result<bindings::types::Hooks, String> {
         let plugin = P::init(Config::parse(&config).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
+        let declared = plugin.hooks();
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
         let mut hooks = bindings::types::Hooks::empty();
-        if P::HOOKS.on_request {
+        if declared.on_request {
             hooks |= bindings::types::Hooks::ON_REQUEST;
         }
-        if P::HOOKS.on_response {
+        if declared.on_response {
             hooks |= bindings::types::Hooks::ON_RESPONSE;
         }
         Ok(hooks)

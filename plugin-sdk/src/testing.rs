@@ -69,6 +69,7 @@ pub(crate) struct FakeHost {
     trace_parent: Option<TraceParent>,
     pub(crate) trace_sampled: Option<bool>,
     trace_id: Option<String>,
+    pub(crate) exports_traces: bool,
     state: HashMap<String, (Vec<u8>, Option<u64>)>,
     kv: HashMap<String, Entry>,
     kv_version: u64,
@@ -390,6 +391,12 @@ impl TestHost {
     /// The last sampling decision the plugin made, if any.
     pub fn trace_sampled(&self) -> Option<bool> {
         with_host(|h| h.trace_sampled)
+    }
+
+    /// Sets what `host::exports_traces()` answers (`false` at first, as a gateway without
+    /// `[telemetry]`).
+    pub fn set_exports_traces(&self, exports: bool) {
+        with_host(|h| h.exports_traces = exports);
     }
 
     /// Sets the trace id `trace_id()` reports (as a gateway that exports traces would).

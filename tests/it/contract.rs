@@ -23,16 +23,6 @@ async fn gateway_with_v02(
     gateway_with_plugin(dir, "v02", "/v", upstream).await
 }
 
-fn plugin_view(plugins: &serde_json::Value, name: &str) -> serde_json::Value {
-    plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} in {plugins}"))
-        .clone()
-}
-
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }

@@ -248,6 +248,17 @@ plugins = ["{name}"]
     .await
 }
 
+/// One plugin's entry in `GET /admin/plugins`' answer.
+pub fn plugin_view(plugins: &serde_json::Value, name: &str) -> serde_json::Value {
+    plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {plugins}"))
+        .clone()
+}
+
 /// Config text with one service `s` at `addr` and one route on `path`.
 pub fn one_route(addr: SocketAddr, path: &str) -> String {
     format!(

@@ -477,12 +477,7 @@ async fn contract_0_1_component_built_from_source_still_serves() {
 
     let plugins: serde_json::Value =
         serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
-    let testbed = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "testbed")
-        .unwrap();
+    let testbed = plugin_view(&plugins, "testbed");
     assert_eq!(testbed["contract"], "0.1.0");
     assert_eq!(testbed["world"], "sluice:plugin/plugin@0.1.0");
     assert_eq!(

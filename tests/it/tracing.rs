@@ -119,7 +119,7 @@ async fn metric(gw: &sluice::Gateway, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_one_trace_per_request_with_linked_spans() {
     let receiver = Receiver::http().await;
-    let (upstream, gw) = traced_gateway(&receiver, "http", "service_name = \"edge\"\nheaders = { x-api-key = \"k1\" }\nresource = { \"deployment.environment\" = \"test\" }", "\"tracing\"", "request_headers = [\"user-agent\"]").await;
+    let (upstream, gw) = traced_gateway(&receiver, "http", "service_name = \"edge\"\nheaders = { x-api-key = \"k1\" }\nresource = { \"deployment.environment\" = \"test\" }", "\"tracing\"", "request_headers = [\"user-agent\"]\nresponse_headers = [\"content-length\"]").await;
 
     let mut request_ids = Vec::new();
     for _ in 0..3 {
@@ -128,7 +128,8 @@ async fn http_export_one_trace_per_request_with_linked_spans() {
         assert_eq!(status, 200);
         request_ids.push(headers["x-request-id"].to_str().unwrap().to_owned());
     }
-    // Per request: the server span, tracing's on_request and on_response, one attempt.
+    // Per request: the server span, tracing's on_request and on_response (it has a response
+    // header to record), one attempt.
     let spans = receiver.wait_for(12).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let spans_now = receiver.spans();
@@ -156,6 +157,12 @@ async fn http_export_one_trace_per_request_with_linked_spans() {
         assert_eq!(
             server.attr("http.request.header.user-agent").as_deref(),
             Some("it/1")
+        );
+        assert_eq!(
+            server
+                .attr("http.response.header.content-length")
+                .as_deref(),
+            Some("2")
         );
         let rid = server.attr("sluice.request_id").unwrap();
         assert!(request_ids.contains(&rid));
@@ -268,7 +275,8 @@ async fn an_incoming_traceparent_is_continued() {
     )
     .await;
     assert_eq!(status, 200);
-    let spans = receiver.wait_for(4).await;
+    // The server span, tracing's on_request (its defaults need no on_response), the attempt.
+    let spans = receiver.wait_for(3).await;
     assert!(spans.iter().all(|s| s.trace_id() == TRACE), "same trace id");
     let server = one(&spans, SERVER);
     assert_eq!(server.parent_id(), SPAN, "the caller's span is the parent");
@@ -318,7 +326,7 @@ async fn b3_input_is_continued() {
         &[("b3", &format!("{b3_trace}-{b3_span}-1-05e3ac9a4f6e3b90"))],
     )
     .await;
-    let spans = receiver.wait_for(4).await;
+    let spans = receiver.wait_for(3).await;
     let server = one(&spans, SERVER);
     assert_eq!(server.trace_id(), b3_trace);
     assert_eq!(server.parent_id(), b3_span);
@@ -347,7 +355,7 @@ async fn b3_input_is_continued() {
         ],
     )
     .await;
-    let spans = receiver.wait_for(8).await;
+    let spans = receiver.wait_for(6).await;
     let traces = by_trace(&spans);
     let multi = &traces["0000000000000000a3ce929d0e0e4736"];
     assert_eq!(one(multi, SERVER).parent_id(), "00f067aa0ba902b7");
@@ -385,7 +393,8 @@ async fn sampling_ratio_holds_over_many_requests() {
         (403..=597).contains(&kept),
         "{kept} of {n} traces kept at ratio 0.25"
     );
-    assert!(traces.values().all(|t| t.len() == 4), "whole traces only");
+    // Server, tracing's on_request, attempt.
+    assert!(traces.values().all(|t| t.len() == 3), "whole traces only");
     // Every hop agrees: the upstream saw `01` exactly for the exported traces.
     let seen = upstream.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), n);
@@ -542,6 +551,70 @@ async fn without_telemetry_nothing_is_injected() {
     gw.shutdown().await;
 }
 
+/// The hooks `/admin/plugins` shows for `tracing`, and its calls per phase from `/metrics`.
+async fn tracing_hooks_and_calls(gw: &sluice::Gateway) -> (serde_json::Value, f64, f64) {
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    let calls = |phase| format!("sluice_plugin_calls_total{{plugin=\"tracing\",phase=\"{phase}\"");
+    (
+        plugin_view(&plugins, "tracing")["hooks"].clone(),
+        metric(gw, &calls("on_request")).await,
+        metric(gw, &calls("on_response")).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracing_plugin_is_called_only_for_work_it_has() {
+    // Without [telemetry] it declares no hooks: a route listing it costs no plugin call, and
+    // an incoming context still passes through untouched.
+    let upstream = Upstream::named("up").await;
+    let text = format!(
+        "[plugins]\ncache_dir = \"{}\"\n{}plugins = [\"tracing\"]\n",
+        plugin_cache_dir().display(),
+        one_route(upstream.addr, "/")
+    );
+    let gw = gateway(&text).await;
+    let incoming = format!("00-{TRACE}-{SPAN}-01");
+    for _ in 0..3 {
+        let (status, _) = get_with(gw.listen_addr, "/", &[("traceparent", &incoming)]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(upstream.last().headers["traceparent"], incoming.as_str());
+    let (hooks, on_request, on_response) = tracing_hooks_and_calls(&gw).await;
+    assert_eq!(
+        hooks,
+        serde_json::json!({"on_request": false, "on_response": false})
+    );
+    assert_eq!((on_request, on_response), (0.0, 0.0));
+    gw.shutdown().await;
+
+    // Exporting, with the defaults: `on-request` only (nothing to do on the way back) ...
+    let receiver = Receiver::http().await;
+    let (_up, gw) = traced_gateway(&receiver, "http", "", "\"tracing\"", "").await;
+    for _ in 0..3 {
+        assert_eq!(get_with(gw.listen_addr, "/", &[]).await.0, 200);
+    }
+    let (hooks, on_request, on_response) = tracing_hooks_and_calls(&gw).await;
+    assert_eq!(
+        hooks,
+        serde_json::json!({"on_request": true, "on_response": false})
+    );
+    assert_eq!((on_request, on_response), (3.0, 0.0));
+    gw.shutdown().await;
+
+    // ... and both hooks when `keep_errors` needs the response.
+    let (_up, gw) =
+        traced_gateway(&receiver, "http", "", "\"tracing\"", "keep_errors = true").await;
+    assert_eq!(get_with(gw.listen_addr, "/", &[]).await.0, 200);
+    let (hooks, on_request, on_response) = tracing_hooks_and_calls(&gw).await;
+    assert_eq!(
+        hooks,
+        serde_json::json!({"on_request": true, "on_response": true})
+    );
+    assert_eq!((on_request, on_response), (1.0, 1.0));
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_requests_succeed_and_drops_are_counted() {
     let dead = closed_port().await;
@@ -613,8 +686,9 @@ async fn blackholed_collector_keeps_latency_bounds_memory_and_shutdown() {
     let dropped = metric(&gw, "sluice_telemetry_spans_dropped_total").await;
     let queued = metric(&gw, "sluice_telemetry_queue_spans").await;
     assert!(queued <= 64.0, "queue bounded: {queued}");
-    // 4 spans per request; at most queue_size + one batch in flight + the buffer are held.
-    assert!(dropped >= (4 * n - 64 - 2 * 16) as f64, "dropped {dropped}");
+    // 3 spans per request (server, tracing's on_request, attempt); at most queue_size + one
+    // batch in flight + the buffer are held.
+    assert!(dropped >= (3 * n - 64 - 2 * 16) as f64, "dropped {dropped}");
     let started = Instant::now();
     gw.shutdown().await;
     let took = started.elapsed();

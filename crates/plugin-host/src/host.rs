@@ -49,6 +49,8 @@ pub struct PluginShared {
     pub clock: super::clock::Clock,
     /// The cap on per-request instances held across upstream calls (shared by every plugin).
     pub held_slots: Arc<super::held::InstanceSlots>,
+    /// What `exports-traces` answers ([`super::NodeSettings::exports_traces`]).
+    pub exports_traces: bool,
 }
 
 /// The pooled client used for plugins' outbound HTTP.
@@ -801,6 +803,10 @@ impl host::Host for HostState {
 
     fn trace_id(&mut self) -> wasmtime::Result<Option<String>> {
         Ok(self.trace().and_then(|t| t.trace_id.clone()))
+    }
+
+    fn exports_traces(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.plugin.exports_traces)
     }
 }
 

@@ -506,6 +506,7 @@ impl PluginRuntime {
             outbound_guard: self.outbound_guard.clone(),
             clock: self.clock.clone(),
             held_slots: self.held_slots.clone(),
+            exports_traces: self.settings.exports_traces,
         })
     }
 

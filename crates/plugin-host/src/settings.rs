@@ -141,6 +141,9 @@ pub struct NodeSettings {
     /// Per-request instances (all plugins together) kept from a request's `on-request` for
     /// its `on-response` at once; past it, `on-response` gets a second fresh instance.
     pub max_held_instances: usize,
+    /// Whether the gateway exports traces (`[telemetry]` is set): what `exports-traces`
+    /// answers. Per node and fixed for the process, like the exporter itself.
+    pub exports_traces: bool,
     /// The built-in plugins' components, by name.
     pub builtins: &'static [(&'static str, &'static [u8])],
     /// Reads CA certificates (PEM) into a root store, with an error naming the file.

@@ -48,6 +48,7 @@ fn node_settings(config: &Config) -> NodeSettings {
         admin: config.server.admin,
         workers: config.server.workers,
         max_held_instances: config.plugins.max_held_instances,
+        exports_traces: config.telemetry.is_some(),
         builtins: builtin::BUILTINS,
         load_roots: crate::tls::load_roots,
     }

@@ -2,15 +2,15 @@
 //! B3), decides sampling, names the server span after the route, and records chosen request
 //! and response headers as span attributes. Everything goes through the WIT `host` span
 //! functions, which any plugin may use the same way; the gateway makes and exports the spans
-//! (see docs/tracing.md). When the gateway exports no traces (`trace-id()` is `none`) the
-//! plugin does nothing.
+//! (see docs/tracing.md). When the gateway exports no traces (`exports-traces()` is false)
+//! the plugin declares no hooks, so a route listing it costs no plugin call.
 
 pub mod context;
 pub mod sampler;
 
 use serde::Deserialize;
 use sluice_plugin_sdk::host::{self, Level, TraceParent};
-use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, ResponseHead};
+use sluice_plugin_sdk::{Action, Config, Error, Hooks, Plugin, Request, ResponseHead};
 
 use crate::context::{Incoming, Parent};
 use crate::sampler::{SamplerKind, ratio_keeps};
@@ -45,6 +45,8 @@ pub struct Tracing {
     /// `(header name, attribute key)`.
     request_headers: Vec<(String, String)>,
     response_headers: Vec<(String, String)>,
+    /// Whether the gateway exports traces; without it there is nothing to do.
+    exports_traces: bool,
 }
 
 fn header_list(
@@ -109,7 +111,20 @@ impl Plugin for Tracing {
                 raw.response_headers,
                 "http.response.header.",
             )?,
+            exports_traces: host::exports_traces(),
         })
+    }
+
+    /// None when the gateway exports no traces; `on-response` only when it has work there
+    /// (`keep_errors` or `response_headers`): each hook left out is a call a request skips.
+    fn hooks(&self) -> Hooks {
+        if !self.exports_traces {
+            Hooks::NONE
+        } else if self.keep_errors || !self.response_headers.is_empty() {
+            Hooks::ALL
+        } else {
+            Hooks::ON_REQUEST
+        }
     }
 
     fn on_request(&self, request: &Request<'_>) -> Result<Action, Error> {

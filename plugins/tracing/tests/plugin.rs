@@ -2,8 +2,8 @@
 //! name, header attributes, keep-errors.
 
 use serde_json::{Value, json};
-use sluice_plugin_sdk::UpstreamFailure;
 use sluice_plugin_sdk::testing::{TestHost, TestRequest, TestResponseHead};
+use sluice_plugin_sdk::{Hooks, Plugin, UpstreamFailure};
 use tracing_plugin::Tracing;
 
 const OWN: &str = "11111111111111111111111111111111";
@@ -12,6 +12,7 @@ const SPAN: &str = "00f067aa0ba902b7";
 
 fn host() -> TestHost {
     let host = TestHost::new();
+    host.set_exports_traces(true);
     host.set_trace_id(Some(OWN));
     host
 }
@@ -212,6 +213,32 @@ fn nothing_happens_when_the_gateway_exports_no_traces() {
     assert_eq!(host.trace_parent(), None);
     assert_eq!(host.trace_sampled(), None);
     assert_eq!(host.span_name(), None);
+}
+
+#[test]
+fn hooks_are_declared_only_for_work_there_is() {
+    // A gateway without [telemetry]: no hooks, so the gateway never calls the plugin.
+    let host = TestHost::new();
+    assert_eq!(
+        host.init::<Tracing>(json!({})).unwrap().hooks(),
+        Hooks::NONE
+    );
+    let busy = json!({"keep_errors": true, "response_headers": ["content-type"]});
+    assert_eq!(host.init::<Tracing>(busy).unwrap().hooks(), Hooks::NONE);
+
+    // Exporting: `on-response` only when it has something to do.
+    host.set_exports_traces(true);
+    let hooks = |config: Value| host.init::<Tracing>(config).unwrap().hooks();
+    assert_eq!(hooks(json!({})), Hooks::ON_REQUEST);
+    assert_eq!(
+        hooks(json!({"request_headers": ["x-a"]})),
+        Hooks::ON_REQUEST
+    );
+    assert_eq!(hooks(json!({"keep_errors": true})), Hooks::ALL);
+    assert_eq!(
+        hooks(json!({"response_headers": ["content-type"]})),
+        Hooks::ALL
+    );
 }
 
 #[test]
