@@ -81,6 +81,13 @@ async fn the_example_config_runs_every_example_plugin() {
         }
     }
     assert_eq!(codes, [200, 200, 200, 429]);
+    // It declares only `on-request`: no call on the way back.
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    assert_eq!(
+        plugin_view(&plugins, "rust-rate-limit")["hooks"],
+        serde_json::json!({"on_request": true, "on_response": false})
+    );
 
     // Python API key.
     assert_eq!(get(at, "/py/x").await.0, 401);

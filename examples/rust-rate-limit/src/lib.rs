@@ -13,7 +13,7 @@
 //! compare-and-swap, so concurrent requests never lose or double-spend a token.
 
 use serde::Deserialize;
-use sluice_plugin_sdk::{Action, Config, Error, Plugin, Request, Response, host, state};
+use sluice_plugin_sdk::{Action, Config, Error, Hooks, Plugin, Request, Response, host, state};
 
 /// How many times a request retries a compare-and-swap lost to a concurrent request.
 const CAS_ATTEMPTS: usize = 16;
@@ -125,6 +125,9 @@ impl RateLimit {
 }
 
 impl Plugin for RateLimit {
+    // Only `on_request`: the gateway then makes no call on the way back.
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: Config) -> Result<Self, Error> {
         let limit: RateLimit = config.deserialize()?;
         if limit.rate_per_second == 0 || limit.burst == 0 {
