@@ -1,10 +1,7 @@
-//! The wasmtime engine: one per gateway, configured for the plugin world, with the epoch
-//! ticker that enforces CPU deadlines and the on-disk cache of compiled plugins.
+//! The wasmtime engine: one per gateway, configured for the plugin world, with the on-disk
+//! cache of compiled plugins (its epoch is advanced by the ticker, ticker.rs).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
@@ -13,36 +10,6 @@ use wasmtime::{
 
 use super::bindings::{v0_1, v0_2};
 use super::host::HostState;
-
-/// One epoch tick while a guest call runs long. CPU deadlines are counted in ticks, and a long
-/// call yields to its worker's event loop every tick (docs/benchmarks.md: 250 µs keeps another
-/// route's p99 within +10 ms beside a spinning plugin, 1 ms did not).
-pub const EPOCH_TICK: Duration = Duration::from_micros(250);
-
-/// The tick while no call runs long. Waking 4000 times a second cost ~8 % of the gateway's
-/// CPU on a plugin route under load (perf, 2026-11-27), for calls that almost all finish in
-/// microseconds; a call that does run long is noticed within this, then ticked every
-/// [`EPOCH_TICK`].
-pub const IDLE_TICK: Duration = Duration::from_millis(2);
-
-/// Set by a call's epoch callback when the call has run at least one [`EPOCH_TICK`]: the
-/// ticker then ticks fast until a tick passes with no such call.
-static LONG_CALL: AtomicBool = AtomicBool::new(false);
-
-/// The ticker thread, to wake it early when a long call appears.
-static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
-
-/// Engines the ticker advances (one per gateway; tests run several in one process).
-static TICKED: Mutex<Vec<wasmtime::EngineWeak>> = Mutex::new(Vec::new());
-
-/// Called from a call's epoch callback when the call has been running at least a tick.
-pub fn note_long_call() {
-    if !LONG_CALL.swap(true, Ordering::Relaxed)
-        && let Some(ticker) = TICKER.get()
-    {
-        ticker.unpark();
-    }
-}
 
 /// Component instances the pooling allocator has slots for (idle pooled instances included):
 /// past it, instantiation fails until a slot is freed.
@@ -129,37 +96,6 @@ fn engine_config(cache_dir: Option<PathBuf>, pool_memory: Option<usize>) -> Conf
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
-}
-
-/// Advances the engine's epoch on the process's ticker thread (not a Tokio task: a busy
-/// worker must not delay the very tick that interrupts it): every [`IDLE_TICK`], or every
-/// [`EPOCH_TICK`] while a call runs long. Started with the first plugin, so a gateway without
-/// plugins has no timer thread waking up; a dropped engine is forgotten.
-pub fn spawn_epoch_ticker(engine: &Engine) {
-    TICKED.lock().expect("ticker lock").push(engine.weak());
-    TICKER.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(|| {
-                loop {
-                    TICKED.lock().expect("ticker lock").retain(|weak| {
-                        let Some(engine) = weak.upgrade() else {
-                            return false;
-                        };
-                        engine.increment_epoch();
-                        true
-                    });
-                    let tick = match LONG_CALL.swap(false, Ordering::Relaxed) {
-                        true => EPOCH_TICK,
-                        false => IDLE_TICK,
-                    };
-                    std::thread::park_timeout(tick);
-                }
-            })
-            .expect("spawning the epoch ticker thread")
-            .thread()
-            .clone()
-    });
 }
 
 /// The linker with every import of both contract versions (0.2.0 and the frozen 0.1.0):

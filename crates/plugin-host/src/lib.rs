@@ -38,6 +38,7 @@ mod reconfigure;
 pub mod sandbox;
 pub mod settings;
 pub mod state;
+pub mod ticker;
 pub mod trace;
 pub mod watcher;
 
@@ -395,8 +396,7 @@ impl PluginRuntime {
     /// Starts the epoch ticker: no plugin code may run without it, since only the epoch
     /// deadline can stop a guest spinning in a loop.
     fn ensure_ticker(&self) {
-        self.ticker
-            .call_once(|| engine::spawn_epoch_ticker(&self.engine));
+        self.ticker.call_once(|| ticker::spawn(&self.engine));
     }
 
     /// Checks, compiles, activates and installs a component, unless the same bytes with the

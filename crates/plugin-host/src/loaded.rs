@@ -19,10 +19,10 @@ use tokio::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{types, v0_1, v0_2};
-use super::engine::EPOCH_TICK;
 use super::held::Held;
 use super::host::{HostState, PluginShared, RequestState, ResponseState};
 use super::metrics::{OUTCOMES, PluginCallMetrics};
+use super::ticker::{self, EPOCH_TICK};
 use crate::settings::InstanceMode;
 
 /// The world of the current contract, the one `sluice plugin new` and the SDK target.
@@ -633,7 +633,11 @@ impl LoadedPlugin {
                 }
             }
         };
-        match tokio::time::timeout(settings.timeout, setup).await {
+        let outcome = {
+            let setup = std::pin::pin!(setup);
+            tokio::time::timeout(settings.timeout, resumed_with_ticker(setup)).await
+        };
+        match outcome {
             Err(_) => Err(PluginFailure::Timeout(settings.timeout)),
             Ok(Err(e)) => Err(match classify_trap(&e, settings.cpu_timeout) {
                 PluginFailure::Trap(m) => PluginFailure::Instantiate(m),
@@ -680,8 +684,24 @@ async fn within<F: Future>(
     match first {
         Poll::Ready(output) => Ok(output),
         // Boxed: the timer (~200 bytes) would otherwise sit in every call's future.
-        Poll::Pending => Box::pin(tokio::time::timeout_at(started + limit, call)).await,
+        Poll::Pending => {
+            Box::pin(tokio::time::timeout_at(
+                started + limit,
+                resumed_with_ticker(call),
+            ))
+            .await
+        }
     }
+}
+
+/// Polls a suspended guest call (or set-up), waking the epoch ticker before each resumption:
+/// the ticker may have gone to sleep while the call waited (e.g. on outbound HTTP), and the
+/// guest code that runs next must still meet its CPU deadline.
+fn resumed_with_ticker<F: Future>(mut call: Pin<&mut F>) -> impl Future<Output = F::Output> {
+    std::future::poll_fn(move |cx| {
+        ticker::note_call();
+        call.as_mut().poll(cx)
+    })
 }
 
 /// Arms the limits of one call starting at `started`: resets the CPU accounting and sets the
@@ -692,6 +712,7 @@ fn prepare_call(store: &mut Store<HostState>, cpu_timeout: Duration, started: In
     data.call_started = started;
     data.yielded_ns.store(0, Ordering::Relaxed);
     store.set_epoch_deadline(ticks(cpu_timeout).min(YIELD_EVERY_TICKS));
+    ticker::note_call();
 }
 
 /// A call still running after this many epoch ticks yields to its worker's event loop, then
@@ -715,7 +736,7 @@ fn arm_cpu_deadline(store: &mut Store<HostState>, cpu_timeout: Duration) {
             return Ok(UpdateDeadline::Interrupt);
         }
         if cpu >= EPOCH_TICK {
-            super::engine::note_long_call();
+            ticker::note_long_call();
         }
         let next = ticks(cpu_timeout - cpu).min(YIELD_EVERY_TICKS);
         let yielded_ns = data.yielded_ns.clone();
