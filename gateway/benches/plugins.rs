@@ -36,7 +36,8 @@ fn main() {
         println!("plugin: {}", plugin.display());
         // SLUICE_BENCH_ONLY=pooled|per-request|load|drop|auth|breaker|tracing runs one part
         // (`auth-hit` / `auth-miss`: only auth's repeated-token / cache-off round, 40 times
-        // longer, for a profile; SLUICE_BENCH_AUTH_ALG=HS256 keeps one algorithm).
+        // longer, for a profile; SLUICE_BENCH_AUTH_ALG=HS256 keeps one algorithm;
+        // SLUICE_BENCH_AUTH_FORWARD=1 forwards a claim).
         let only = std::env::var("SLUICE_BENCH_ONLY").ok();
         let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
         if run("pooled") {
@@ -153,8 +154,14 @@ async fn auth_verify_round(cached: bool, n: u32) {
     let read = |f: &str| std::fs::read_to_string(keys.join(f)).unwrap();
     let der = |f: &str| pem::parse(read(f)).unwrap().contents().to_vec();
     let secret = "bench-secret-0123456789abcdef0123";
+    // SLUICE_BENCH_AUTH_FORWARD=1: forward the `sub` claim as `x-user-id`, as the README's
+    // demo configuration does.
+    let forward = match std::env::var_os("SLUICE_BENCH_AUTH_FORWARD") {
+        Some(_) => "forward_claims = { sub = \"x-user-id\" }\n",
+        None => "",
+    };
     let config_text = format!(
-        "[plugin.auth]\ntoken_cache_size = {}\n\
+        "[plugin.auth]\n{forward}token_cache_size = {}\n\
          [[plugin.auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n\
          [[plugin.auth.keys]]\nkid = \"rs\"\nalg = \"RS256\"\npem = '''{rsa}'''\n\
          [[plugin.auth.keys]]\nkid = \"ps\"\nalg = \"PS256\"\npem = '''{rsa}'''\n\

@@ -536,7 +536,8 @@ impl TestRequest {
         self.headers.first(name)
     }
 
-    pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+    /// Every value of a header, in order (after the plugin ran).
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
         self.headers.all(name)
     }
 

@@ -167,6 +167,12 @@ impl AuthConfig {
                     "invalid config: forward_claims.{claim}: `{header}` is not a valid header name"
                 ));
             }
+            if header.eq_ignore_ascii_case("authorization") {
+                // It would replace the token the plugin reads, with a claim of that token.
+                return Err(format!(
+                    "invalid config: forward_claims.{claim}: `{header}` is the token's own header"
+                ));
+            }
             forward_claims.push((claim.clone(), header.to_ascii_lowercase()));
         }
         for (i, claim) in raw.required_claims.iter().enumerate() {
@@ -537,6 +543,11 @@ mod tests {
         assert!(e.contains("public_paths[0]"), "{e}");
         let e = err(json!({"forward_claims": {"sub": "x user"}}));
         assert!(e.contains("forward_claims.sub"), "{e}");
+        let e = err(json!({"forward_claims": {"sub": "Authorization"}}));
+        assert!(
+            e.contains("forward_claims.sub: `Authorization` is the token's own header"),
+            "{e}"
+        );
         let e = err(json!({"max_token_bytes": 0}));
         assert!(e.contains("max_token_bytes"), "{e}");
     }

@@ -188,6 +188,15 @@ impl Auth {
         Ok(forward)
     }
 
+    /// Removes the `forward_claims` headers that `forward` (the token's claims) does not set.
+    fn remove_forwarded(&self, request: &Request<'_>, forward: &[(String, String)]) {
+        for (_, header) in &self.config.forward_claims {
+            if !forward.iter().any(|(set, _)| set == header) {
+                request.remove_header(header);
+            }
+        }
+    }
+
     /// The `forward_claims` headers a verified token's claims make.
     fn forwarded(&self, claims: &Map<String, Value>) -> Rc<[(String, String)]> {
         let mut out = Vec::new();
@@ -264,24 +273,31 @@ impl Plugin for Auth {
         })
     }
 
+    // A client must never be able to inject a forwarded claim, public path or not: every
+    // header named in `forward_claims` leaves this hook either removed or set to the token's
+    // claim (`set-header` replaces every value the client sent; one host call instead of a
+    // removal and a set).
     fn on_request(&self, request: &Request<'_>) -> Result<Action, Error> {
-        // A client must never be able to inject a forwarded claim, public path or not.
-        for (_, header) in &self.config.forward_claims {
-            request.remove_header(header);
-        }
         // The path is a host call: asked only when some prefix could match.
         if !self.config.public_paths.is_empty() && self.config.is_public(&request.path()) {
+            self.remove_forwarded(request, &[]);
             return Ok(Action::Continue);
         }
         match self.check(request) {
             Ok(forward) => {
+                self.remove_forwarded(request, &forward);
                 for (header, value) in forward.iter() {
-                    request.set_header(header, value)?;
+                    if let Err(e) = request.set_header(header, value) {
+                        // Failing open must not let the client's value through.
+                        self.remove_forwarded(request, &[]);
+                        return Err(e);
+                    }
                 }
                 host::counter_add("accepted", 1);
                 Ok(Action::Continue)
             }
             Err(reject) => {
+                self.remove_forwarded(request, &[]);
                 let reason = match &reject {
                     Reject::Missing => "no bearer token",
                     Reject::Invalid(d) => d.as_str(),
