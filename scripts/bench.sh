@@ -13,6 +13,9 @@
 #                                                    (BENCH_PLUGINS="" for a route without the tracing plugin)
 #   scripts/bench.sh chain [seconds] [connections]   the plugin path in one run: nginx, no plugins, the
 #                                                    scaffold template, each built-in, all three; 3 rounds
+#   scripts/bench.sh ab BIN_A BIN_B...               gateway binaries interleaved on the chain's built-in
+#                                                    routes (ROUTES="all tracing", ROUNDS=3, SECS=5): req/s
+#                                                    and CPU per request, medians
 #   scripts/bench.sh load [seconds]                  p99 of a bare route while a Python template plugin
 #                                                    compiles (cache off), and the Python/JS template
 #                                                    routes vs the bare route; 3 rounds
@@ -33,6 +36,47 @@ workers = 1
 access = false
 level = "warn"
 TOML
+}
+# The README's demo token (HS256, kid "demo", expires in 2100).
+DEMO_TOKEN=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
+# The chain benchmark's routes (after gateway_head), all to the upstream on 127.0.0.1:19001:
+# /none, /auth, /breaker, /tracing, /all (the three built-ins) and, when DIR holds tmpl.wasm,
+# /tmpl. Plugins load from DIR, compiled into CACHE.
+chain_config() { # DIR CACHE
+  cat <<TOML
+[plugins]
+dir = "$1"
+cache_dir = "$2"
+[services.up]
+instances = ["127.0.0.1:19001"]
+[[routes]]
+path = "/none"
+service = "up"
+[[routes]]
+path = "/auth"
+service = "up"
+plugins = ["auth"]
+[[routes]]
+path = "/breaker"
+service = "up"
+plugins = ["breaker"]
+[[routes]]
+path = "/tracing"
+service = "up"
+plugins = ["tracing"]
+[[routes]]
+path = "/all"
+service = "up"
+plugins = ["auth", "breaker", "tracing"]
+[plugin.auth]
+[[plugin.auth.keys]]
+kid = "demo"
+alg = "HS256"
+secret = "sluice-demo-secret-change-me"
+TOML
+  if [ -f "$1/tmpl.wasm" ]; then
+    printf '[[routes]]\npath = "/tmpl"\nservice = "up"\nplugins = ["tmpl"]\n'
+  fi
 }
 # The gateway in front of peers.sh's upstream (127.0.0.1:19001), one route with the plugins
 # named in $1 (space-separated, may be empty).
@@ -131,9 +175,7 @@ kid = "demo"
 alg = "HS256"
 secret = "sluice-demo-secret-change-me"
 TOML
-  # The README's demo token (HS256, kid "demo", expires in 2100).
-  token=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
-  WRK_HEADER="Authorization: Bearer $token" \
+  WRK_HEADER="Authorization: Bearer $DEMO_TOKEN" \
     GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
     GATEWAY_URL=http://127.0.0.1:18080/ bash ../shared/bench/peers.sh "$secs" "$conns"
   rm -f "$cfg"
@@ -396,47 +438,12 @@ http { access_log off; upstream u { server 127.0.0.1:19001; keepalive 64; }
   server { listen 127.0.0.1:19081; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
   nginx -c "$T/ngx.conf"
-  { gateway_head; cat <<TOML; } > "$T/gw.toml"
-[plugins]
-dir = "$T/plugins"
-cache_dir = "$T/cache"
-[services.up]
-instances = ["127.0.0.1:19001"]
-[[routes]]
-path = "/none"
-service = "up"
-[[routes]]
-path = "/tmpl"
-service = "up"
-plugins = ["tmpl"]
-[[routes]]
-path = "/auth"
-service = "up"
-plugins = ["auth"]
-[[routes]]
-path = "/breaker"
-service = "up"
-plugins = ["breaker"]
-[[routes]]
-path = "/tracing"
-service = "up"
-plugins = ["tracing"]
-[[routes]]
-path = "/all"
-service = "up"
-plugins = ["auth", "breaker", "tracing"]
-[plugin.auth]
-[[plugin.auth.keys]]
-kid = "demo"
-alg = "HS256"
-secret = "sluice-demo-secret-change-me"
-TOML
+  { gateway_head; chain_config "$T/plugins" "$T/cache"; } > "$T/gw.toml"
   "$CARGO_TARGET_DIR/release/sluice" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!
   echo $gw > "$T/gw.pid"
   # Up once the built-in plugins compiled (cold cache: seconds).
   for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:18081/healthz && break; sleep 0.2; done
-  # The README's demo token (HS256, kid "demo", expires in 2100).
-  token=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
+  token=$DEMO_TOKEN
   for t in none tmpl auth breaker tracing all; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:18080/$t/")
     [ "$code" = 200 ] || { echo "bench: /$t/ answered $code before the run; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
@@ -486,6 +493,52 @@ for t in targets:
     cpu = "-" if t == "nginx" else f"{statistics.median(float(x) for x in med(t, 4)):.1f}"
     bad = sum(int(x) for x in med(t, 5))
     print(f"{t:<9} {rps[t]:>9.0f} {p99:>8.2f} {cpu:>10} {ratio(t, 'none'):>6.2f} {ratio(t, 'nginx'):>7.2f} {bad:>8}")
+PY
+  ;;
+ab)
+  # Gateway binaries (built elsewhere, e.g. before and after a change) interleaved on the
+  # chain's built-in routes, one gateway at a time: req/s and the gateway's CPU (user +
+  # system, /proc/PID/stat) per request under wrk -c64, medians of the rounds. CPU per request
+  # is steadier than req/s on a shared machine; read differences, quote medians.
+  shift
+  [ $# -ge 1 ] || { echo "usage: scripts/bench.sh ab BIN_A BIN_B..." >&2; exit 2; }
+  command -v wrk >/dev/null || apt-get install -y nginx-light wrk
+  export PATH=$PATH:/usr/sbin
+  T=$(mktemp -d)
+  trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  mkdir -p "$T/plugins"
+  start_upstream "$T" 19001
+  { gateway_head; chain_config "$T/plugins" "$T/cache"; } > "$T/gw.toml"
+  secs=${SECS:-5}; hz=$(getconf CLK_TCK)
+  : > "$T/rows"
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    for bin in "$@"; do
+      "$bin" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!
+      echo $gw > "$T/gw.pid"
+      for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:18081/healthz && break; sleep 0.2; done
+      for r in ${ROUTES:-all tracing}; do
+        url=http://127.0.0.1:18080/$r/
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DEMO_TOKEN" "$url")
+        [ "$code" = 200 ] || { echo "bench: $bin /$r/ answered $code; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
+        wrk -t1 -c64 -d1s -H "Authorization: Bearer $DEMO_TOKEN" "$url" >/dev/null
+        cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
+        out=$(wrk -t1 -c64 -d"${secs}s" -H "Authorization: Bearer $DEMO_TOKEN" "$url")
+        cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
+        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+        echo "$bin:/$r $((reqs / secs)) $(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')" | tee -a "$T/rows" >&2
+      done
+      kill $gw; wait $gw 2>/dev/null || true
+    done
+  done
+  python3 - "$T/rows" <<'PY'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    target, rps, cpu = line.split()
+    rows.setdefault(target, []).append((int(rps), float(cpu)))
+for target, v in rows.items():
+    print(f"{target:48} req/s {statistics.median(r for r, _ in v):7.0f}   CPU µs/req "
+          f"{statistics.median(c for _, c in v):6.2f}   rounds {[c for _, c in v]}")
 PY
   ;;
 load)
