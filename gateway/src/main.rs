@@ -324,7 +324,13 @@ fn check_plugin(file: &std::path::Path) -> ExitCode {
                 .into_iter()
                 .filter_map(|(on, name)| on.then_some(name))
                 .collect();
-                println!("  hooks: {}", hooks.join(", "));
+                // A plugin may declare none (e.g. `tracing` on a gateway without [telemetry]).
+                let hooks = if hooks.is_empty() {
+                    "none: the gateway never calls it with this configuration".to_owned()
+                } else {
+                    hooks.join(", ")
+                };
+                println!("  hooks: {hooks}");
                 println!("  exports: {}", check.exports.join(", "));
                 // Top-level type imports (`request`, `response-head`) are not interfaces.
                 let interfaces: Vec<&str> = check

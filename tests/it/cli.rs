@@ -113,6 +113,20 @@ fn plugin_check_reports_what_a_good_component_exports() {
         "{stdout}"
     );
     assert!(stdout.contains("sluice:plugin/crypto@0.2.0"), "{stdout}");
+
+    // One declaring no hook at all: it loads, and the gateway never calls it.
+    std::fs::write(dir.path().join("v02.toml"), "hooks = \"none\"\n").unwrap();
+    let out = sluice()
+        .args(["plugin", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("\n  hooks: none: the gateway never calls it with this configuration\n"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ async fn a_0_2_plugin_is_called_only_for_the_hooks_it_declares() {
         ("both", true, true),
         ("request", true, false),
         ("response", false, true),
+        ("none", false, false),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway_with_v02(dir.path(), up.addr, &format!("hooks = \"{hooks}\"\n")).await;
