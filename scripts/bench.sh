@@ -19,6 +19,10 @@
 #   scripts/bench.sh load [seconds]                  p99 of a bare route while a Python template plugin
 #                                                    compiles (cache off), and the Python/JS template
 #                                                    routes vs the bare route; 3 rounds
+#   scripts/bench.sh wasm-ab A.wasm B.wasm...        plugin builds (e.g. a template before and after a
+#                                                    change) on a route each of one gateway, vs a bare
+#                                                    route (ROUNDS=5, SECS=5, BIN=release sluice): req/s
+#                                                    and CPU per request, medians
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -617,5 +621,53 @@ TOML
     done
   done
   ;;
-*) echo "usage: $0 proxy|plugins|auth|tls|grpc|rapid-reset|tracing|chain|load" >&2; exit 2 ;;
+wasm-ab)
+  # Plugin builds interleaved on one gateway: each file on a route of its own (/p1, /p2...,
+  # config from NAME.toml beside it if there is one) and a bare route (/none), wrk -c64 per
+  # route in turn; the gateway's CPU (user + system, /proc/PID/stat) per request and req/s,
+  # medians of the rounds and ratios to the bare route. Same gateway, so the plugins' costs
+  # are compared under the same load; CPU per request is steadier than req/s here.
+  shift
+  [ $# -ge 1 ] || { echo "usage: scripts/bench.sh wasm-ab A.wasm B.wasm..." >&2; exit 2; }
+  command -v wrk >/dev/null || apt-get install -y nginx-light wrk
+  export PATH=$PATH:/usr/sbin
+  bin=${BIN:-$CARGO_TARGET_DIR/release/sluice}
+  [ -n "${BIN:-}" ] || cargo build --release -p sluice
+  T=$(mktemp -d)
+  trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
+  mkdir -p "$T/plugins"
+  start_upstream "$T" 19001
+  { gateway_head
+    printf '[plugins]\ndir = "%s"\ncache_dir = "%s"\n[services.up]\ninstances = ["127.0.0.1:19001"]\n' "$T/plugins" "$T/cache"
+    printf '[[routes]]\npath = "/none"\nservice = "up"\n'
+    i=0
+    for wasm in "$@"; do
+      i=$((i + 1))
+      cp "$wasm" "$T/plugins/p$i.wasm"
+      toml="${wasm%.wasm}.toml"
+      if [ -f "$toml" ]; then cp "$toml" "$T/plugins/p$i.toml"; fi
+      printf '[[routes]]\npath = "/p%s"\nservice = "up"\nplugins = ["p%s"]\n' "$i" "$i"
+      echo "p$i = $wasm" >&2
+    done
+  } > "$T/gw.toml"
+  "$bin" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
+  for i in $(seq 1 $#); do wait_active "p$i"; done
+  secs=${SECS:-5}; hz=$(getconf CLK_TCK)
+  : > "$T/rows"
+  for round in $(seq 1 "${ROUNDS:-5}"); do
+    for r in none $(seq -f 'p%g' 1 $#); do
+      url=http://127.0.0.1:18080/$r/
+      code=$(curl -s -o /dev/null -w '%{http_code}' "$url")
+      [ "$code" = 200 ] || { echo "bench: /$r/ answered $code; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
+      wrk -t1 -c64 -d1s "$url" >/dev/null
+      cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      reqs=$(wrk -t1 -c64 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
+      cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
+      echo "$round $r req/s $((reqs / secs))" >> "$T/rows"
+      echo "$round $r cpu_us/req $(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')" >> "$T/rows"
+    done
+  done
+  summarize "$T/rows" none
+  ;;
+*) echo "usage: $0 proxy|plugins|auth|tls|grpc|rapid-reset|tracing|chain|ab|load|wasm-ab" >&2; exit 2 ;;
 esac

@@ -57,6 +57,7 @@ let config = {
   allowMethods: 'GET, POST, PUT, PATCH, DELETE, OPTIONS',
   maxAge: 600,
   rewrites: [], // [prefix, replacement], longest prefix first
+  corsBytes: [], // corsHeaders(config) with the values encoded, for every response
 };
 
 export const init = guarded((configJson) => {
@@ -99,25 +100,27 @@ export const init = guarded((configJson) => {
     next.rewrites.push([from, to]);
   }
   next.rewrites.sort((a, b) => b[0].length - a[0].length);
+  // Encoded once here, not on every response (each statement of a hook runs per request).
+  next.corsBytes = corsHeaders(next).map(([name, value]) => [name, bytes(value)]);
   config = next;
   // The hooks this plugin implements (WIT `flags hooks`): the gateway calls only these.
   return { onRequest: true, onResponse: true };
 });
 
-/** The CORS headers every answer gets, as [name, value] pairs. */
-function corsHeaders() {
+/** The CORS headers every answer gets under `cfg`, as [name, value] pairs. */
+function corsHeaders(cfg) {
   const headers = [
-    ['access-control-allow-origin', config.allowOrigin],
-    ['access-control-allow-methods', config.allowMethods],
+    ['access-control-allow-origin', cfg.allowOrigin],
+    ['access-control-allow-methods', cfg.allowMethods],
   ];
-  if (config.allowOrigin !== '*') headers.push(['vary', 'origin']);
+  if (cfg.allowOrigin !== '*') headers.push(['vary', 'origin']);
   return headers;
 }
 
 export const onRequest = guarded((request) => {
   if (request.method() === 'OPTIONS') {
     counterAdd('preflight', 1n); // u64 is a BigInt
-    const headers = corsHeaders();
+    const headers = corsHeaders(config);
     // Allow whatever headers the browser asks to send (a permissive policy, fine for `*`).
     const asked = text(request.header('access-control-request-headers'));
     if (asked) headers.push(['access-control-allow-headers', asked]);
@@ -146,7 +149,7 @@ export const onRequest = guarded((request) => {
 });
 
 export const onResponse = guarded((_request, response) => {
-  for (const [name, value] of corsHeaders()) {
-    response.setHeader(name, bytes(value));
+  for (const [name, value] of config.corsBytes) {
+    response.setHeader(name, value);
   }
 });

@@ -81,17 +81,69 @@ fn main() {
         }
         // SLUICE_BENCH_LANGS="rust=a.wasm,python=b.wasm,js=c.wasm": the same trivial plugin
         // (`sluice plugin new`'s template) in each language.
+        // SLUICE_BENCH_ROUNDS=N (default 1): every plugin is loaded first, then measured in N
+        // interleaved rounds (so a busy machine's noise falls on all of them alike), with the
+        // median per plugin at the end; SLUICE_BENCH_N requests per round (default 20 000).
         if let Ok(langs) = std::env::var("SLUICE_BENCH_LANGS") {
+            let mut loaded = Vec::new();
             for entry in langs.split(',').filter(|e| !e.is_empty()) {
                 let (lang, path) = entry.split_once('=').expect("LANG=PATH");
-                language(lang, Path::new(path)).await;
+                loaded.push(load_language(lang, Path::new(path)).await);
+            }
+            let rounds: usize = env_number("SLUICE_BENCH_ROUNDS", 1);
+            let n: u32 = env_number("SLUICE_BENCH_N", 20_000);
+            let mut figures = vec![Vec::new(); loaded.len()];
+            for _ in 0..rounds {
+                for (lang, figures) in loaded.iter().zip(&mut figures) {
+                    figures.push(language_round(lang, n).await);
+                }
+            }
+            if rounds > 1 {
+                for (lang, figures) in loaded.iter().zip(&mut figures) {
+                    let median = |f: fn(&(f64, f64)) -> f64| {
+                        let mut v: Vec<f64> = figures.iter().map(f).collect();
+                        v.sort_by(f64::total_cmp);
+                        v[v.len() / 2]
+                    };
+                    println!(
+                        "template plugin, {}: median of {rounds} rounds {:.1} µs per request ({:.1} µs CPU)",
+                        lang.lang,
+                        median(|f| f.0),
+                        median(|f| f.1)
+                    );
+                }
             }
         }
     });
 }
 
-/// Per-request cost (pooled) and load times of one language's template plugin.
-async fn language(lang: &str, plugin: &Path) {
+/// A number from the environment, or `default` when unset.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
+    })
+}
+
+/// This thread's CPU time so far (Linux: `/proc/thread-self/schedstat`), or None elsewhere.
+/// The round trips run on this thread (current-thread runtime), so the difference is their
+/// CPU time, which a busy machine disturbs less than the wall clock.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// One language's template plugin, loaded (pooled) and warmed up.
+struct Language {
+    lang: String,
+    rt: PluginRuntime,
+    set: Arc<PluginSet>,
+    chain: [String; 1],
+    _dirs: [tempfile::TempDir; 2],
+}
+
+/// Loads one language's template plugin and prints its load times (cold, from the cache).
+async fn load_language(lang: &str, plugin: &Path) -> Language {
     let name = plugin.file_stem().unwrap().to_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -119,21 +171,43 @@ async fn language(lang: &str, plugin: &Path) {
         "{lang}"
     );
     let warm_ms = started.elapsed().as_secs_f64() * 1e3;
+    println!("template plugin, {lang}: load cold {cold_ms:.0} ms, from cache {warm_ms:.1} ms");
     let set = rt.current();
     let chain = [name];
-    let n = 20_000u32;
-    let ok = || http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()));
     for _ in 0..500 {
-        round_trip(&rt, &set, &chain, ok()).await;
+        round_trip(&rt, &set, &chain, ok_response()).await;
     }
+    Language {
+        lang: lang.to_owned(),
+        rt,
+        set,
+        chain,
+        _dirs: [dir, cache],
+    }
+}
+
+fn ok_response() -> http::Response<sluice::body::ResponseBody> {
+    http::Response::new(sluice::body::ResponseBody::full(bytes::Bytes::new()))
+}
+
+/// Per-request cost (pooled) of one language's template plugin over `n` round trips: wall
+/// clock and this thread's CPU time, µs per request.
+async fn language_round(l: &Language, n: u32) -> (f64, f64) {
+    let cpu = thread_cpu_ns();
     let started = Instant::now();
     for _ in 0..n {
-        round_trip(&rt, &set, &chain, ok()).await;
+        round_trip(&l.rt, &l.set, &l.chain, ok_response()).await;
     }
     let per_request = started.elapsed().as_secs_f64() / f64::from(n) * 1e6;
+    let cpu = match (cpu, thread_cpu_ns()) {
+        (Some(a), Some(b)) => (b - a) as f64 / f64::from(n) / 1e3,
+        _ => f64::NAN,
+    };
     println!(
-        "template plugin, {lang}: {per_request:.1} µs per request pooled (on-request + on-response); load cold {cold_ms:.0} ms, from cache {warm_ms:.1} ms"
+        "template plugin, {}: {per_request:.1} µs per request pooled (on-request + on-response), {cpu:.1} µs CPU",
+        l.lang
     );
+    (per_request, cpu)
 }
 
 /// The built-in `auth` plugin's verify cost per request (HS256, RS256, PS256, ES256, EdDSA):

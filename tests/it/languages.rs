@@ -185,4 +185,27 @@ async fn a_javascript_plugin_rewrites_paths_and_adds_cors_headers() {
     );
     assert_eq!(up.hits(), 2, "the preflight did not reach the upstream");
     gw.shutdown().await;
+
+    // One allowed origin: every response (its headers encoded once, by `init`) also says
+    // `vary: origin`; a preflight too.
+    let dir = plugin_dir_with(
+        &built,
+        "js-cors",
+        "allow_origin = \"https://app.example\"\n",
+    );
+    let gw = gateway_with_plugin(dir.path(), "js-cors", "/js", up.addr).await;
+    for _ in 0..2 {
+        let (status, headers, _) = get(gw.listen_addr, "/js/any").await;
+        assert_eq!(status.as_u16(), 200);
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert_eq!(headers["vary"], "origin");
+    }
+    let req = Request::options("/js/any").body(full("")).unwrap();
+    let (status, headers, _) = send(gw.listen_addr, req).await;
+    assert_eq!(status.as_u16(), 204);
+    assert_eq!(headers["vary"], "origin");
+    gw.shutdown().await;
 }

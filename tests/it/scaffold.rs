@@ -121,3 +121,67 @@ async fn the_javascript_template_builds_and_runs() {
     );
     check_live("hello-js", &project.join("hello-js.wasm"), &project).await;
 }
+
+/// The Python helpers (`sluice.py`, copied by the template) as a plugin uses them: every kind
+/// of header value `set_header` takes reaches the upstream as the right bytes (its fast path
+/// passes plain `bytes` as they are), a value that is not text or bytes is refused naming the
+/// header (not sent as `bytes(7)`'s seven zero bytes), and `errors_as_err` turns an
+/// unexpected exception into the hook's err "Type: message" while an `Err` (the plugin's own,
+/// or the gateway's refusal) passes through as it is. The plugin is
+/// `tests/fixtures/python-helpers/app.py`, built in the Python template's project.
+#[tokio::test]
+async fn the_python_helpers_convert_values_and_report_errors() {
+    let (_dir, project) = generate("py-helpers", "python");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/python-helpers/app.py"),
+        project.join("app.py"),
+    )
+    .unwrap();
+    run(
+        Command::new("bash").arg("build.sh").current_dir(&project),
+        "build.sh of the Python helpers' test plugin",
+    );
+    let up = Upstream::named("upstream").await;
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        project.join("py-helpers.wasm"),
+        plugins.path().join("py-helpers.wasm"),
+    )
+    .unwrap();
+    let gw = gateway_with_plugin(plugins.path(), "py-helpers", "/", up.addr).await;
+
+    let (status, headers, body) = get(gw.listen_addr, "/values").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "upstream"));
+    assert_eq!(headers["x-plugin"], "py-helpers");
+    let seen = up.last().headers;
+    assert_eq!(seen["x-str"].as_bytes(), "h\u{e9}llo".as_bytes());
+    for (name, want) in [
+        ("x-bytes", "given-bytes"),
+        ("x-bytearray", "from-bytearray"),
+        ("x-subclass", "from-subclass"),
+        ("x-memoryview", "from-memoryview"),
+    ] {
+        assert_eq!(seen[name], want, "{name}: {seen:?}");
+    }
+    assert_eq!(up.hits(), 1);
+
+    let failed = "plugin py-helpers failed: returned an error: ";
+    for (path, reason) in [
+        ("/key-error", "KeyError: 'missing'"),
+        ("/fail", "refused by the plugin"),
+        ("/bad-name", "invalid header name `bad name`"),
+        (
+            "/not-text",
+            "TypeError: header `x-int`: expected str or bytes, not int",
+        ),
+        ("/response-error", "ValueError: no response today"),
+    ] {
+        let (status, _, body) = get(gw.listen_addr, path).await;
+        assert_eq!(status.as_u16(), 500, "{path}: {body}");
+        assert_eq!(body, format!("{failed}{reason}\n"), "{path}");
+    }
+    // Every failure was an err, not a trap: the instance kept serving.
+    let (status, _, body) = get(gw.listen_addr, "/values").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "upstream"));
+    gw.shutdown().await;
+}
