@@ -82,6 +82,17 @@ TOML
     printf '[[routes]]\npath = "/tmpl"\nservice = "up"\nplugins = ["tmpl"]\n'
   fi
 }
+# wrk -c64 on URL for SECS seconds after a 1 s warm-up (with HEADER, if given); prints
+# "REQ_PER_S CPU_US_PER_REQ", the CPU (user + system, /proc/PID/stat) of the gateway PID.
+measure_route() { # URL PID SECS [HEADER]
+  local hdr=() cpu0 cpu1 reqs
+  if [ -n "${4:-}" ]; then hdr=(-H "$4"); fi
+  wrk -t1 -c64 -d1s "${hdr[@]}" "$1" >/dev/null
+  cpu0=$(awk '{print $14 + $15}' "/proc/$2/stat")
+  reqs=$(wrk -t1 -c64 -d"$3s" "${hdr[@]}" "$1" | awk '/requests in/ {print $1}')
+  cpu1=$(awk '{print $14 + $15}' "/proc/$2/stat")
+  echo "$((reqs / $3)) $(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')"
+}
 # The gateway in front of peers.sh's upstream (127.0.0.1:19001), one route with the plugins
 # named in $1 (space-separated, may be empty).
 bench_config() {
@@ -513,7 +524,7 @@ ab)
   mkdir -p "$T/plugins"
   start_upstream "$T" 19001
   { gateway_head; chain_config "$T/plugins" "$T/cache"; } > "$T/gw.toml"
-  secs=${SECS:-5}; hz=$(getconf CLK_TCK)
+  secs=${SECS:-5}
   : > "$T/rows"
   for round in $(seq 1 "${ROUNDS:-3}"); do
     for bin in "$@"; do
@@ -524,12 +535,7 @@ ab)
         url=http://127.0.0.1:18080/$r/
         code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DEMO_TOKEN" "$url")
         [ "$code" = 200 ] || { echo "bench: $bin /$r/ answered $code; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
-        wrk -t1 -c64 -d1s -H "Authorization: Bearer $DEMO_TOKEN" "$url" >/dev/null
-        cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
-        out=$(wrk -t1 -c64 -d"${secs}s" -H "Authorization: Bearer $DEMO_TOKEN" "$url")
-        cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
-        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-        echo "$bin:/$r $((reqs / secs)) $(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')" | tee -a "$T/rows" >&2
+        echo "$bin:/$r $(measure_route "$url" "$gw" "$secs" "Authorization: Bearer $DEMO_TOKEN")" | tee -a "$T/rows" >&2
       done
       kill $gw; wait $gw 2>/dev/null || true
     done
@@ -652,19 +658,16 @@ wasm-ab)
   } > "$T/gw.toml"
   "$bin" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
   for i in $(seq 1 $#); do wait_active "p$i"; done
-  secs=${SECS:-5}; hz=$(getconf CLK_TCK)
+  secs=${SECS:-5}
   : > "$T/rows"
   for round in $(seq 1 "${ROUNDS:-5}"); do
     for r in none $(seq -f 'p%g' 1 $#); do
       url=http://127.0.0.1:18080/$r/
       code=$(curl -s -o /dev/null -w '%{http_code}' "$url")
       [ "$code" = 200 ] || { echo "bench: /$r/ answered $code; gateway log:" >&2; cat "$T/gw.log" >&2; exit 1; }
-      wrk -t1 -c64 -d1s "$url" >/dev/null
-      cpu0=$(awk '{print $14 + $15}' /proc/$gw/stat)
-      reqs=$(wrk -t1 -c64 -d"${secs}s" "$url" | awk '/requests in/ {print $1}')
-      cpu1=$(awk '{print $14 + $15}' /proc/$gw/stat)
-      echo "$round $r req/s $((reqs / secs))" >> "$T/rows"
-      echo "$round $r cpu_us/req $(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')" >> "$T/rows"
+      read -r rps cpu < <(measure_route "$url" "$gw" "$secs")
+      echo "$round $r req/s $rps" >> "$T/rows"
+      echo "$round $r cpu_us/req $cpu" >> "$T/rows"
     done
   done
   summarize "$T/rows" none
