@@ -43,44 +43,33 @@ TOML
 }
 # The README's demo token (HS256, kid "demo", expires in 2100).
 DEMO_TOKEN=eyJhbGciOiJIUzI1NiIsImtpZCI6ImRlbW8iLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.ka_d7VB0436yYEree1fwMrBqmNn1AOtWKcAKKCogkPM
-# The chain benchmark's routes (after gateway_head), all to the upstream on 127.0.0.1:19001:
-# /none, /auth, /breaker, /tracing, /all (the three built-ins) and, when DIR holds tmpl.wasm,
-# /tmpl. Plugins load from DIR, compiled into CACHE.
+# A benchmark gateway's plugins and routes (after gateway_head), all to the upstream on
+# 127.0.0.1:19001: /none without plugins, then a route /PATH per PATH=PLUGIN[,PLUGIN...].
+# Plugins load from DIR, compiled into CACHE ("" for no cache).
+plugin_routes() { # DIR CACHE [PATH=PLUGINS...]
+  local dir=$1 cache=$2 spec plugins
+  shift 2
+  printf '[plugins]\ndir = "%s"\ncache_dir = "%s"\n' "$dir" "$cache"
+  printf '[services.up]\ninstances = ["127.0.0.1:19001"]\n'
+  printf '[[routes]]\npath = "/none"\nservice = "up"\n'
+  for spec in "$@"; do
+    plugins=$(echo "${spec#*=}" | sed 's/[^,]*/"&"/g; s/,/, /g')
+    printf '[[routes]]\npath = "/%s"\nservice = "up"\nplugins = [%s]\n' "${spec%%=*}" "$plugins"
+  done
+}
+# The chain benchmark's routes: each built-in alone, the three together, and the scaffold
+# template when DIR holds tmpl.wasm; `auth` checks the README's demo token.
 chain_config() { # DIR CACHE
+  local template=()
+  if [ -f "$1/tmpl.wasm" ]; then template=(tmpl=tmpl); fi
+  plugin_routes "$1" "$2" auth=auth breaker=breaker tracing=tracing all=auth,breaker,tracing "${template[@]}"
   cat <<TOML
-[plugins]
-dir = "$1"
-cache_dir = "$2"
-[services.up]
-instances = ["127.0.0.1:19001"]
-[[routes]]
-path = "/none"
-service = "up"
-[[routes]]
-path = "/auth"
-service = "up"
-plugins = ["auth"]
-[[routes]]
-path = "/breaker"
-service = "up"
-plugins = ["breaker"]
-[[routes]]
-path = "/tracing"
-service = "up"
-plugins = ["tracing"]
-[[routes]]
-path = "/all"
-service = "up"
-plugins = ["auth", "breaker", "tracing"]
 [plugin.auth]
 [[plugin.auth.keys]]
 kid = "demo"
 alg = "HS256"
 secret = "sluice-demo-secret-change-me"
 TOML
-  if [ -f "$1/tmpl.wasm" ]; then
-    printf '[[routes]]\npath = "/tmpl"\nservice = "up"\nplugins = ["tmpl"]\n'
-  fi
 }
 # wrk -c64 on URL for SECS seconds after a 1 s warm-up (with HEADER, if given); prints
 # "REQ_PER_S CPU_US_PER_REQ", the CPU (user + system, /proc/PID/stat) of the gateway PID.
@@ -573,24 +562,7 @@ load)
   cp "$T/t-python/t-python.wasm" "$T/langs/"
   gw_config() { # plugin dir
     gateway_head
-    cat <<TOML
-[plugins]
-dir = "$1"
-cache_dir = ""
-[services.up]
-instances = ["127.0.0.1:19001"]
-[[routes]]
-path = "/none"
-service = "up"
-[[routes]]
-path = "/python"
-service = "up"
-plugins = ["t-python"]
-[[routes]]
-path = "/js"
-service = "up"
-plugins = ["t-js"]
-TOML
+    plugin_routes "$1" "" python=t-python js=t-js
   }
   wrk_line() { # url secs -> "rps p99"
     local out; out=$(wrk -t1 -c64 -d"$2s" --latency "$1" 2>&1)
@@ -643,19 +615,17 @@ wasm-ab)
   trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; rm -rf $T' EXIT
   mkdir -p "$T/plugins"
   start_upstream "$T" 19001
-  { gateway_head
-    printf '[plugins]\ndir = "%s"\ncache_dir = "%s"\n[services.up]\ninstances = ["127.0.0.1:19001"]\n' "$T/plugins" "$T/cache"
-    printf '[[routes]]\npath = "/none"\nservice = "up"\n'
-    i=0
-    for wasm in "$@"; do
-      i=$((i + 1))
-      cp "$wasm" "$T/plugins/p$i.wasm"
-      toml="${wasm%.wasm}.toml"
-      if [ -f "$toml" ]; then cp "$toml" "$T/plugins/p$i.toml"; fi
-      printf '[[routes]]\npath = "/p%s"\nservice = "up"\nplugins = ["p%s"]\n' "$i" "$i"
-      echo "p$i = $wasm" >&2
-    done
-  } > "$T/gw.toml"
+  routes=()
+  i=0
+  for wasm in "$@"; do
+    i=$((i + 1))
+    cp "$wasm" "$T/plugins/p$i.wasm"
+    toml="${wasm%.wasm}.toml"
+    if [ -f "$toml" ]; then cp "$toml" "$T/plugins/p$i.toml"; fi
+    routes+=("p$i=p$i")
+    echo "p$i = $wasm" >&2
+  done
+  { gateway_head; plugin_routes "$T/plugins" "$T/cache" "${routes[@]}"; } > "$T/gw.toml"
   "$bin" run --config "$T/gw.toml" > "$T/gw.log" 2>&1 & gw=$!; echo $gw > "$T/gw.pid"
   for i in $(seq 1 $#); do wait_active "p$i"; done
   secs=${SECS:-5}
