@@ -63,6 +63,10 @@ chain_config() { # DIR CACHE
   local template=()
   if [ -f "$1/tmpl.wasm" ]; then template=(tmpl=tmpl); fi
   plugin_routes "$1" "$2" auth=auth breaker=breaker tracing=tracing all=auth,breaker,tracing "${template[@]}"
+  demo_auth_config
+}
+# `[plugin.auth]` with the README's demo key, which DEMO_TOKEN is signed with.
+demo_auth_config() {
   cat <<TOML
 [plugin.auth]
 [[plugin.auth.keys]]
@@ -171,14 +175,7 @@ auth)
   command -v wrk >/dev/null || apt-get install -y nginx-light haproxy caddy wrk
   cargo build --release -p sluice
   cfg=$(mktemp --suffix=.toml)
-  bench_config auth > "$cfg"
-  cat >> "$cfg" <<TOML
-[plugin.auth]
-[[plugin.auth.keys]]
-kid = "demo"
-alg = "HS256"
-secret = "sluice-demo-secret-change-me"
-TOML
+  { bench_config auth; demo_auth_config; } > "$cfg"
   WRK_HEADER="Authorization: Bearer $DEMO_TOKEN" \
     GATEWAY_CMD="$CARGO_TARGET_DIR/release/sluice run --config $cfg" \
     GATEWAY_URL=http://127.0.0.1:18080/ bash ../shared/bench/peers.sh "$secs" "$conns"
