@@ -62,19 +62,24 @@ fn a_missing_file_is_named() {
     );
 }
 
-#[test]
-fn plugin_check_reports_what_a_good_component_exports() {
+/// `sluice plugin check FILE`'s standard output; the check must succeed.
+fn check_ok(file: &std::path::Path) -> String {
     let out = sluice()
         .args(["plugin", "check"])
-        .arg(crate::harness::fixture("testbed"))
+        .arg(file)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn plugin_check_reports_what_a_good_component_exports() {
+    let stdout = check_ok(&crate::harness::fixture("testbed"));
     assert!(
         stdout.contains("ok, a sluice:plugin/plugin@0.1.0 component"),
         "{stdout}"
@@ -95,17 +100,7 @@ fn plugin_check_reports_what_a_good_component_exports() {
     let path = dir.path().join("v02.wasm");
     std::fs::copy(crate::harness::fixture("v02"), &path).unwrap();
     std::fs::write(dir.path().join("v02.toml"), "hooks = \"request\"\n").unwrap();
-    let out = sluice()
-        .args(["plugin", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_ok(&path);
     assert!(
         stdout.contains(
             "ok, a sluice:plugin/plugin@0.2.0 component\n  contract: 0.2.0\n  hooks: on-request\n"
@@ -116,13 +111,7 @@ fn plugin_check_reports_what_a_good_component_exports() {
 
     // One declaring no hook at all: it loads, and the gateway never calls it.
     std::fs::write(dir.path().join("v02.toml"), "hooks = \"none\"\n").unwrap();
-    let out = sluice()
-        .args(["plugin", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = check_ok(&path);
     assert!(
         stdout.contains("\n  hooks: none: the gateway never calls it with this configuration\n"),
         "{stdout}"
