@@ -64,6 +64,38 @@ async fn a_0_2_plugin_is_called_only_for_the_hooks_it_declares() {
 }
 
 #[tokio::test]
+async fn a_reloaded_config_declares_its_hooks_afresh() {
+    // The hooks a plugin declared belong to the loaded version: a changed configuration
+    // (`v02.toml`, picked up by the directory watcher) is a new version with its own `init`.
+    let up = Upstream::named("upstream").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_with_v02(dir.path(), up.addr, "hooks = \"none\"\n").await;
+    let (status, headers, _) = get(gw.listen_addr, "/v/plain").await;
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("x-v02-response"));
+    assert!(!up.last().headers.contains_key("x-v02-request"));
+
+    let tmp = dir.path().join(".v02.toml.tmp");
+    std::fs::write(&tmp, "hooks = \"both\"\n").unwrap();
+    std::fs::rename(&tmp, dir.path().join("v02.toml")).unwrap();
+    assert_eventually!(
+        get(gw.listen_addr, "/v/plain")
+            .await
+            .1
+            .contains_key("x-v02-response"),
+        "on-response called after the reload"
+    );
+    assert!(up.last().headers.contains_key("x-v02-request"));
+    let plugins: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
+    assert_eq!(
+        plugin_view(&plugins, "v02")["hooks"],
+        serde_json::json!({"on_request": true, "on_response": true})
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn state_apply_runs_a_batch_and_reports_each_step() {
     let up = Upstream::named("upstream").await;
     let dir = tempfile::tempdir().unwrap();
