@@ -336,12 +336,7 @@ async fn a_bad_breaker_config_is_refused_naming_the_key() {
     .await;
     let (_, _, body) = get(gw.admin_addr, "/admin/plugins").await;
     let plugins: Value = serde_json::from_str(&body).unwrap();
-    let breaker = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "breaker")
-        .expect("the breaker is listed");
+    let breaker = plugin_view(&plugins, "breaker");
     assert_eq!(breaker["status"], "failed", "{breaker}");
     let reason = breaker["last_error"]["reason"].as_str().unwrap();
     assert!(

@@ -50,13 +50,7 @@ secret = "{SECRET}"
 }
 
 fn source_of(plugins: &serde_json::Value) -> serde_json::Value {
-    plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "auth")
-        .unwrap()["source"]
-        .clone()
+    plugin_view(plugins, "auth")["source"].clone()
 }
 
 #[tokio::test]

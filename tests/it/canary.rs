@@ -93,15 +93,7 @@ async fn a_canary_routes_its_percentage_of_requests_to_the_second_version() {
     // And on the admin API: each version is a plugin with its calls, failures and draws.
     let (_, _, body) = get(admin, "/admin/plugins").await;
     let plugins: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let find = |name: &str| {
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{name} not in {body}"))
-            .clone()
-    };
+    let find = |name: &str| plugin_view(&plugins, name);
     let version = find("testbed@v2");
     assert_eq!(version["status"], "active");
     assert_eq!(version["calls"], 2 * v2, "{version}");

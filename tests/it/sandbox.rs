@@ -348,12 +348,7 @@ async fn links_and_non_regular_files_in_the_plugin_directory_are_refused() {
     );
     let plugins: serde_json::Value =
         serde_json::from_str(&get(gw.admin_addr, "/admin/plugins").await.2).unwrap();
-    let testbed = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "testbed")
-        .expect("testbed listed");
+    let testbed = plugin_view(&plugins, "testbed");
     assert_eq!(testbed["status"], "failed");
     let reason = testbed["last_error"]["reason"].as_str().unwrap();
     assert!(reason.contains("is a symbolic link"), "{reason}");
