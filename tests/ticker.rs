@@ -7,10 +7,8 @@
 #[path = "it/harness.rs"]
 mod harness;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
 use sluice::plugin::ticker;
 
 use crate::harness::*;
@@ -18,13 +16,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn calls_made_while_the_ticker_sleeps_still_meet_their_cpu_deadline() {
     // Answers after the ticker has gone back to sleep behind the plugin's outbound call.
-    let slow = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Response::new(full("late"))
-        })
-    }))
-    .await;
+    let slow = Upstream::slow(Duration::from_secs(1), "late").await;
     let up = Upstream::named("upstream").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture("testbed"), dir.path().join("testbed.wasm")).unwrap();

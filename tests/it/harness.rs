@@ -109,6 +109,17 @@ impl Upstream {
         Self::recording(move |_seen| Response::new(full(name))).await
     }
 
+    /// Answers 200 with `body` after `delay` (a slow upstream; requests are not recorded).
+    pub async fn slow(delay: Duration, body: &'static str) -> Self {
+        Self::with_handler(Arc::new(move |_req| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Response::new(full(body))
+            })
+        }))
+        .await
+    }
+
     /// Records each request (body read in full), then answers with `respond(&seen)`.
     pub async fn recording(
         respond: impl Fn(&Seen) -> Response<BoxBody> + Send + Sync + 'static,

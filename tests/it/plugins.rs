@@ -2,7 +2,6 @@
 //! policies, quarantine, shared state, outbound HTTP, kv, bodies, instance modes.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -83,13 +82,7 @@ async fn a_plugin_changes_the_request_and_response_or_answers_itself() {
 #[tokio::test]
 async fn each_limit_fires_and_the_gateway_keeps_serving() {
     // A slow server reachable by the plugin: its answer comes after the plugin's timeout.
-    let slow = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            Response::new(full("late"))
-        })
-    }))
-    .await;
+    let slow = Upstream::slow(Duration::from_secs(3), "late").await;
     let up = Upstream::named("upstream").await;
     let dir = plugin_dir(None);
     let gw = gateway_with_testbed(

@@ -268,13 +268,7 @@ async fn random_spreads_by_weight() {
 
 #[tokio::test]
 async fn least_request_avoids_the_busy_instance() {
-    let slow = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Response::new(full("slow"))
-        })
-    }))
-    .await;
+    let slow = Upstream::slow(Duration::from_millis(300), "slow").await;
     let fast = Upstream::named("fast").await;
     let gw = gateway(&weighted(
         &[(slow.addr, 1), (fast.addr, 1)],
@@ -566,13 +560,7 @@ async fn post_is_not_retried_by_default_but_get_is() {
 #[tokio::test]
 async fn status_and_per_try_timeout_retries_go_to_another_instance_with_the_body() {
     let unavailable = Upstream::recording(status_upstream(503)).await;
-    let slow = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            Response::new(full("slow"))
-        })
-    }))
-    .await;
+    let slow = Upstream::slow(Duration::from_secs(3), "slow").await;
     let good = Upstream::recording(|seen| Response::new(full(seen.body.clone()))).await;
     let extra = "retries = 2\nper_try_timeout = \"200ms\"\n[services.s.retry]\non = [\"503\", \"timeout\"]\nmethods = [\"POST\"]\nbackoff = \"1ms\"\n[services.s.passive_health]\nconsecutive_failures = 0";
     let gw = gateway(&weighted(

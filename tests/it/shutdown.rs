@@ -1,21 +1,12 @@
 //! Graceful shutdown: stop accepting, finish what is in flight, bounded.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use http::Response;
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn a_request_in_flight_finishes_and_new_connections_are_refused() {
-    let up = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Response::new(full("finished"))
-        })
-    }))
-    .await;
+    let up = Upstream::slow(Duration::from_millis(500), "finished").await;
     let gw = gateway(&one_route(up.addr, "/")).await;
     let addr = gw.listen_addr;
     let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
@@ -36,13 +27,7 @@ async fn a_request_in_flight_finishes_and_new_connections_are_refused() {
 
 #[tokio::test]
 async fn shutdown_is_bounded_by_the_shutdown_timeout() {
-    let up = Upstream::with_handler(Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Response::new(full("too late"))
-        })
-    }))
-    .await;
+    let up = Upstream::slow(Duration::from_secs(30), "too late").await;
     let gw = gateway(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nshutdown_timeout = \"300ms\"\n{}",
         one_route(up.addr, "/")
