@@ -18,30 +18,15 @@ async fn calls_made_while_the_ticker_sleeps_still_meet_their_cpu_deadline() {
     // Answers after the ticker has gone back to sleep behind the plugin's outbound call.
     let slow = Upstream::slow(Duration::from_secs(1), "late").await;
     let up = Upstream::named("upstream").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("testbed"), dir.path().join("testbed.wasm")).unwrap();
-    let gw = gateway(&format!(
-        r#"
-[plugins]
-dir = "{}"
-cache_dir = "{}"
-[plugins.override.testbed]
-quarantine_after = 0
-cpu_timeout = "200ms"
-timeout = "10s"
-allowed_hosts = ["{}"]
-[services.s]
-instances = ["{}"]
-[[routes]]
-path = "/p"
-service = "s"
-plugins = ["testbed"]
-"#,
-        dir.path().display(),
-        plugin_cache_dir().display(),
-        slow.addr,
-        up.addr
-    ))
+    let dir = plugin_dir(None);
+    let gw = gateway_with_testbed(
+        dir.path(),
+        up.addr,
+        &format!(
+            "quarantine_after = 0\ncpu_timeout = \"200ms\"\ntimeout = \"10s\"\nallowed_hosts = [\"{}\"]",
+            slow.addr
+        ),
+    )
     .await;
     let cpu_limit = "plugin testbed failed: used more than its CPU time limit (200ms)\n";
     assert_eq!(get(gw.listen_addr, "/p/ok").await.0, 200);

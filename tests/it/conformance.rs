@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use sluice::config::Config;
 
 use crate::harness::*;
-use crate::plugins::{gateway_with_testbed, plugin_dir};
 
 fn table(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -259,6 +259,49 @@ plugins = ["{name}"]
     .await
 }
 
+/// A plugin directory holding the testbed plugin, with optional `testbed.toml`.
+pub fn plugin_dir(config: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("testbed"), dir.path().join("testbed.wasm")).unwrap();
+    if let Some(config) = config {
+        std::fs::write(dir.path().join("testbed.toml"), config).unwrap();
+    }
+    dir
+}
+
+/// A gateway with the testbed plugin on `/p`, a plugin-free route on `/plain`, and the given
+/// extra `[plugins.override.testbed]` lines.
+pub async fn gateway_with_testbed(
+    dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+    settings: &str,
+) -> Gateway {
+    gateway(&format!(
+        r#"
+[plugins]
+dir = "{}"
+cache_dir = "{}"
+[plugins.override.testbed]
+{settings}
+[services.s]
+instances = ["{upstream}"]
+[[routes]]
+name = "with-plugin"
+path = "/p"
+service = "s"
+strip_prefix = true
+plugins = ["testbed"]
+[[routes]]
+name = "plain"
+path = "/plain"
+service = "s"
+"#,
+        dir.display(),
+        plugin_cache_dir().display()
+    ))
+    .await
+}
+
 /// One plugin's entry in `GET /admin/plugins`' answer.
 pub fn plugin_view(plugins: &serde_json::Value, name: &str) -> serde_json::Value {
     plugins["plugins"]

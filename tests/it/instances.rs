@@ -11,7 +11,6 @@ use http::{Request, Response};
 use sluice::Gateway;
 
 use crate::harness::*;
-use crate::plugins::{gateway_with_testbed, plugin_dir};
 
 /// `instance = "per-request"`: one fresh instance serves both hooks of a request, so the guest
 /// state `on-request` left is there in `on-response` of the same request, and the next request

@@ -1,56 +1,11 @@
 //! The plugin runtime through a running gateway: what plugins can do, every limit, failure
 //! policies, quarantine, shared state, outbound HTTP, kv, bodies, instance modes.
 
-use std::path::Path;
 use std::time::Duration;
 
 use http::{Request, Response};
-use sluice::Gateway;
 
 use crate::harness::*;
-
-/// A plugin directory holding the testbed plugin, with optional `testbed.toml`.
-pub fn plugin_dir(config: Option<&str>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("testbed"), dir.path().join("testbed.wasm")).unwrap();
-    if let Some(config) = config {
-        std::fs::write(dir.path().join("testbed.toml"), config).unwrap();
-    }
-    dir
-}
-
-/// A gateway with the testbed plugin on `/p`, a plugin-free route on `/plain`, and the given
-/// extra `[plugins.override.testbed]` lines.
-pub async fn gateway_with_testbed(
-    dir: &Path,
-    upstream: std::net::SocketAddr,
-    settings: &str,
-) -> Gateway {
-    gateway(&format!(
-        r#"
-[plugins]
-dir = "{}"
-cache_dir = "{}"
-[plugins.override.testbed]
-{settings}
-[services.s]
-instances = ["{upstream}"]
-[[routes]]
-name = "with-plugin"
-path = "/p"
-service = "s"
-strip_prefix = true
-plugins = ["testbed"]
-[[routes]]
-name = "plain"
-path = "/plain"
-service = "s"
-"#,
-        dir.display(),
-        plugin_cache_dir().display()
-    ))
-    .await
-}
 
 #[tokio::test]
 async fn a_plugin_changes_the_request_and_response_or_answers_itself() {

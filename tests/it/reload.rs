@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::Request;
 
 use crate::harness::*;
-use crate::plugins::{gateway_with_testbed, plugin_dir};
 
 /// The testbed component with a custom section appended: the same code, another digest (a
 /// "new build" of the plugin).

@@ -15,7 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-use crate::plugins::{gateway_with_testbed, plugin_dir};
 
 #[tokio::test]
 async fn a_plugin_spinning_to_its_cpu_deadline_does_not_stall_its_worker() {
