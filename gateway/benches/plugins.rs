@@ -229,10 +229,11 @@ async fn auth_verify_round(cached: bool, n: u32) {
     let der = |f: &str| pem::parse(read(f)).unwrap().contents().to_vec();
     let secret = "bench-secret-0123456789abcdef0123";
     // SLUICE_BENCH_AUTH_FORWARD=1: forward the `sub` claim as `x-user-id`, as the README's
-    // demo configuration does.
-    let forward = match std::env::var_os("SLUICE_BENCH_AUTH_FORWARD") {
-        Some(_) => "forward_claims = { sub = \"x-user-id\" }\n",
-        None => "",
+    // demo configuration does (any other value, e.g. 0, does not).
+    let forward = if std::env::var("SLUICE_BENCH_AUTH_FORWARD").is_ok_and(|v| v == "1") {
+        "forward_claims = { sub = \"x-user-id\" }\n"
+    } else {
+        ""
     };
     let config_text = format!(
         "[plugin.auth]\n{forward}token_cache_size = {}\n\
